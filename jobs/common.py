@@ -1,0 +1,77 @@
+"""What every job shares: arguments, config loading, the session, exit codes. Jobs stay thin on top of it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from pyspark.sql import SparkSession
+
+from pipelines.core.config import ENVS, Config, ConfigError, load_config
+from pipelines.core.delta import DeltaStore
+from pipelines.core.logs import LOG, setup_logging
+from pipelines.core.session import get_spark
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_MISSING_MODEL = 3
+EXIT_DRIFT = 4
+
+
+class BadInput(ValueError):
+    """Input the job cannot use (missing table, schema mismatch, bad arguments): exit code 2."""
+
+
+class MissingModel(LookupError):
+    """The requested model, version or alias does not exist: exit code 3."""
+
+
+class DriftAlert(RuntimeError):
+    """Monitoring crossed a configured threshold: exit code 4 (the results are written first)."""
+
+
+def job_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """Parser with the options every job takes: --env, --set key=value, --conf-dir."""
+    p = argparse.ArgumentParser(
+        prog=f"spark-submit.sh {name}", description=(doc or "").strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes: 0 ok, 1 failed, 2 bad input or config, 3 missing model, 4 drift alert",
+    )
+    p.add_argument("--env", default="local", choices=ENVS, help="config environment (conf/<env>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set demo.fraction=0.05 (repeatable)")
+    p.add_argument("--conf-dir", default=None, help="config folder (default: the project's conf/)")
+    return p
+
+
+Body = Callable[[argparse.Namespace, Config, SparkSession, DeltaStore], int | None]
+
+
+def run_job(parser: argparse.ArgumentParser, body: Body, argv: list[str] | None = None) -> int:
+    """Parse arguments, load config, get the session and store, run `body`; map failures to exit codes."""
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        cfg = load_config(args.env, args.overrides, args.conf_dir)
+    except ConfigError as e:
+        LOG.error("%s", e)
+        return EXIT_BAD_INPUT
+    try:
+        spark = get_spark(cfg, parser.prog.split()[-1])
+        store = DeltaStore(spark, cfg.storage.engine, cfg.storage.max_records_per_file)
+        return body(args, cfg, spark, store) or EXIT_OK
+    except (BadInput, ConfigError, FileNotFoundError) as e:
+        LOG.error("bad input: %s", e)
+        return EXIT_BAD_INPUT
+    except MissingModel as e:
+        LOG.error("missing model: %s", e)
+        return EXIT_MISSING_MODEL
+    except DriftAlert as e:
+        LOG.error("drift alert: %s", e)
+        return EXIT_DRIFT
+
+
+def exit_with(code: int) -> None:
+    sys.exit(code)

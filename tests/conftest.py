@@ -1,0 +1,50 @@
+"""Shared fixtures: one SparkSession for the whole run, a fresh workspace and config per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+
+from pipelines.core.config import Config, load_config
+from pipelines.core.delta import DeltaStore
+from pipelines.core.logs import setup_logging
+from pipelines.core.session import get_spark
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[SparkSession]:
+    """The one SparkSession (local[2]) built by the project's own factory."""
+    setup_logging()
+    cfg = load_config("local", ["spark.conf.spark.sql.shuffle.partitions=4"])
+    session = get_spark(cfg, "tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    ws = tmp_path / "workspace"
+    ws.mkdir()
+    return ws
+
+
+@pytest.fixture
+def make_cfg(workspace: Path) -> Callable[..., Config]:
+    """make_cfg("demo.fraction=0.01", ...) -> Config whose workspace is this test's temporary folder."""
+
+    def make(*overrides: str, env: str = "local") -> Config:
+        return load_config(env, [f"storage.workspace={workspace}", *overrides])
+
+    return make
+
+
+@pytest.fixture
+def store(spark: SparkSession) -> DeltaStore:
+    return DeltaStore(spark)

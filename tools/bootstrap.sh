@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create .venv and install the whole pinned stack, Horovod's source build included.
+# Idempotent: a second run with unchanged requirements only checks a stamp (seconds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+VENV=${VENV:-.venv}
+stamp="$VENV/.bootstrap-stamp"
+want=$(cat requirements.txt requirements-dev.txt tools/bootstrap.sh pyproject.toml | sha256sum | cut -d' ' -f1)
+
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  exit 0
+fi
+command -v java >/dev/null || { echo "bootstrap: Java 17 is required (java not on PATH)" >&2; exit 1; }
+command -v cmake >/dev/null || { echo "bootstrap: a system cmake is required to build Horovod (apt-get install cmake)" >&2; exit 1; }
+
+start=$(date +%s)
+[[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${pip[@]}" install -q --upgrade "pip==24.3.1"
+# setuptools<70 first: petastorm 0.13.1 needs pkg_resources, Horovod builds against it.
+"${pip[@]}" install -q "setuptools==69.5.1" "wheel==0.45.1"
+"${pip[@]}" install -q -r requirements.txt -r requirements-dev.txt
+# Horovod has no wheel: build it against the TensorFlow just installed (pip caches the built wheel).
+if ! "$VENV/bin/python" -c "import horovod.tensorflow" 2>/dev/null; then
+  echo "bootstrap: building horovod 0.28.1 from source (about 10 minutes the first time)" >&2
+  HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 \
+  HOROVOD_WITHOUT_MXNET=1 "${pip[@]}" install -q --no-build-isolation "horovod==0.28.1"
+fi
+# The project itself, editable, so jobs, notebooks and tests import the same code.
+"${pip[@]}" install -q --no-build-isolation --no-deps -e .
+"$VENV/bin/python" -c "import horovod.tensorflow, petastorm, pyspark, deltalake, mlflow, tensorflow" 
+echo "$want" > "$stamp"
+echo "bootstrap: environment ready in $(( $(date +%s) - start ))s" >&2
