@@ -225,9 +225,24 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def _nest(key: str, value: Any) -> dict:
+def _key_path(data: dict, key: str) -> list[str]:
+    """Split a dotted override key along the existing config; a map with dotted keys (spark.conf) takes the rest.
+
+    `spark.conf.spark.sql.shuffle.partitions` -> ["spark", "conf", "spark.sql.shuffle.partitions"].
+    """
+    parts, path, node = key.split("."), [], data
+    while parts:
+        rest = ".".join(parts)
+        if isinstance(node, dict) and (rest in node or (parts[0] not in node and any("." in k for k in node))):
+            return [*path, rest]
+        path.append(parts.pop(0))
+        node = node.get(path[-1]) if isinstance(node, dict) else None
+    return path
+
+
+def _nest(path: list[str], value: Any) -> dict:
     out: Any = value
-    for part in reversed(key.split(".")):
+    for part in reversed(path):
         out = {part: out}
     return out
 
@@ -249,7 +264,7 @@ def load_config(
             data = _merge(data, _expand_env(_read_yaml(path), where, ""), origin, where)
     for item in overrides:
         key, value = parse_override(item)
-        data = _merge(data, _expand_env(_nest(key, value), "--set", ""), origin, "--set")
+        data = _merge(data, _expand_env(_nest(_key_path(data, key), value), "--set", ""), origin, "--set")
     try:
         return Config.model_validate(data)
     except ValidationError as e:
