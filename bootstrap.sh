@@ -2,17 +2,24 @@
 # Create .venv and install the whole pinned stack, Horovod's source build included.
 # Idempotent: a second run with unchanged requirements only checks a stamp (seconds).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")"
 PY=${PYTHON:-python3.11}
 VENV=${VENV:-.venv}
 stamp="$VENV/.bootstrap-stamp"
-want=$(cat requirements.txt requirements-dev.txt tools/bootstrap.sh pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-dev.txt bootstrap.sh pyproject.toml | sha256sum | cut -d' ' -f1)
 
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
 command -v java >/dev/null || { echo "bootstrap: Java 17 is required (java not on PATH)" >&2; exit 1; }
-command -v cmake >/dev/null || { echo "bootstrap: a system cmake is required to build Horovod (apt-get install cmake)" >&2; exit 1; }
+if ! command -v cmake >/dev/null; then
+  # Horovod's gloo build needs the system cmake (the PyPI cmake 4.x fails on gloo).
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq cmake g++ >/dev/null
+  else
+    echo "bootstrap: a system cmake and g++ are required to build Horovod (apt-get install cmake g++)" >&2; exit 1
+  fi
+fi
 
 start=$(date +%s)
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
