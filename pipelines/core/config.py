@@ -109,8 +109,205 @@ class IngestConf(Strict):
 
 
 # ---- features section (issue 3: features job) --------------------------------------------------------------------
+class LabelConf(Strict):
+    """Binary label: 1 when `column` > `threshold`, 0 otherwise, null when `column` is null (no outcome)."""
+
+    column: str = "arr_delay"
+    threshold: float = 15.0
+    name: str = "label"
+
+
+class SplitConf(Strict):
+    """Deterministic split by the month of the row's date; months listed nowhere get split 'excluded'."""
+
+    train: list[int] = Field(default_factory=lambda: list(range(1, 10)))
+    validation: list[int] = Field(default_factory=lambda: [10, 11])
+    test: list[int] = Field(default_factory=lambda: [12])
+
+    @field_validator("train", "validation", "test")
+    @classmethod
+    def _months(cls, v: list[int]) -> list[int]:
+        bad = [m for m in v if not 1 <= m <= 12]
+        if bad:
+            raise ValueError(f"months must be 1..12, got {bad}")
+        return v
+
+    @field_validator("test")
+    @classmethod
+    def _disjoint(cls, v: list[int], info: Any) -> list[int]:
+        seen: dict[int, str] = {}
+        for name in ("train", "validation"):
+            for m in info.data.get(name, []):
+                seen.setdefault(m, name)
+        for m in v:
+            seen.setdefault(m, "test")
+        lists = {"train": info.data.get("train", []), "validation": info.data.get("validation", []),
+                 "test": v}
+        overlap = sorted({m for name, ms in lists.items() for m in ms if seen[m] != name})
+        if overlap:
+            raise ValueError(f"months {overlap} are in more than one split")
+        if not info.data.get("train"):
+            raise ValueError("the train split needs at least one month")
+        return v
+
+
+class JoinConf(Strict):
+    """A left join of a dimension table (bronze) onto the fact rows; the dimension must be unique on `keys`."""
+
+    table: str
+    keys: list[str]  # join key columns, same name on both sides
+    columns: dict[str, str]  # dimension column -> output column name
+    on_duplicates: Literal["dedupe", "fail"] = "dedupe"  # dedupe: keep one row per key (deterministic), log
+
+
+class NumericGroup(Strict):
+    """Numeric columns: imputed (strategy fitted on train), then assembled and scaled."""
+
+    kind: Literal["numeric"]
+    name: str = "numeric"
+    columns: list[str]
+    impute: Literal["mean", "median", "mode"] = "median"
+
+
+class CategoricalGroup(Strict):
+    """String columns: StringIndexer(handleInvalid=keep: unseen values and nulls get a slot) + one-hot."""
+
+    kind: Literal["categorical"]
+    name: str = "categorical"
+    columns: list[str]
+    order: Literal["frequencyDesc", "frequencyAsc", "alphabetDesc", "alphabetAsc"] = "frequencyDesc"
+
+
+class BucketizedGroup(Strict):
+    """Numeric columns cut into quantile buckets (boundaries fitted on train), one-hot when `one_hot`."""
+
+    kind: Literal["bucketized"]
+    name: str = "bucketized"
+    columns: list[str]
+    buckets: int = Field(default=10, ge=2)
+    one_hot: bool = True
+
+
+class CyclicalGroup(Strict):
+    """Periodic columns (hour, weekday, month, wind direction) -> sin/cos pairs; column -> period."""
+
+    kind: Literal["cyclical"]
+    name: str = "cyclical"
+    columns: dict[str, float]
+
+    @field_validator("columns")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {c: p for c, p in v.items() if p <= 0}
+        if bad:
+            raise ValueError(f"periods must be > 0, got {bad}")
+        return v
+
+
+FeatureGroup = NumericGroup | CategoricalGroup | BucketizedGroup | CyclicalGroup
+GROUP_KINDS: dict[str, type[Strict]] = {
+    "numeric": NumericGroup, "categorical": CategoricalGroup, "bucketized": BucketizedGroup,
+    "cyclical": CyclicalGroup,
+}
+
+
+class SelectorConf(Strict):
+    """Optional UnivariateFeatureSelector after scaling (continuous features vs categorical label)."""
+
+    enabled: bool = False
+    mode: Literal["numTopFeatures", "percentile", "fpr", "fdr", "fwe"] = "fpr"
+    threshold: float = 0.05
+
+
+class StatsConf(Strict):
+    """Descriptive statistics of the training split, logged to MLflow."""
+
+    enabled: bool = True
+    histogram_bins: int = Field(default=30, ge=2)
+    spearman: bool = True
+    max_plot_columns: int = Field(default=12, ge=1)
+
+
 class FeaturesConf(Strict):
-    """Feature-table build: filled in by the features stage."""
+    """Feature-table build: which bronze tables, how to clean/join/split them, and the feature groups by kind.
+
+    `groups` is a list of typed groups (numeric, categorical, bucketized, cyclical); later featurizers (text,
+    image) are new kinds. `pipeline` names the recipe so runs and tables can be told apart.
+    """
+
+    pipeline: str = "tabular-v1"
+    source_table: str = "flights"  # bronze fact table
+    output_table: str = "flight_features"  # silver
+    bronze_versions: dict[str, int] = Field(default_factory=dict)  # table -> pinned version; unset = latest
+    key: list[str] = Field(default_factory=list)  # natural key: duplicates on it are removed and counted
+    date_columns: list[str] = Field(default_factory=lambda: ["year", "month", "day"])  # -> date column
+    date_name: str = "flight_date"
+    label: LabelConf = LabelConf()
+    split: SplitConf = SplitConf()
+    joins: list[JoinConf] = Field(default_factory=list)
+    derived: dict[str, str] = Field(default_factory=dict)  # name -> Spark SQL expression, after the joins
+    post_departure: list[str] = Field(default_factory=list)  # unknown at prediction time: never inputs
+    groups: list[FeatureGroup] = Field(default_factory=list)
+    passthrough: list[str] = Field(default_factory=list)  # extra columns copied to the table, never inputs
+    scale: bool = True
+    selector: SelectorConf = SelectorConf()
+    stats: StatsConf = StatsConf()
+    model_dir: str | None = None  # default: <workspace>/models/preprocessing
+
+    @field_validator("bronze_versions")
+    @classmethod
+    def _versions(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = {t: n for t, n in v.items() if n < 0}
+        if bad:
+            raise ValueError(f"table versions are >= 0, got {bad}")
+        return v
+
+    @field_validator("date_columns")
+    @classmethod
+    def _ymd(cls, v: list[str]) -> list[str]:
+        if len(v) != 3:
+            raise ValueError("date_columns names the year, month and day columns (3 names)")
+        return v
+
+    @field_validator("groups", mode="before")
+    @classmethod
+    def _by_kind(cls, v: Any) -> Any:
+        """Validate each group with the model of its `kind`, so errors name the kind's own fields."""
+        if not isinstance(v, list):
+            return v
+        out = []
+        for i, g in enumerate(v):
+            if not isinstance(g, dict):
+                out.append(g)
+                continue
+            kind = g.get("kind")
+            if kind not in GROUP_KINDS:
+                raise ValueError(f"group {i}: unknown kind {kind!r}; kinds are {sorted(GROUP_KINDS)}")
+            try:
+                out.append(GROUP_KINDS[kind].model_validate(g))
+            except ValidationError as e:
+                msgs = "; ".join(f"{'.'.join(map(str, x['loc'])) or kind}: {x['msg']}" for x in e.errors())
+                raise ValueError(f"group {i} ({kind}): {msgs}") from None
+        return out
+
+    @field_validator("groups")
+    @classmethod
+    def _no_leakage(cls, v: list[FeatureGroup], info: Any) -> list[FeatureGroup]:
+        """A feature input must be known at prediction time: post-departure columns are refused here."""
+        banned = set(info.data.get("post_departure", []))
+        if "label" in info.data:
+            banned.add(info.data["label"].column)
+        derived = info.data.get("derived", {})
+        leaks = []
+        for g in v:
+            for c in g.columns:
+                if c in banned:
+                    leaks.append(c)
+                elif c in derived and any(re.search(rf"\b{re.escape(b)}\b", derived[c]) for b in banned):
+                    leaks.append(f"{c} (= {derived[c]})")
+        if leaks:
+            raise ValueError(f"feature inputs not known at prediction time: {leaks}")
+        return v
 
 
 # ---- training section (issue 4: train job) ------------------------------------------------------------------------
