@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     job_args = [a for a in rest if a != "--dry-run"]
     if "--env" not in job_args:
         job_args = ["--env", known.env, *job_args]
+    if "--conf-dir" not in job_args:  # the job imports from the code zip, so it cannot find conf/ on its own
+        job_args += ["--conf-dir", str(Path(known.conf_dir or REPO_ROOT / "conf").resolve())]
     try:
         cfg = load_config(known.env, known.overrides, known.conf_dir)
     except ConfigError as e:
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     build_code_zip(code_zip)
     env = {**os.environ, "PIPELINE_SUBMITTED": "1", "PYSPARK_PYTHON": executor_python()}
+    if cfg.spark.master.startswith("local"):
+        env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     return subprocess.call(cmd, env=env)
 
 

@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -242,7 +242,7 @@ def _ingest_readable(
         counts: dict[str, dict[str, int]] = {}
         for r in parsed.groupBy("_source_file", "_kind").count().collect():
             counts.setdefault(r["_source_file"], {})[r["_kind"]] = r["count"]
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for f in files:
             c = counts.get(f.uri, {})
             if src.header and not c.get("header"):
@@ -275,7 +275,7 @@ def _ingest_readable(
 def write_ingest_log(spark: SparkSession, cfg: Config, store: DeltaStore, run_id: str,
                      results: list[SourceResult]) -> int | None:
     """Record every handled file; the log is what makes a re-run pick up nothing twice. Quarantined files too."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = [(run_id, r.source, f.file, f.size, f.mtime_ms, f.status, f.reason, f.rows_in, f.rows_ok,
              f.rows_quarantined, now) for r in results for f in r.files]
     if not rows:

@@ -97,6 +97,15 @@ def test_failed_commit_removes_moved_files(spark: SparkSession, store: DeltaStor
     assert on_disk == sorted(DeltaTable(path).file_uris())  # no orphan files left behind
 
 
+def test_full_overwrite_may_change_schema(spark: SparkSession, store: DeltaStore, tmp_path: Path) -> None:
+    path = str(tmp_path / "t")
+    store.write(_rows(spark, [(1, 2013, 1, "a")]), path, "append", ["year", "month"])
+    v = store.write(spark.createDataFrame([(5, 2.5)], "id int, score double"), path, "overwrite")
+    assert v == 1 and DeltaTable(path).metadata().partition_columns == []
+    assert [tuple(r) for r in store.read(path).collect()] == [(5, 2.5)]
+    assert _ids(store, path, 0) == [1] and _delta_rs_count(path) == 1
+
+
 def test_schema_mismatch_is_a_clear_error(spark: SparkSession, store: DeltaStore, tmp_path: Path) -> None:
     path = str(tmp_path / "t")
     store.write(_rows(spark, [(1, 2013, 1, "a")]), path, "append")

@@ -1,4 +1,4 @@
-"""Ingestion: explicit schemas, quarantine of bad rows and unreadable files with reasons, exact counts, no duplicates."""
+"""Ingestion: explicit schemas, quarantine of bad rows and unreadable files with reasons, exact counts, no dupes."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_parse_batch_reasons_exact() -> None:
     from pipelines.core.config import load_config
 
     src = load_config("local", [SOURCE]).ingest.sources["t"]
-    lines = [HEADER, *GOOD, *BAD, b"\r\n"]
+    lines = [line.rstrip(b"\n") for line in [HEADER, *GOOD, *BAD, b"\r\n"]]  # as Spark splits them
     out = parse_batch(pd.Series(lines), pd.Series(["f"] * len(lines)), src, {"f": "id,amount,day,ts,name"})
     assert out["_kind"].tolist() == ["header"] + ["ok"] * 3 + ["bad"] * len(BAD) + ["blank"]
     for reason, expected in zip(out["_reason"][4:4 + len(BAD)], BAD.values(), strict=True):

@@ -23,8 +23,9 @@ def test_dry_run_prints_full_command(tmp_path: Path) -> None:
     cmd = res.stdout.strip()
     assert "spark-submit --master 'local[3]' --deploy-mode client" in cmd
     assert f"--py-files {tmp_path}/dist/project-code.zip {REPO_ROOT}/jobs/ingest.py --env local" in cmd
+    assert cmd.endswith(f"--conf-dir {REPO_ROOT}/conf")
     assert f"--conf spark.pyspark.python={sys.executable}" in cmd
-    assert "log4j2.configurationFile" in cmd and "--set spark.master=local[3]" in cmd
+    assert "log4j2.configurationFile" in cmd and "--set 'spark.master=local[3]'" in cmd
     assert not (tmp_path / "dist").exists()  # a dry run builds nothing
 
 
@@ -43,5 +44,5 @@ def test_real_submit_land_demo(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     months = sorted(p.name for p in (tmp_path / "tables" / "landing" / "flights").iterdir())
     assert months == [f"flights_2013_{m:02d}.csv" for m in range(1, 13)]
-    assert "stage=land-demo.flights rows=3368" in res.stderr
+    assert "stage=land-demo.flights rows=3368" in res.stdout + res.stderr  # PythonRunner merges the streams
     assert (tmp_path / "dist" / "project-code.zip").exists()

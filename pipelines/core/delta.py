@@ -135,19 +135,19 @@ class DeltaStore:
     ) -> list[str]:
         dt = DeltaTable(_local(path))
         table_parts = list(dt.metadata().partition_columns)
-        if partition_by and partition_by != table_parts and not (mode == "overwrite" and not replace_partitions):
+        full_overwrite = mode == "overwrite" and replace_partitions is None
+        if partition_by and partition_by != table_parts and not full_overwrite:
             raise ValueError(f"{path}: table is partitioned by {table_parts}, write asked for {partition_by}")
         new = to_arrow_schema(df.schema)
         old = pa.schema(dt.schema().to_arrow())
-        if not (mode == "overwrite" and replace_partitions is None):
-            if [(f.name, str(f.type)) for f in new] != [(f.name, str(f.type)) for f in old]:
-                raise ValueError(
-                    f"{path}: schema mismatch\n  table: {_show(old)}\n  write: {_show(new)}"
-                )
+        if not full_overwrite and [(f.name, str(f.type)) for f in new] != [(f.name, str(f.type)) for f in old]:
+            raise ValueError(f"{path}: schema mismatch\n  table: {_show(old)}\n  write: {_show(new)}")
         if replace_partitions:
             bad = [p for p in replace_partitions if sorted(p) != sorted(table_parts)]
             if bad:
                 raise ValueError(f"{path}: replace_partitions must name exactly {table_parts}, got {bad}")
+        if full_overwrite and not partition_by:  # keep the layout unless the new schema cannot have it
+            return table_parts if all(c in df.columns for c in table_parts) else []
         return partition_by or table_parts
 
     def _write_delta_spark(
@@ -222,10 +222,12 @@ class DeltaStore:
     ) -> int:
         props = CommitProperties(custom_metadata={"engine": "spark-ml-pipeline/embedded", **(metadata or {})})
         schema = Schema.from_arrow(arrow_schema)
-        if not self.exists(str(root)):
+        exists = self.exists(str(root))
+        if not exists or (mode == "overwrite" and replace_partitions is None):
+            # CREATE, or CREATE OR REPLACE: one commit that may also change the schema and partitioning.
             create_table_with_add_actions(
-                str(root), schema, actions, mode="error", partition_by=partition_by or None,
-                commit_properties=props,
+                str(root), schema, actions, mode="overwrite" if exists else "error",
+                partition_by=partition_by or None, commit_properties=props,
             )
             return DeltaTable(str(root)).version()
         dt = DeltaTable(str(root))

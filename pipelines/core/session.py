@@ -31,6 +31,8 @@ def get_spark(cfg: Config, app_suffix: str = "") -> SparkSession:
         return active
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if cfg.spark.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # servers the project starts bind to loopback
     builder = SparkSession.builder.appName(cfg.spark.app_name + (f"-{app_suffix}" if app_suffix else ""))
     if os.environ.get("PIPELINE_SUBMITTED") != "1":
         builder = builder.master(cfg.spark.master).config("spark.driver.memory", cfg.spark.driver_memory)

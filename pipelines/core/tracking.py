@@ -35,7 +35,8 @@ def configure_mlflow(cfg: Config) -> str:
         if "://" not in location:
             Path(location).mkdir(parents=True, exist_ok=True)
             location = Path(location).resolve().as_uri()
-        exp_id = mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=f"{location}/{cfg.mlflow.experiment}")
+        exp_id = mlflow.create_experiment(cfg.mlflow.experiment,
+                                          artifact_location=f"{location}/{cfg.mlflow.experiment}")
     else:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
