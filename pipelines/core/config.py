@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENVS = ("local", "standalone", "yarn")
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^${}]*))?\}")  # innermost reference
 
 
 class ConfigError(ValueError):
@@ -43,6 +43,8 @@ class SparkConf(Strict):
     queue: str | None = None
     packages: list[str] = Field(default_factory=list)
     jars: list[str] = Field(default_factory=list)
+    # yarn: prefix of the Python 3.11 installation on the cluster nodes that the packed venv links to.
+    python_prefix: str | None = None
 
     @field_validator("conf", mode="before")
     @classmethod
@@ -369,7 +371,11 @@ def _expand_env(value: Any, where: str, key: str) -> Any:
             raise ConfigError(f"{key}: environment variable {var} is not set ({where})")
         return default
 
-    return _ENV_REF.sub(sub, value)
+    while True:  # innermost first, so defaults may themselves use ${VAR:-default}
+        expanded = _ENV_REF.sub(sub, value)
+        if expanded == value:
+            return expanded
+        value = expanded
 
 
 def _merge(base: dict, over: dict, origin: dict[str, str], where: str, prefix: str = "") -> dict:

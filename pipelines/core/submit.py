@@ -1,0 +1,220 @@
+"""Builds and runs the spark-submit command for a job in an environment (the engine behind ./spark-submit.sh).
+
+The command carries the master and resources from conf, the project's own code for --py-files, the config
+folder, the quiet log4j settings and the Python to use on executors. --dry-run prints it instead.
+
+- local and standalone: executors share this machine's (or an identical) environment, so the code ships as a
+  zip and executors run this virtual environment's Python.
+- yarn: the project is built as a wheel (--py-files) and the virtual environment is packed with venv-pack and
+  shipped with --archives; the driver (cluster mode) and executors run ./environment/bin/python from it, and the
+  conf folder travels as an archive too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.core.config import ENVS, REPO_ROOT, Config, ConfigError, load_config
+
+JOBS = {
+    "land-demo": "jobs/land_demo.py",
+    "ingest": "jobs/ingest.py",
+    "features": "jobs/features.py",
+    "train": "jobs/train.py",
+    "score": "jobs/score.py",
+    "monitor": "jobs/monitor.py",
+    "run-all": "jobs/run_all.py",
+}
+PACKAGES = ("jobs", "pipelines", "features")
+ENV_ARCHIVE_ALIAS = "environment"
+CONF_ARCHIVE_ALIAS = "pipeline-conf"
+# Files that make no sense on a cluster node: the editable install points at this checkout.
+PACK_EXCLUDES = ("*__editable__*", "*.egg-link", "*/__pycache__/*")
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """What a submit ships: the project code, and for YARN the packed environment and the conf archive."""
+
+    code: Path
+    env_archive: Path | None = None
+    conf_archive: Path | None = None
+
+
+def available_jobs() -> dict[str, str]:
+    return {name: path for name, path in JOBS.items() if (REPO_ROOT / path).exists()}
+
+
+def build_code_zip(dest: Path) -> Path:
+    """Zip the project's packages for --py-files (rebuilt each submit so executors run this checkout's code)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for pkg in PACKAGES:
+            for f in sorted((REPO_ROOT / pkg).rglob("*.py")):
+                zf.write(f, f.relative_to(REPO_ROOT))
+    os.replace(tmp, dest)
+    return dest
+
+
+def build_wheel(dist: Path) -> Path:
+    """Build the project wheel (pure Python, importable from --py-files) into `dist`."""
+    dist.mkdir(parents=True, exist_ok=True)
+    for old in dist.glob("spark_ml_pipeline-*.whl"):
+        old.unlink()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(dist), str(REPO_ROOT)], check=True)
+    (wheel,) = dist.glob("spark_ml_pipeline-*.whl")
+    return wheel
+
+
+def build_conf_archive(conf_dir: Path, dest: Path) -> Path:
+    """Zip the conf folder so a cluster-mode driver can load the same layered config."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(conf_dir.rglob("*")):
+            if f.is_file():
+                zf.write(f, f.relative_to(conf_dir))
+    return dest
+
+
+def pack_environment(venv: Path, dest: Path, python_prefix: str | None = None) -> Path:
+    """venv-pack the virtual environment into `dest` (tar.gz); reused while the installed packages are unchanged."""
+    listing = "\n".join(sorted(p.name for p in (venv / "lib").glob("python*/site-packages/*")))
+    digest = hashlib.sha256(f"{listing}|{python_prefix}".encode()).hexdigest()
+    stamp = dest.with_suffix(dest.suffix + ".sha256")
+    if dest.exists() and stamp.exists() and stamp.read_text() == digest:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [str(Path(sys.executable).parent / "venv-pack"), "-p", str(venv), "-o", str(dest), "--force", "-q"]
+    if python_prefix:
+        cmd += ["--python-prefix", python_prefix]
+    for pattern in PACK_EXCLUDES:
+        cmd += ["--exclude", pattern]
+    subprocess.run(cmd, check=True)
+    stamp.write_text(digest)
+    return dest
+
+
+def plan_artifacts(cfg: Config) -> Artifacts:
+    """Where the shipped files go (under <workspace>/dist, or PIPELINE_DIST when the workspace is remote)."""
+    dist = Path(os.environ.get("PIPELINE_DIST") or (Path(cfg.workspace) if "://" not in cfg.workspace
+                                                    else REPO_ROOT / "workspace") / "dist")
+    if cfg.env == "yarn":
+        return Artifacts(dist / "spark_ml_pipeline-0.1.0-py3-none-any.whl", dist / "pyenv.tar.gz",
+                         dist / "conf.zip")
+    return Artifacts(dist / "project-code.zip")
+
+
+def build_artifacts(cfg: Config, planned: Artifacts, conf_dir: Path) -> Artifacts:
+    """Build what `planned` names (the wheel's real file name may differ in version)."""
+    if cfg.env != "yarn":
+        build_code_zip(planned.code)
+        return planned
+    assert planned.env_archive and planned.conf_archive
+    wheel = build_wheel(planned.code.parent)
+    pack_environment(Path(sys.prefix), planned.env_archive, cfg.spark.python_prefix)
+    build_conf_archive(conf_dir, planned.conf_archive)
+    return Artifacts(wheel, planned.env_archive, planned.conf_archive)
+
+
+def spark_submit_binary() -> str:
+    """spark-submit of the pyspark installation in this environment."""
+    candidate = Path(sys.executable).parent / "spark-submit"
+    return str(candidate) if candidate.exists() else "spark-submit"
+
+
+def executor_python() -> str:
+    """The Python that drivers and executors run: PYSPARK_PYTHON if set, else this environment's."""
+    return os.environ.get("PYSPARK_PYTHON", sys.executable)
+
+
+def build_command(job: str, cfg: Config, job_args: list[str], artifacts: Artifacts) -> list[str]:
+    """The full spark-submit command line for `job` under `cfg`."""
+    sc = cfg.spark
+    python = executor_python() if artifacts.env_archive is None else f"./{ENV_ARCHIVE_ALIAS}/bin/python"
+    cmd = [spark_submit_binary(), "--master", sc.master, "--deploy-mode", sc.deploy_mode,
+           "--name", f"{sc.app_name}-{job}", "--driver-memory", sc.driver_memory]
+    if not sc.master.startswith("local"):
+        cmd += ["--executor-memory", sc.executor_memory, "--executor-cores", str(sc.executor_cores)]
+        if sc.num_executors:
+            cmd += ["--num-executors", str(sc.num_executors)]
+    if sc.queue:
+        cmd += ["--queue", sc.queue]
+    if sc.packages:
+        cmd += ["--packages", ",".join(sc.packages)]
+    jars = [j for j in os.environ.get("DELTA_JARS", "").split(",") if j] + sc.jars
+    if jars:
+        cmd += ["--jars", ",".join(jars)]
+    log4j = REPO_ROOT / "conf" / "log4j2.properties"
+    java_opt = f"-Dlog4j2.configurationFile=file:{log4j}"
+    conf = {"spark.pyspark.python": python, "spark.executorEnv.PYSPARK_PYTHON": python}
+    if artifacts.env_archive is None:
+        conf |= {"spark.pyspark.driver.python": python, "spark.driver.extraJavaOptions": java_opt,
+                 "spark.executor.extraJavaOptions": java_opt}
+    else:
+        conf["spark.yarn.appMasterEnv.PYSPARK_PYTHON"] = python
+        if sc.deploy_mode == "client":
+            conf["spark.pyspark.driver.python"] = executor_python()
+        archives = [f"{artifacts.env_archive}#{ENV_ARCHIVE_ALIAS}"]
+        if artifacts.conf_archive is not None:
+            archives.append(f"{artifacts.conf_archive}#{CONF_ARCHIVE_ALIAS}")
+        cmd += ["--archives", ",".join(archives)]
+    for key, value in {**conf, **sc.conf}.items():
+        cmd += ["--conf", f"{key}={value}"]
+    cmd += ["--py-files", str(artifacts.code), str(REPO_ROOT / JOBS[job]), *job_args]
+    return cmd
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    jobs = available_jobs()
+    usage = "usage: spark-submit.sh <job> [--env local|standalone|yarn] [--set key=value ...] [--dry-run] [--help]"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage + "\n\njobs: " + ", ".join(jobs))
+        return 0
+    job, rest = argv[0], argv[1:]
+    if job not in jobs:
+        print(f"unknown job {job!r}; jobs: {', '.join(jobs)}", file=sys.stderr)
+        return 2
+    if "-h" in rest or "--help" in rest:
+        return subprocess.call([sys.executable, str(REPO_ROOT / jobs[job]), "--help"])
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--env", default="local", choices=ENVS)
+    pre.add_argument("--set", dest="overrides", action="append", default=[])
+    pre.add_argument("--conf-dir", default=None)
+    pre.add_argument("--dry-run", action="store_true")
+    known, _ = pre.parse_known_args(rest)
+    job_args = [a for a in rest if a != "--dry-run"]
+    if "--env" not in job_args:
+        job_args = ["--env", known.env, *job_args]
+    try:
+        cfg = load_config(known.env, known.overrides, known.conf_dir)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    conf_dir = Path(known.conf_dir or REPO_ROOT / "conf").resolve()
+    if "--conf-dir" not in job_args:  # the job imports from the shipped code, so it cannot find conf/ on its own
+        remote_driver = cfg.env == "yarn" and cfg.spark.deploy_mode == "cluster"
+        job_args += ["--conf-dir", CONF_ARCHIVE_ALIAS if remote_driver else str(conf_dir)]
+    planned = plan_artifacts(cfg)
+    if known.dry_run:
+        print(shlex.join(build_command(job, cfg, job_args, planned)))
+        return 0
+    cmd = build_command(job, cfg, job_args, build_artifacts(cfg, planned, conf_dir))
+    env = {**os.environ, "PIPELINE_SUBMITTED": "1", "PYSPARK_PYTHON": executor_python()}
+    if cfg.spark.master.startswith("local"):
+        env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    return subprocess.call(cmd, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
