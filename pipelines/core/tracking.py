@@ -30,7 +30,9 @@ def configure_mlflow(cfg: Config) -> str:
     mlflow.set_tracking_uri(cfg.tracking_uri)
     os.environ["MLFLOW_TRACKING_URI"] = cfg.tracking_uri
     exp = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
-    if exp is None:
+    if exp is None and cfg.mlflow.artifact_root is None and cfg.tracking_uri.startswith(("http://", "https://")):
+        exp_id = mlflow.create_experiment(cfg.mlflow.experiment)  # the server's artifact store (proxied)
+    elif exp is None:
         location = cfg.artifact_root
         if "://" not in location:
             Path(location).mkdir(parents=True, exist_ok=True)
