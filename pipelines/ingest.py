@@ -23,6 +23,7 @@ from pipelines.core.config import Config, SourceConf
 from pipelines.core.delta import DeltaStore
 from pipelines.core.files import FileInfo, head, list_files
 from pipelines.core.logs import LOG, stage
+from pipelines.ingest_images import ingest_image_files, split_by_filter
 
 META_COLS = ["_source_file", "_raw", "_kind", "_reason"]
 OTHER_DELIMITERS = [";", "\t", "|", ","]
@@ -51,6 +52,7 @@ class SourceResult:
     source: str
     files: list[FileResult] = field(default_factory=list)
     skipped_files: int = 0
+    ignored_files: int = 0
     table_version: int | None = None
 
     @property
@@ -86,6 +88,12 @@ def sniff(data: bytes, size: int, src: SourceConf) -> tuple[str | None, str | No
         line = _normalize(first.decode("utf-8"))
     except UnicodeDecodeError:
         return None, "not a UTF-8 text file: first line does not decode"
+    if src.format == "jsonl":
+        try:
+            first_obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            return None, f"not JSON lines: first line is not JSON ({e.msg})"
+        return ("", None) if isinstance(first_obj, dict) else (None, "not JSON lines: first line is not an object")
     if not src.header:
         return "", None
     try:
@@ -130,6 +138,25 @@ def _convert(values: pd.Series, typ: str, ts_format: str) -> tuple[pd.Series, np
     return parsed, present & parsed.isna().to_numpy()
 
 
+def _json_fields(line: str, names: list[str]) -> list[str | None] | str:
+    """A JSON-lines record as strings in declared column order (absent keys are null), or the reason it is bad."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        return f"invalid JSON: {e.msg} at column {e.colno}"
+    if not isinstance(obj, dict):
+        return f"JSON line is not an object but {type(obj).__name__}"
+    out: list[str | None] = []
+    for name in names:
+        v = obj.get(name)
+        if isinstance(v, bool):
+            v = str(v).lower()
+        elif isinstance(v, dict | list):
+            v = json.dumps(v)
+        out.append(None if v is None else str(v))
+    return out
+
+
 def parse_batch(raw: pd.Series, files: pd.Series, src: SourceConf, headers: dict[str, str]) -> pd.DataFrame:
     """Parse raw CSV lines (bytes) into typed columns; each line gets a kind (ok/bad/header/blank) and a reason."""
     n = len(raw)
@@ -150,6 +177,14 @@ def parse_batch(raw: pd.Series, files: pd.Series, src: SourceConf, headers: dict
             continue
         if not line.strip():
             kind[i] = "blank"
+            continue
+        if src.format == "jsonl":
+            fields_or_reason = _json_fields(line, names)
+            if isinstance(fields_or_reason, str):
+                kind[i], reason[i] = "bad", fields_or_reason
+                continue
+            for j, v in enumerate(fields_or_reason):
+                cells[j][i] = v
             continue
         try:
             fields = next(csv.reader([line], delimiter=src.delimiter, strict=True))
@@ -213,8 +248,19 @@ def ingest_source(
     result = SourceResult(name)
     with stage(f"ingest.{name}") as s:
         landed = list_files(cfg.landing, src.path)
+        if src.format == "image":
+            landed, ignored = split_by_filter(landed, src.glob_filter)
+            result.ignored_files = len(ignored)
+            if ignored:
+                LOG.warning("%s: %d files ignored by glob filter %r: %s", name, len(ignored), src.glob_filter,
+                            ", ".join(f.uri.rsplit("/", 1)[-1] for f in ignored[:5]))
         new = [f for f in landed if (f.uri, f.size, f.mtime_ms) not in seen]
         result.skipped_files = len(landed) - len(new)
+        if src.format == "image":
+            _ingest_images(spark, cfg, store, name, src, run_id, new, result)
+            s.add(files_new=len(new), files_skipped=result.skipped_files, files_ignored=result.ignored_files,
+                  files_quarantined=result.files_quarantined, rows_ok=result.rows_ok)
+            return result
         headers: dict[str, str] = {}
         readable: list[FileInfo] = []
         for f in new:
@@ -230,6 +276,20 @@ def ingest_source(
         s.add(files_new=len(new), files_skipped=result.skipped_files, files_quarantined=result.files_quarantined,
               rows_in=result.rows_in, rows_ok=result.rows_ok, rows_quarantined=result.rows_quarantined)
     return result
+
+
+def _ingest_images(spark: SparkSession, cfg: Config, store: DeltaStore, name: str, src: SourceConf, run_id: str,
+                   files: list[FileInfo], result: SourceResult) -> None:
+    """One row per image file: decodable ones to bronze, the others quarantined as files with the reason."""
+    status: dict[str, str | None] = {f.uri: "empty file" for f in files if f.size == 0}  # binaryFile skips them
+    readable = [f for f in files if f.size > 0]
+    if readable:
+        decoded, result.table_version = ingest_image_files(spark, cfg, store, name, src, run_id, readable)
+        status |= decoded
+    for f in files:
+        reason = status[f.uri]
+        result.files.append(FileResult(f.uri, f.size, f.mtime_ms, "quarantined" if reason else "ingested", reason,
+                                       1, 0 if reason else 1, 1 if reason else 0))
 
 
 def _ingest_readable(
@@ -307,6 +367,7 @@ def summary(results: list[SourceResult]) -> dict:
     """JSON-friendly per-source summary for logs and MLflow."""
     return {r.source: {"rows_in": r.rows_in, "rows_ok": r.rows_ok, "rows_quarantined": r.rows_quarantined,
                        "files_new": len(r.files), "files_skipped": r.skipped_files,
+                       "files_ignored": r.ignored_files,
                        "files_quarantined": r.files_quarantined, "table_version": r.table_version,
                        "files": [asdict(f) for f in r.files]} for r in results}
 

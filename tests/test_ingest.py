@@ -129,9 +129,68 @@ def test_land_demo_and_ingest_end_to_end(spark: SparkSession, store: DeltaStore,
     assert len(runs) == 1
     run = runs.iloc[0]
     assert run["metrics.flights.rows_in"] == expected == run["metrics.flights.rows_ok"]
-    assert run["metrics.rows_quarantined"] == 0
+    assert run["metrics.flights.rows_quarantined"] == 0 and run["metrics.tweets.rows_ok"] == 20761
+    assert run["metrics.digits.rows_ok"] == 1797 and run["metrics.digits.files_quarantined"] == 3
+    assert run["metrics.rows_quarantined"] == 3  # the three corrupt files land-demo puts among the digits
     assert run["tags.table_version.bronze.flights"] == "0"
 
     assert run_all.main(overrides) == 0  # re-run: nothing new, nothing duplicated
     assert store.read(cfg.table_path("bronze", "flights")).count() == expected
     assert store.version(cfg.table_path("bronze", "flights")) == 0
+
+
+TWEETS = ("ingest.sources.tw={path: tw/*.jsonl, format: jsonl, header: false, table: tw, "
+          "columns: {id: bigint, text: string, at: timestamp, flag: boolean}}")
+
+
+def test_jsonl_source(spark: SparkSession, store: DeltaStore, make_cfg: Callable[..., Config]) -> None:
+    cfg = make_cfg(TWEETS)
+    folder = Path(cfg.landing) / "tw"
+    folder.mkdir(parents=True)
+    lines = [
+        '{"id": 1, "text": "line one\\nline two, with comma", "at": "2016-01-01T10:00:00Z", "flag": true}',
+        '{"id": 2, "text": null, "at": "2016-01-02T10:00:00Z"}',  # absent key and null: both null
+        '{"id": "x3", "text": "bad id", "at": "2016-01-03T10:00:00Z", "flag": false}',
+        '{"id": 4, "text": "cut off',
+        '[4, 5]',
+    ]
+    (folder / "export.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "broken.jsonl").write_text("this is not json\n")
+    (result,) = ingest(spark, cfg, store, "run-j", ["tw"])
+    assert (result.rows_in, result.rows_ok, result.rows_quarantined, result.files_quarantined) == (5, 2, 3, 1)
+    rows = sorted(store.read(cfg.table_path("bronze", "tw")).collect(), key=lambda r: r.id)
+    assert [(r.id, r.text, r.flag) for r in rows] == [(1, "line one\nline two, with comma", True), (2, None, None)]
+    reasons = sorted(r.reason for r in store.read(cfg.table_path("quarantine", "rows")).collect())
+    assert reasons[0].startswith("JSON line is not an object") and reasons[1].startswith("invalid JSON")
+    assert reasons[2] == "unparsable bigint in column id: 'x3'"
+    (bad_file,) = store.read(cfg.table_path("quarantine", "files")).collect()
+    assert bad_file.reason.startswith("not JSON lines") and bad_file.source_file.endswith("broken.jsonl")
+
+
+def test_image_source(spark: SparkSession, store: DeltaStore, make_cfg: Callable[..., Config]) -> None:
+    import numpy as np
+
+    from pipelines.demo import _png, digit_extras
+
+    cfg = make_cfg("ingest.sources.img={path: img/**, format: image, glob_filter: '*.png', table: img}")
+    root = Path(cfg.landing) / "img"
+    pngs = {"0/a.png": _png(np.zeros((8, 8), np.uint8)), "0/b.png": _png(np.full((8, 8), 255, np.uint8)),
+            "9/c.png": _png(np.eye(8, dtype=np.uint8) * 200)}
+    for rel, data in {**pngs, **digit_extras(pngs["0/a.png"])}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    (result,) = ingest(spark, cfg, store, "run-i", ["img"])
+    assert (result.rows_ok, result.files_quarantined, result.ignored_files) == (3, 3, 2)
+    assert result.rows_in == result.rows_ok + result.rows_quarantined
+    rows = sorted(store.read(cfg.table_path("bronze", "img")).collect(), key=lambda r: r.path)
+    assert [(r.label, r.width, r.height, r.mode) for r in rows] == [("0", 8, 8, "L"), ("0", 8, 8, "L"),
+                                                                  ("9", 8, 8, "L")]
+    assert rows[2].content == pngs["9/c.png"]  # bytes stored unchanged
+    reasons = {Path(r.source_file).name: r.reason for r in store.read(cfg.table_path("quarantine", "files")).collect()}
+    assert sorted(reasons) == ["digit_empty.png", "digit_not_really.png", "digit_truncated.png"]
+    assert reasons["digit_empty.png"] == "empty file"
+    assert reasons["digit_truncated.png"].startswith("not a decodable image: ")
+    assert reasons["digit_not_really.png"] == ("not a decodable image: UnidentifiedImageError: "
+                                               "cannot identify image file")
+    (again,) = ingest(spark, cfg, store, "run-i2", ["img"])
+    assert again.files == [] and store.read(cfg.table_path("bronze", "img")).count() == 3

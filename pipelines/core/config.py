@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENVS = ("local", "standalone", "yarn")
@@ -74,17 +74,24 @@ class DemoConf(Strict):
 
 
 class SourceConf(Strict):
-    """One landing source: where its files are, how to parse them, which bronze table they feed."""
+    """One landing source: where its files are, how to parse them, which bronze table they feed.
 
-    path: str  # glob relative to the landing zone, e.g. flights/*.csv
-    format: Literal["csv"] = "csv"
+    csv and jsonl are parsed line by line against the declared `columns`; image reads files with Spark's
+    binaryFile source (recursive, `glob_filter`), decodes them to check they are images, and takes the label from
+    the parent folder's name.
+    """
+
+    path: str  # glob relative to the landing zone (csv, jsonl: files; image: a folder searched recursively)
+    format: Literal["csv", "jsonl", "image"] = "csv"
     delimiter: str = ","
     header: bool = True
     null_values: list[str] = Field(default_factory=lambda: ["", "NA"])
     timestamp_format: str = "ISO8601"  # pandas/strptime format, or ISO8601
-    columns: dict[str, str]  # ordered name -> Spark SQL type
+    columns: dict[str, str] = Field(default_factory=dict)  # ordered name -> Spark SQL type (csv, jsonl)
     partition_by: list[str] = Field(default_factory=list)
     table: str
+    glob_filter: str = "*"  # image: file names to read; others in the folder are counted as ignored
+    label_from_folder: bool = True  # image: label = name of the folder holding the file
 
     @field_validator("columns")
     @classmethod
@@ -93,8 +100,6 @@ class SourceConf(Strict):
         bad = {k: t for k, t in v.items() if t not in allowed}
         if bad:
             raise ValueError(f"unsupported column types {bad}; allowed: {sorted(allowed)}")
-        if not v:
-            raise ValueError("at least one column is required")
         return v
 
     @field_validator("delimiter")
@@ -103,6 +108,12 @@ class SourceConf(Strict):
         if len(v) != 1:
             raise ValueError("delimiter must be exactly one character")
         return v
+
+    @model_validator(mode="after")
+    def _columns_for_text(self) -> SourceConf:
+        if self.format in ("csv", "jsonl") and not self.columns:
+            raise ValueError(f"columns: a {self.format} source needs at least one declared column")
+        return self
 
 
 class IngestConf(Strict):
