@@ -1,0 +1,97 @@
+"""Databricks-style notebooks outside Databricks: a local stand-in for dbutils widgets, and a runner that executes
+Databricks source-format notebooks (`# Databricks notebook source`, `# COMMAND ----------`) headless.
+
+On Databricks the real `dbutils` exists and `get_dbutils` returns it; locally widgets take their values from
+WIDGET_<NAME> environment variables (how the tests and a scheduler pass parameters) or their defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+CELL_SEP = "# COMMAND ----------"
+HEADER = "# Databricks notebook source"
+
+
+class LocalWidgets:
+    """The subset of dbutils.widgets that notebooks use: text, dropdown, get, getArgument, removeAll."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, str] = {}
+
+    def text(self, name: str, default: str, label: str | None = None) -> None:
+        self._values[name] = os.environ.get(f"WIDGET_{name.upper()}", default)
+
+    def dropdown(self, name: str, default: str, choices: list[str], label: str | None = None) -> None:
+        value = os.environ.get(f"WIDGET_{name.upper()}", default)
+        if value not in choices:
+            raise ValueError(f"widget {name}: {value!r} is not one of {choices}")
+        self._values[name] = value
+
+    def get(self, name: str) -> str:
+        if name not in self._values:
+            raise KeyError(f"widget {name!r} is not defined; define it with dbutils.widgets.text first")
+        return self._values[name]
+
+    getArgument = get  # noqa: N815 - dbutils' own name
+
+    def removeAll(self) -> None:  # noqa: N802 - dbutils' own name
+        self._values.clear()
+
+
+class LocalDbutils:
+    """Local stand-in for Databricks' dbutils (widgets only)."""
+
+    def __init__(self) -> None:
+        self.widgets = LocalWidgets()
+
+
+def get_dbutils(spark: Any = None) -> Any:
+    """Databricks' dbutils when running there, else the local stand-in."""
+    try:
+        from pyspark.dbutils import DBUtils  # type: ignore[import-not-found]  # only on Databricks
+
+        return DBUtils(spark)
+    except ImportError:
+        return LocalDbutils()
+
+
+def read_databricks_source(path: Path) -> list[tuple[str, str]]:
+    """Cells of a Databricks source-format notebook as (kind, source), kind 'markdown' or 'code'."""
+    text = path.read_text()
+    if not text.startswith(HEADER):
+        raise ValueError(f"{path}: not a Databricks source notebook (first line must be {HEADER!r})")
+    cells = []
+    for chunk in text[len(HEADER):].split(CELL_SEP):
+        lines = chunk.strip("\n").splitlines()
+        if not lines:
+            continue
+        if all(line.startswith("# MAGIC") for line in lines):
+            body = "\n".join(line[len("# MAGIC"):].lstrip() for line in lines)
+            if body.startswith("%md"):
+                cells.append(("markdown", body[len("%md"):].lstrip()))
+                continue
+        cells.append(("code", "\n".join(lines)))
+    return cells
+
+
+def run_notebook(path: Path, env: dict[str, str] | None = None, timeout: int = 900) -> Any:
+    """Execute a Databricks source notebook in a fresh kernel of this environment; return the executed notebook."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "markdown" else nbformat.v4.new_code_cell(src)
+                for kind, src in read_databricks_source(path)]
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}})
+        client.execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return nb
