@@ -75,3 +75,16 @@ def test_conf_holds_no_secrets() -> None:
     text = "\n".join(p.read_text().lower() for p in (REPO_ROOT / "conf").rglob("*.yaml"))
     for word in ("password:", "secret:", "token:", "api_key:"):
         assert word not in text
+
+
+def test_pipeline_profile_layers_between_base_and_env(tmp_path: Path) -> None:
+    root = _conf(tmp_path, "demo:\n  seed: 11\n")
+    (root / "pipelines" / "digits").mkdir(parents=True)
+    (root / "pipelines" / "digits" / "mlflow.yaml").write_text("mlflow:\n  registered_model: digit-cnn\n"
+                                                              "demo:\n  seed: 3\n  fraction: 0.5\n")
+    assert load_config("local", [], root).mlflow.registered_model == "flight-delay"
+    cfg = load_config("local", ["pipeline=digits"], root)
+    assert (cfg.pipeline, cfg.mlflow.registered_model) == ("digits", "digit-cnn")
+    assert (cfg.demo.seed, cfg.demo.fraction) == (11, 0.5)  # env layer over the profile, profile over base
+    with pytest.raises(ConfigError, match=r"unknown pipeline 'cats'; available: \['flights', 'digits'\]"):
+        load_config("local", ["pipeline=cats"], root)

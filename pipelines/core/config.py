@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENVS = ("local", "standalone", "yarn")
+DEFAULT_PIPELINE = "flights"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^${}]*))?\}")  # innermost reference
 
 
@@ -330,6 +331,7 @@ class TrainingConf(Strict):
 
 class Config(Strict):
     env: Literal["local", "standalone", "yarn"] = "local"
+    pipeline: str = DEFAULT_PIPELINE  # a profile in conf/pipelines/<name>/ (flights needs none: base is flights)
     spark: SparkConf = SparkConf()
     storage: StorageConf = StorageConf()
     mlflow: MlflowConf = MlflowConf()
@@ -461,10 +463,32 @@ def _nest(path: list[str], value: Any) -> dict:
     return out
 
 
+def _pipeline_name(root: Path, env: str, overrides: list[str] | tuple[str, ...]) -> str:
+    """The pipeline profile asked for: the last --set pipeline=..., else conf/<env> or conf/base, else the default."""
+    for item in reversed(list(overrides)):
+        key, value = parse_override(item)
+        if key == "pipeline":
+            return str(value)
+    for layer in (root / env, root / "base"):
+        for path in sorted(layer.glob("*.yaml"), reverse=True) if layer.is_dir() else []:
+            data = _read_yaml(path)
+            if "pipeline" in data:
+                return str(data["pipeline"])
+    return DEFAULT_PIPELINE
+
+
+def available_pipelines(conf_dir: str | Path | None = None) -> list[str]:
+    """Pipeline profiles: the default (base config) and one per folder in conf/pipelines/."""
+    folder = Path(conf_dir or os.environ.get("PIPELINE_CONF_DIR") or REPO_ROOT / "conf") / "pipelines"
+    extra = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return [DEFAULT_PIPELINE, *[p for p in extra if p != DEFAULT_PIPELINE]]
+
+
 def load_config(
     env: str = "local", overrides: list[str] | tuple[str, ...] = (), conf_dir: str | Path | None = None
 ) -> Config:
-    """Load conf/base/*.yaml, then conf/<env>/*.yaml, then `key=value` overrides; validate; return Config."""
+    """Load conf/base/*.yaml, conf/pipelines/<pipeline>/*.yaml, conf/<env>/*.yaml, then `key=value` overrides;
+    validate; return Config. The pipeline profile (flights by default) selects a whole flow by name."""
     if env not in ENVS:
         raise ConfigError(f"env: unknown environment {env!r}; choose one of {ENVS}")
     root = Path(conf_dir or os.environ.get("PIPELINE_CONF_DIR") or REPO_ROOT / "conf")
@@ -472,7 +496,10 @@ def load_config(
         raise ConfigError(f"config folder {root}/base not found (set PIPELINE_CONF_DIR or --conf-dir)")
     origin: dict[str, str] = {"env": "--env"}
     data: dict = {"env": env}
-    for layer in (root / "base", root / env):
+    pipeline = _pipeline_name(root, env, overrides)
+    if pipeline not in available_pipelines(root):
+        raise ConfigError(f"pipeline: unknown pipeline {pipeline!r}; available: {available_pipelines(root)}")
+    for layer in (root / "base", root / "pipelines" / pipeline, root / env):
         for path in sorted(layer.glob("*.yaml")) if layer.is_dir() else []:
             where = str(path.relative_to(root.parent) if root.parent in path.parents else path)
             data = _merge(data, _expand_env(_read_yaml(path), where, ""), origin, where)
