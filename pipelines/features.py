@@ -8,7 +8,9 @@ new rows. `run_features` does the I/O at the edges: it reads bronze at pinned ve
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +31,6 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from features.cyclical import CyclicalEncoder
 from pipelines.core.config import (
     BucketizedGroup,
     CategoricalGroup,
@@ -53,13 +54,40 @@ IMP, IDX, OHE, BKT, BKT_OHE, CYC = "__imp", "__idx", "__ohe", "__bkt", "__bkt_oh
 MODEL_ARTIFACT = "preprocessing"
 
 
+def ensure_features_package() -> None:
+    """Make `import features` give the project's transformer package, which PipelineModel.load imports by name.
+
+    A job run as a script (python jobs/x.py, spark-submit jobs/x.py) has jobs/ first on sys.path, where
+    jobs/features.py would shadow the `features` package. Import the package once with such folders hidden;
+    later imports use the cached package.
+    """
+    mod = sys.modules.get("features")
+    if mod is not None and hasattr(mod, "__path__"):
+        return
+    sys.modules.pop("features", None)
+    saved = list(sys.path)
+    sys.path[:] = [p for p in saved if not (Path(p or ".", "features.py").is_file()
+                                            and not Path(p or ".", "features", "__init__.py").is_file())]
+    try:
+        importlib.import_module("features")
+    finally:
+        sys.path[:] = saved
+
+
+def _cyclical_encoder() -> type:
+    ensure_features_package()
+    from features.cyclical import CyclicalEncoder
+
+    return CyclicalEncoder
+
+
 # ---- pure stage functions ------------------------------------------------------------------------------------
 def clean(facts: DataFrame, fc: FeaturesConf) -> DataFrame:
     """Fix types, add the date and the label, remove duplicates on the natural key.
 
     A row without an outcome (label column null: cancelled or diverted flight) keeps a null label; it is not
-    dropped. Of duplicate rows the one with an outcome is kept, ties broken by all other columns, so the
-    choice is deterministic.
+    dropped. Of duplicate rows the one with an outcome is kept, ties broken by a hash of the other columns, so
+    the choice is deterministic.
     """
     y, m, d = fc.date_columns
     out = facts
@@ -80,7 +108,8 @@ def clean(facts: DataFrame, fc: FeaturesConf) -> DataFrame:
     if missing:
         raise ConfigError(f"features.key: columns {missing} are not in {fc.source_table} ({out.columns})")
     rest = sorted(c for c in out.columns if c not in fc.key)
-    order = [F.col(fc.label.column).isNull().asc()] + [F.col(c).asc_nulls_last() for c in rest]
+    # Tie-break on a hash of the whole row: deterministic, and a 2-column sort instead of one over every column.
+    order = [F.col(fc.label.column).isNull().asc(), F.xxhash64(*rest).asc()]
     w = Window.partitionBy(*fc.key).orderBy(*order)
     return out.withColumn("_dup_rank", F.row_number().over(w)).filter("_dup_rank = 1").drop("_dup_rank")
 
@@ -180,7 +209,7 @@ def build_pipeline(fc: FeaturesConf) -> Pipeline:
                 assembled += [c + BKT for c in g.columns]
         elif isinstance(g, CyclicalGroup):
             name = g.name + CYC
-            stages.append(CyclicalEncoder(inputCols=list(g.columns), periods=list(g.columns.values()),
+            stages.append(_cyclical_encoder()(inputCols=list(g.columns), periods=list(g.columns.values()),
                                           outputCol=name))
             assembled.append(name)
     extra = [fc.scale, fc.selector.enabled]
@@ -530,6 +559,7 @@ def load_preprocessing(run: FeaturesRun) -> PipelineModel:
     """The run's fitted PipelineModel: from the saved path, or downloaded from MLflow when that is gone."""
     import mlflow
 
+    ensure_features_package()
     local = run.model_path.removeprefix("file://")
     if "://" in local or Path(local).exists():
         return PipelineModel.load(run.model_path)

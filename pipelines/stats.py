@@ -1,9 +1,10 @@
 """Descriptive statistics of the training split (book chapter 4), as a JSON-able report and PNG plots.
 
-Computed by Spark over all training rows (no sampling): Summarizer metrics of the imputed numeric features,
-null fractions, skewness and kurtosis of the raw values, Pearson and Spearman correlation matrices
-(pyspark.ml.stat.Correlation, label included), ChiSquareTest of the categorical features against the label,
-label balance and exact histograms. The plots are drawn from the report, so they need no second pass.
+Computed by Spark over all training rows: Summarizer metrics of the imputed numeric features, null fractions,
+skewness and kurtosis of the raw values, Pearson and Spearman correlation matrices (pyspark.ml.stat.Correlation,
+label included; Spearman on a fixed-seed sample of at most stats.spearman_max_rows rows, as it sorts every
+column), ChiSquareTest of the categorical features against the label, label balance and exact histograms.
+The plots are drawn from the report, so they need no second pass over the data.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pyspark import StorageLevel
 from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.stat import ChiSquareTest, Correlation, Summarizer
 from pyspark.sql import DataFrame
@@ -49,10 +51,22 @@ def describe(transformed: DataFrame, fc: FeaturesConf) -> dict[str, Any]:
     label = fc.label.name
     numeric = numeric_columns(fc)
     cats = {k: v for k, v in categorical_columns(fc).items() if v in transformed.columns}
+    raw_cats = [c for g in fc.groups if isinstance(g, CategoricalGroup) for c in g.columns]
+    imputed = [c + IMP for c in numeric]
+    needed = list(dict.fromkeys([label, *numeric, *imputed, *raw_cats, *cats.values()]))
+    data = transformed.select(*needed).persist(StorageLevel.MEMORY_AND_DISK)  # several passes below
+    try:
+        return _describe(data, fc, numeric, imputed, raw_cats, cats)
+    finally:
+        data.unpersist()
+
+
+def _describe(transformed: DataFrame, fc: FeaturesConf, numeric: list[str], imputed: list[str],
+              raw_cats: list[str], cats: dict[str, str]) -> dict[str, Any]:
+    label = fc.label.name
     report: dict[str, Any] = {"label": label, "rows": 0, "numeric": {}, "label_balance": {}}
 
     # Null fractions, skewness, kurtosis of the raw values; label balance: one aggregation.
-    raw_cats = [c for g in fc.groups if isinstance(g, CategoricalGroup) for c in g.columns]
     aggs = [F.count("*").alias("_rows"), F.count(label).alias("_labeled"), F.sum(label).alias("_pos")]
     for i, c in enumerate(numeric):
         aggs += [F.count(c).alias(f"n{i}"), F.skewness(c).alias(f"s{i}"), F.kurtosis(c).alias(f"k{i}")]
@@ -66,7 +80,6 @@ def describe(transformed: DataFrame, fc: FeaturesConf) -> dict[str, Any]:
     report["null_fraction"].update({c: 1 - row[f"c{i}"] / rows if rows else None for i, c in enumerate(raw_cats)})
 
     # Summarizer over the imputed values (what the model sees before scaling).
-    imputed = [c + IMP for c in numeric]
     vec = VectorAssembler(inputCols=imputed, outputCol="_num", handleInvalid="keep").transform(transformed)
     summary = vec.select(Summarizer.metrics(*METRICS).summary(F.col("_num")).alias("s")).first()["s"]
     for i, c in enumerate(numeric):
@@ -82,10 +95,15 @@ def describe(transformed: DataFrame, fc: FeaturesConf) -> dict[str, Any]:
     corr_in = VectorAssembler(inputCols=[*imputed, "_label"], outputCol="_corr").transform(lab).select("_corr")
     names = [*numeric, label]
     report["correlation"] = {"columns": names}
-    methods = ["pearson", "spearman"] if fc.stats.spearman else ["pearson"]
-    for method in methods:
-        m = Correlation.corr(corr_in, "_corr", method).first()[0].toArray()
-        report["correlation"][method] = [[_num(v) for v in r] for r in m]
+    m = Correlation.corr(corr_in, "_corr", "pearson").first()[0].toArray()
+    report["correlation"]["pearson"] = [[_num(v) for v in r] for r in m]
+    if fc.stats.spearman:
+        # Spearman ranks every column with a global sort; a fixed-seed sample keeps it cheap and repeatable.
+        fraction = min(1.0, fc.stats.spearman_max_rows / max(labeled, 1))
+        sample = corr_in.sample(fraction=fraction, seed=fc.stats.seed) if fraction < 1 else corr_in
+        m = Correlation.corr(sample, "_corr", "spearman").first()[0].toArray()
+        report["correlation"]["spearman"] = [[_num(v) for v in r] for r in m]
+        report["correlation"]["spearman_fraction"] = fraction
     if cats:
         cat_in = VectorAssembler(inputCols=list(cats.values()), outputCol="_cats").transform(lab)
         chi = ChiSquareTest.test(cat_in, "_cats", "_label", flatten=True).collect()

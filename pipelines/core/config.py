@@ -239,6 +239,8 @@ class StatsConf(Strict):
     enabled: bool = True
     histogram_bins: int = Field(default=30, ge=2)
     spearman: bool = True
+    spearman_max_rows: int = Field(default=50_000, ge=100)  # Spearman sorts every column: sample above this
+    seed: int = 7
     max_plot_columns: int = Field(default=12, ge=1)
 
 
