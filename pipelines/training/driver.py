@@ -1,0 +1,252 @@
+"""Driver side: launch N training workers as one Spark barrier stage and collect their results.
+
+A `Launcher` runs a WorkerSpec and returns one WorkerResult per rank. Both backends share the launch:
+  - a KV server on the driver (Horovod's gloo RendezvousServer) that is also the control channel: the tasks of
+    each stage attempt register there (a retried attempt resets the rendezvous), rank 0 reports every epoch,
+    and a failing rank reports its traceback before its task raises;
+  - the barrier stage `parallelize(range(N), N).barrier().mapPartitions(barrier_task(spec))`, followed by a
+    shuffle so the barrier stage is a ShuffleMapStage: Spark retries a failed one as a new stage attempt
+    (spark.stage.maxConsecutiveAttempts, 4 by default), whereas a failed barrier ResultStage fails the job;
+  - a job group with a timer: after training.timeout_s the driver cancels the job group, which kills the tasks
+    (and with them the training processes);
+  - with gpus_per_worker > 0, a stage-level ResourceProfile asking for that many GPUs per task.
+HorovodLauncher additionally serves the gloo rendezvous; TfMwmsLauncher's workers meet through TF_CONFIG.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from horovod.runner.common.util import codec
+from horovod.runner.http.http_server import RendezvousHandler, RendezvousServer
+from pyspark.sql import SparkSession
+
+from pipelines.core.config import TrainingConf
+from pipelines.core.logs import LOG
+from pipelines.training.remote import barrier_task
+from pipelines.training.spec import ABORT, ATTEMPT, ATTEMPT_NO, ERROR, PROGRESS, WorkerResult, WorkerSpec, assign_ranks
+
+
+class TrainingFailed(RuntimeError):
+    """The barrier stage failed; the message names the failing rank and carries its traceback."""
+
+    def __init__(self, message: str, rank: int | None = None, attempt: int | None = None) -> None:
+        super().__init__(message)
+        self.rank, self.attempt = rank, attempt
+
+
+class TrainingTimeout(TrainingFailed):
+    """Training did not finish within training.timeout_s; the driver cancelled the job group."""
+
+
+class Launcher(Protocol):
+    """Runs one distributed training and returns the per-rank results, ordered by rank."""
+
+    backend: str
+
+    def run(self, spec: WorkerSpec) -> list[WorkerResult]: ...
+
+
+def steps_per_epoch(rows: int, batch_size: int, workers: int, cap: int | None = None) -> int:
+    """Steps every rank runs per epoch: one pass over `rows` split over the workers (at least 1, at most `cap`).
+
+    Computed once on the driver and given to every rank: with Petastorm reading num_epochs=None, all ranks run
+    the same number of steps whatever the size of their shard, so no rank waits for an all-reduce that never
+    comes.
+    """
+    steps = max(1, rows // (batch_size * workers))
+    return min(steps, cap) if cap else steps
+
+
+@dataclass
+class _Report:
+    at: float
+    token: str
+    rank: int
+    text: str
+
+
+@dataclass
+class ControlChannel:
+    """The driver's KV server: Horovod rendezvous scopes plus this launcher's attempt/progress/error scopes."""
+
+    num_workers: int
+    max_attempts: int
+    epochs: int
+    reset_rendezvous: bool
+    cancel: Any  # callable(reason)
+    attempts: dict[str, int] = field(default_factory=dict)
+    errors: list[_Report] = field(default_factory=list)
+    last_progress: dict[str, Any] | None = None
+    _server: RendezvousServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> int:
+        self._server = RendezvousServer(verbose=0)
+        return self._server.start(self._handler())
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+
+    def _handler(self) -> type:
+        channel = self
+
+        class ControlHandler(RendezvousHandler):
+            def _put_value(self, scope: str, key: str, value: bytes) -> None:
+                if scope in (ATTEMPT, PROGRESS, ERROR):
+                    answer = channel.on_message(scope, key, codec.loads_base64(value))
+                    if answer is not None:
+                        super()._put_value(ATTEMPT_NO, key, codec.dumps_base64(answer, to_ascii=False))
+                    return
+                super()._put_value(scope, key, value)
+
+        return ControlHandler
+
+    def on_message(self, scope: str, key: str, value: Any) -> int | None:
+        """Handle one control message; for an attempt registration return the attempt number (or ABORT)."""
+        with self._lock:
+            if scope == ATTEMPT:
+                return self._register(key, value["hosts"])
+            if scope == PROGRESS:
+                self.last_progress = value
+                shown = {k: round(v, 4) for k, v in value.items()
+                         if k in ("loss", "auc", "val_loss", "val_auc", "lr", "epoch_train_seconds")}
+                LOG.info("train: epoch %d/%d (attempt %d) %s", value["epoch"] + 1, self.epochs,
+                         value["attempt"], " ".join(f"{k}={v}" for k, v in shown.items()))
+                return None
+            token, _, rank = key.rpartition("-")
+            self.errors.append(_Report(time.time(), token, int(rank), value))
+            attempt = self.attempts.get(token, 0)
+            LOG.error("train: rank %s failed in attempt %d", rank, attempt)
+            if attempt + 1 >= self.max_attempts:
+                threading.Thread(target=self.cancel, args=("failed",), daemon=True).start()
+            return None
+
+    def _register(self, token: str, hosts: list[str]) -> int:
+        if token not in self.attempts:
+            self.attempts[token] = len(self.attempts)
+            number = self.attempts[token]
+            if number >= self.max_attempts:
+                threading.Thread(target=self.cancel, args=("attempts",), daemon=True).start()
+                return ABORT
+            if self.reset_rendezvous and self._server is not None:
+                self._server.init(assign_ranks(hosts))  # fresh scopes: nothing left from a failed attempt
+            LOG.info("train: attempt %d started on %s", number, ", ".join(hosts))
+        number = self.attempts[token]
+        return ABORT if number >= self.max_attempts else number
+
+    def first_error(self) -> _Report | None:
+        """The earliest failure report of the latest attempt that reported one (the root cause, not the ranks
+        that failed after it)."""
+        if not self.errors:
+            return None
+        latest = max(self.attempts.get(e.token, 0) for e in self.errors)
+        return min((e for e in self.errors if self.attempts.get(e.token, 0) == latest), key=lambda e: e.at)
+
+
+class BarrierLauncher:
+    """Launch shared by the backends: control channel, barrier stage, retries, timeout, error collection."""
+
+    backend = "horovod"
+    uses_rendezvous = True
+
+    def __init__(self, spark: SparkSession, training: TrainingConf) -> None:
+        self.spark = spark
+        self.conf = training
+        self.local = spark.sparkContext.master.startswith("local")
+
+    def control_host(self) -> str:
+        """Address the tasks reach the driver at: 127.0.0.1 locally, spark.driver.host on a cluster."""
+        if self.conf.horovod.rendezvous_host:
+            return self.conf.horovod.rendezvous_host
+        if self.local:
+            return "127.0.0.1"
+        return self.spark.sparkContext.getConf().get("spark.driver.host") or "127.0.0.1"
+
+    def run(self, spec: WorkerSpec) -> list[WorkerResult]:
+        """Run the barrier stage to completion (Spark retries included); results ordered by rank."""
+        sc = self.spark.sparkContext
+        n = self.conf.num_workers
+        group = f"train-{uuid.uuid4().hex[:8]}"
+        cancelled: list[str] = []
+
+        def cancel(reason: str) -> None:
+            if not cancelled:
+                cancelled.append(reason)
+                LOG.error("train: cancelling job group %s (%s)", group, reason)
+                sc.cancelJobGroup(group)
+
+        channel = ControlChannel(n, self.conf.max_attempts, self.conf.epochs, self.uses_rendezvous, cancel)
+        port = channel.start()
+        spec = replace(spec, backend=self.backend, control_host=self.control_host(), control_port=port,
+                       local=self.local, iface=self.conf.horovod.iface)
+        rdd = sc.parallelize(range(n), n)
+        if self.conf.gpus_per_worker > 0:
+            rdd = rdd.withResources(self._gpu_profile())
+        stage = rdd.barrier().mapPartitions(barrier_task(spec)).repartition(1)
+        timer = threading.Timer(self.conf.timeout_s, cancel, ("timeout",))
+        timer.daemon = True
+        sc.setJobGroup(group, f"{self.backend} training, {n} workers", interruptOnCancel=True)
+        started = time.perf_counter()
+        timer.start()
+        try:
+            results = stage.collect()
+        except Exception as e:
+            raise self._failure(e, channel, cancelled, time.perf_counter() - started) from None
+        finally:
+            timer.cancel()
+            for key in ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel"):
+                sc.setLocalProperty(key, None)  # type: ignore[arg-type]
+            channel.stop()
+        return sorted(results, key=lambda r: r.rank)
+
+    def _gpu_profile(self) -> Any:
+        from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+
+        req = TaskResourceRequests().cpus(self.conf.threads_per_worker).resource("gpu", self.conf.gpus_per_worker)
+        return ResourceProfileBuilder().require(req).build
+
+    def _failure(self, error: Exception, channel: ControlChannel, cancelled: list[str],
+                 seconds: float) -> TrainingFailed:
+        """One driver-side exception: the failing rank's own report when there is one, else Spark's message."""
+        report = channel.first_error()
+        attempts = len(channel.attempts)
+        if cancelled and cancelled[0] == "timeout":
+            detail = f"\nlast failure: {report.text}" if report else ""
+            return TrainingTimeout(f"training did not finish within training.timeout_s={self.conf.timeout_s}s "
+                                   f"({attempts} attempt(s), last progress {channel.last_progress}){detail}")
+        if report is not None:
+            attempt = channel.attempts.get(report.token, 0)
+            return TrainingFailed(f"training failed after {seconds:.0f}s, {attempts} attempt(s): {report.text}",
+                                  report.rank, attempt)
+        text = str(error)
+        m = re.search(r"[Tt]ask (\d+)(?:\.\d+)? in stage", text)
+        first = next((ln for ln in text.splitlines() if "Exception" in ln or "Error" in ln), text[:500])
+        where = f" in barrier task {m.group(1)}" if m else ""
+        return TrainingFailed(f"training failed{where} after {seconds:.0f}s, {attempts} attempt(s): {first}")
+
+
+class HorovodLauncher(BarrierLauncher):
+    """Horovod over gloo: the driver's control channel is also the gloo rendezvous server."""
+
+    backend = "horovod"
+    uses_rendezvous = True
+
+
+class TfMwmsLauncher(BarrierLauncher):
+    """TensorFlow MultiWorkerMirroredStrategy in the same barrier tasks; TF_CONFIG from an allGather."""
+
+    backend = "tf-mwms"
+    uses_rendezvous = False
+
+
+def make_launcher(spark: SparkSession, training: TrainingConf) -> Launcher:
+    """The launcher for training.backend."""
+    launchers: dict[str, type[BarrierLauncher]] = {"horovod": HorovodLauncher, "tf-mwms": TfMwmsLauncher}
+    return launchers[training.backend](spark, training)

@@ -1,0 +1,70 @@
+"""The contract between the driver and the barrier tasks: what a worker is given, what it returns, how ranks
+are assigned, and the names on the driver's control channel. Imported on both sides; no TensorFlow here."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from horovod.runner.common.util.hosts import HostInfo, SlotInfo, get_host_assignments
+
+# Control channel scopes on the driver's KV server (next to Horovod's own rendezvous scopes).
+ATTEMPT = "attempt"  # rank 0 registers an attempt: key = attempt token, value = the tasks' hosts
+ATTEMPT_NO = "attempt-no"  # the driver answers: key = token, value = attempt number, or ABORT
+PROGRESS = "progress"  # a rank reports an epoch: key = rank, value = dict
+ERROR = "error"  # a rank reports its failure: key = token-rank, value = traceback text
+ABORT = -1
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a training worker needs; pickled into the barrier stage's closure."""
+
+    backend: str  # horovod | tf-mwms
+    training: dict[str, Any]  # TrainingConf.model_dump()
+    vector_size: int
+    steps_per_epoch: int
+    validation_steps: int
+    class_weight: dict[int, float] | None
+    train_data: Any  # petastorm SparkDatasetConverter (picklable: cache URL and file list)
+    val_data: Any
+    checkpoint_dir: str  # this run's folder; rank 0 writes one checkpoint per epoch
+    resume_from: str | None  # another run's checkpoint folder to start from (--resume)
+    control_host: str = ""  # the driver's KV server; filled in by the launcher
+    control_port: int = 0
+    local: bool = True  # Spark local mode: loopback addresses and interface
+    iface: str | None = None
+
+
+@dataclass
+class WorkerResult:
+    """What one rank returns to the driver (the epoch history and weights only from rank 0)."""
+
+    rank: int
+    size: int
+    partition: int
+    attempt: int
+    host: str
+    initial_epoch: int
+    epochs_completed: int
+    stopped_early: bool
+    weights_sha256: str
+    train_seconds: float
+    samples: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    weights: list[Any] | None = None
+
+
+def assign_ranks(hosts: list[str]) -> list[SlotInfo]:
+    """Horovod slot of each barrier task, given each task's host in partition order.
+
+    Ranks follow Horovod's own host assignment (ranks on one host are contiguous); the tasks on a host take that
+    host's slots in partition order, so driver and tasks compute the same plan independently.
+    """
+    counts = Counter(hosts)
+    plan = get_host_assignments([HostInfo(h, counts[h]) for h in dict.fromkeys(hosts)], len(hosts))
+    free: dict[str, deque[SlotInfo]] = defaultdict(deque)
+    for slot in plan:
+        free[slot.hostname].append(slot)
+    return [free[h].popleft() for h in hosts]
