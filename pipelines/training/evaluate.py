@@ -1,0 +1,127 @@
+"""Evaluation helpers: the decision threshold chosen on validation (max F1), binary metrics, and the plots
+logged with the run. The same code judges the Keras model and the MLlib baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def features_matrix(column: pd.Series, vector_size: int) -> np.ndarray:
+    """A column of float arrays -> float32 matrix [rows, vector_size]; a wrong length is an error."""
+    x = np.stack([np.asarray(v, dtype=np.float32) for v in column]) if len(column) else np.zeros((0, vector_size))
+    if x.ndim != 2 or x.shape[1] != vector_size:
+        raise ValueError(f"features: expected arrays of length {vector_size}, got shape {x.shape}")
+    return x.astype(np.float32, copy=False)
+
+
+def best_f1_threshold(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """The probability threshold with the highest F1 (on validation), and that F1."""
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(y, p)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    i = int(np.argmax(f1[:-1])) if len(thresholds) else 0
+    return (float(thresholds[i]), float(f1[i])) if len(thresholds) else (0.5, 0.0)
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    """ROC AUC, PR AUC (average precision), log loss, and accuracy / F1 / precision / recall at `threshold`."""
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        f1_score,
+        log_loss,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
+    pred = (p >= threshold).astype(int)
+    both = len(np.unique(y)) == 2
+    return {
+        "roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
+        "pr_auc": float(average_precision_score(y, p)) if both else float("nan"),
+        "log_loss": float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])),
+        "accuracy": float(accuracy_score(y, pred)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "recall": float(recall_score(y, pred, zero_division=0)),
+        "positive_rate": float(np.mean(y)),
+        "rows": float(len(y)),
+    }
+
+
+def plot_confusion(y: np.ndarray, p: np.ndarray, threshold: float, path: Path, title: str) -> Path:
+    """Confusion matrix at `threshold` as a PNG (counts and row-normalised rates)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    cm = confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1])
+    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, f"{cm[i, j]:,}\n{rates[i, j]:.1%}", ha="center", va="center",
+                    color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xticks([0, 1], ["on time", "delayed"])
+    ax.set_yticks([0, 1], ["on time", "delayed"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(f"{title}\nthreshold {threshold:.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
+    """ROC curves (name -> (labels, probabilities)) on one plot, AUC in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, ax = plt.subplots(figsize=(5, 4.6))
+    for name, (y, p) in curves.items():
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, p):.3f})")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
+    """Per-epoch training curves (loss and AUC, train and validation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, metric in zip(axes, ("loss", "auc"), strict=True):
+        for key in (metric, f"val_{metric}"):
+            if all(key in h for h in history):
+                ax.plot(epochs, [h[key] for h in history], marker="o", label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

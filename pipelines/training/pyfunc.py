@@ -1,0 +1,89 @@
+"""Logging the scoring model (serving_model.py) to MLflow, and the helpers scoring uses to call it.
+
+Interface for scoring:
+  - model: `models:/<mlflow.registered_model>@champion` (or @challenger, or a version);
+  - preprocessing: `load_preprocessing(model_uri)` -> the features run's fitted PipelineModel, shipped inside
+    the model (artifacts/preprocessing); apply it, turn its vector into `features` (array<float>);
+  - `spark_udf(spark, model_uri)` -> UDF over column `features` returning struct<probability double,
+    prediction int> (RESULT_TYPE); the threshold is inside the model (`model_meta(model_uri)["threshold"]`).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+MODEL_NAME = "model"  # artifact name of the pyfunc in the train run
+INPUT_COL = "features"
+RESULT_TYPE = "probability double, prediction int"
+SERVING_CODE = Path(__file__).with_name("serving_model.py")
+
+
+def signature(threshold: float) -> ModelSignature:
+    """features: array<float> in; probability double, prediction int out; threshold param (default stored)."""
+    return ModelSignature(
+        inputs=Schema([ColSpec(Array("float"), INPUT_COL)]),
+        outputs=Schema([ColSpec("double", "probability"), ColSpec("integer", "prediction")]),
+        params=ParamSchema([ParamSpec("threshold", "double", float(threshold))]),
+    )
+
+
+def log_model(keras_model: Any, meta: dict[str, Any], preprocessing_dir: str | None) -> Any:
+    """Log the pyfunc (Keras model, meta.json with the threshold, preprocessing PipelineModel) in the active run."""
+    with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
+        keras_path = Path(tmp) / "model.keras"
+        keras_model.save(keras_path)
+        meta_path = Path(tmp) / "meta.json"
+        meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        artifacts = {"keras_model": str(keras_path), "meta": str(meta_path)}
+        if preprocessing_dir:
+            artifacts["preprocessing"] = preprocessing_dir
+        return mlflow.pyfunc.log_model(
+            name=MODEL_NAME, python_model=str(SERVING_CODE), artifacts=artifacts,
+            signature=signature(meta["threshold"]), pip_requirements=_requirements(),
+        )
+
+
+def _requirements() -> list[str]:
+    import mlflow as m
+    import numpy
+    import pandas
+    import tensorflow as tf
+
+    return [f"mlflow=={m.__version__}", f"tensorflow-cpu=={tf.__version__}", f"numpy=={numpy.__version__}",
+            f"pandas=={pandas.__version__}"]
+
+
+def spark_udf(spark: Any, model_uri: str) -> Any:
+    """The model as a Spark UDF over `features` with the explicit struct result type."""
+    return mlflow.pyfunc.spark_udf(spark, model_uri, result_type=RESULT_TYPE, env_manager="local")
+
+
+def _download(model_uri: str) -> Path:
+    return Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=tempfile.mkdtemp(prefix="model-")))
+
+
+def model_meta(model_uri: str) -> dict[str, Any]:
+    """meta.json of a logged model: threshold, vector_size, features run, table version, test metrics."""
+    return json.loads((_download(model_uri) / "artifacts" / "meta.json").read_text())
+
+
+def preprocessing_path(model_uri: str) -> str:
+    """Local folder of the preprocessing PipelineModel shipped inside the model."""
+    path = _download(model_uri) / "artifacts" / "preprocessing"
+    if not path.is_dir():
+        raise FileNotFoundError(f"{model_uri} carries no preprocessing model")
+    return str(path)
+
+
+def load_preprocessing(model_uri: str) -> Any:
+    """The fitted preprocessing PipelineModel that produced the training features, from inside the model."""
+    from pyspark.ml import PipelineModel
+
+    return PipelineModel.load(preprocessing_path(model_uri))

@@ -1,0 +1,220 @@
+"""Train job: real Spark barrier stage, real Horovod over gloo, real Petastorm, real MLflow (sqlite) on a small
+synthetic feature table written and logged the way the features job does (table + fitted PipelineModel)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from pyspark.ml import Pipeline
+from pyspark.ml.feature import StandardScaler, VectorAssembler
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from jobs import train as train_job
+from pipelines.core.config import Config, ConfigError
+from pipelines.core.delta import DeltaStore
+from pipelines.core.tracking import job_run
+from pipelines.training import checkpoints, pyfunc
+from pipelines.training.driver import TrainingFailed, steps_per_epoch
+from pipelines.training.job import (
+    checkpoint_root,
+    class_weights,
+    fit,
+    load_training_data,
+    resolve_source,
+    run_train,
+)
+from pipelines.training.registry import CHALLENGER, CHAMPION, register_and_promote
+from pipelines.training.spec import WorkerResult, assign_ranks
+
+RAW = [f"x{i}" for i in range(6)]
+SMALL = ["training.epochs=4", "training.batch_size=64", "training.optimizer.warmup_epochs=1",
+         "training.data.shuffle_buffer=500", "training.early_stopping.patience=10",
+         "training.network.mlp.hidden_units=[16, 8]", "training.baseline.enabled=false", "training.timeout_s=240"]
+
+
+def make_features_run(spark: SparkSession, cfg: Config, store: DeltaStore, rows: int = 3000, seed: int = 3) -> str:
+    """A silver feature table and a features-job-like MLflow run (tags, `preprocessing` artifact); its run id."""
+    rng = np.random.default_rng(seed)
+    month = rng.integers(1, 13, rows)
+    x = rng.normal(size=(rows, len(RAW)))
+    logit = 1.8 * x[:, 0] - 1.2 * x[:, 1] + 0.8 * x[:, 2] * x[:, 3] - 1.6
+    label = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(float)
+    label[rng.random(rows) < 0.02] = np.nan  # no outcome: excluded from training
+    pdf = pd.DataFrame({"year": 2013, "month": month, "day": rng.integers(1, 29, rows),
+                        "carrier": rng.choice(["AA", "UA", "B6"], rows), "flight": np.arange(rows),
+                        "origin": rng.choice(["JFK", "EWR"], rows), "sched_dep_time": rng.integers(500, 2300, rows),
+                        "label": pd.array(label, dtype="Int32"), **{c: x[:, i] for i, c in enumerate(RAW)}})
+    df = (spark.createDataFrame(pdf)
+          .withColumn("flight_date", F.make_date("year", "month", "day"))
+          .withColumn("split", F.when(F.col("month") <= 9, "train").when(F.col("month") <= 11, "validation")
+                      .otherwise("test")))
+    prep = Pipeline(stages=[VectorAssembler(inputCols=RAW, outputCol="assembled"),
+                            StandardScaler(inputCol="assembled", outputCol="features_vector", withMean=True)])
+    model = prep.fit(df.filter("split = 'train'"))
+    key = ["year", "month", "day", "carrier", "flight", "origin", "sched_dep_time"]
+    table = model.transform(df).select(*key, "flight_date", "split", F.col("label").cast("int"),
+                                       vector_to_array("features_vector", "float32").alias("features"), *RAW)
+    path = cfg.table_path("silver", cfg.features.output_table)
+    version = store.write(table, path, "overwrite")
+    with job_run(cfg, "features") as run:
+        model_path = f"{cfg.workspace}/models/preprocessing/{run.info.run_id}"
+        model.write().overwrite().save(model_path)
+        mlflow.log_artifacts(model_path, "preprocessing")
+        mlflow.set_tags({"feature_table_path": path, "feature_table_version": str(version),
+                         "preprocessing_path": model_path, "preprocessing_artifact": "preprocessing",
+                         "vector_size": str(len(RAW))})
+        return run.info.run_id
+
+
+@pytest.fixture
+def features_cfg(spark: SparkSession, make_cfg: Callable[..., Config], store: DeltaStore) -> Callable[..., Config]:
+    """make(*overrides) -> Config of a workspace that holds a features run (made once per test)."""
+    made: dict[str, str] = {}
+
+    def make(*overrides: str) -> Config:
+        cfg = make_cfg(*SMALL, *overrides)
+        if "run" not in made:
+            made["run"] = make_features_run(spark, cfg, store)
+        return cfg
+
+    return make
+
+
+# ---- pure pieces -----------------------------------------------------------------------------------------------
+def test_steps_are_fixed_per_rank_and_capped() -> None:
+    assert steps_per_epoch(10_000, 64, 2) == 78
+    assert steps_per_epoch(100, 64, 2) == 1
+    assert steps_per_epoch(10_000, 64, 2, cap=5) == 5
+
+
+def test_rank_assignment_groups_hosts_and_follows_partitions() -> None:
+    slots = assign_ranks(["b", "a", "b", "a"])
+    assert [s.rank for s in slots] == [0, 2, 1, 3]  # host b holds ranks 0-1, host a ranks 2-3
+    assert [(s.local_rank, s.local_size, s.cross_size, s.size) for s in slots[:2]] == [(0, 2, 2, 4), (0, 2, 2, 4)]
+
+
+def test_training_config_validates(make_cfg: Callable[..., Config]) -> None:
+    cfg = make_cfg()
+    assert cfg.training.num_workers == 2 and cfg.training.backend == "horovod"
+    with pytest.raises(ConfigError, match="training.fault"):
+        make_cfg("training.fault.fail_rank=5")
+    with pytest.raises(ConfigError, match="training.backend"):
+        make_cfg("training.backend=mpi")
+
+
+# ---- end to end ------------------------------------------------------------------------------------------------
+def test_two_workers_train_log_register(spark: SparkSession, features_cfg: Callable[..., Config],
+                                       store: DeltaStore) -> None:
+    cfg = features_cfg("training.baseline.enabled=true", "training.baseline.reg_params=[0.0]",
+                       "training.baseline.elastic_net_params=[0.0]")
+    result = run_train(spark, cfg, store)
+
+    assert [w.rank for w in result.workers] == [0, 1] and {w.size for w in result.workers} == {2}
+    assert len({w.weights_sha256 for w in result.workers}) == 1, "ranks ended with different weights"
+    assert result.workers[0].initial_epoch == 0 and result.workers[0].attempt == 0
+    assert result.test["roc_auc"] > 0.7, result.test
+    assert result.baseline_test is not None and result.baseline_test["roc_auc"] > 0.7
+
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    epochs = result.workers[0].epochs_completed
+    assert epochs >= 1 and len(client.get_metric_history(result.run_id, "val_auc")) == epochs
+    assert [m.step for m in client.get_metric_history(result.run_id, "loss")] == list(range(epochs))
+    assert run.data.params["num_workers"] == "2" and run.data.tags["git_commit"]
+    assert run.data.params["feature_table_version"] == "0"
+    assert {"test_roc_auc", "test_pr_auc", "test_accuracy", "test_log_loss", "baseline_test_roc_auc"} <= set(
+        run.data.metrics)
+    plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert {"plots/confusion_matrix_test.png", "plots/roc_curve_test.png"} <= plots
+    nested = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'", output_format="list")
+    assert [r.data.tags["job"] for r in nested] == ["train.baseline"]
+
+    name = cfg.mlflow.registered_model
+    assert (result.version, result.alias) == ("1", CHAMPION)
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
+    meta = pyfunc.model_meta(f"models:/{name}@{CHAMPION}")
+    assert meta["threshold"] == pytest.approx(result.threshold) and meta["vector_size"] == len(RAW)
+    assert pyfunc.load_preprocessing(f"models:/{name}@{CHAMPION}").stages[-1].getOutputCol() == "features_vector"
+    assert checkpoints.list_epochs(result.checkpoint_dir)[-1] == epochs - 1
+
+
+def test_champion_moves_only_to_a_better_version(make_cfg: Callable[..., Config], tmp_path: Path) -> None:
+    from pipelines.core.tracking import configure_mlflow
+
+    cfg = make_cfg()
+    configure_mlflow(cfg)
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="m", python_model=str(pyfunc.SERVING_CODE), pip_requirements=[],
+                                       artifacts={"keras_model": str(tmp_path), "meta": str(tmp_path)})
+    first = register_and_promote("promo", info.model_uri, "test_roc_auc", 0.70)
+    worse = register_and_promote("promo", info.model_uri, "test_roc_auc", 0.65)
+    better = register_and_promote("promo", info.model_uri, "test_roc_auc", 0.75)
+    assert (first.alias, worse.alias, better.alias) == (CHAMPION, CHALLENGER, CHAMPION)
+    assert (worse.previous_champion, better.previous_champion) == ("1", "1")
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("promo", CHAMPION).version) == "3"
+    assert str(client.get_model_version_by_alias("promo", CHALLENGER).version) == "2"
+
+
+def fit_only(spark: SparkSession, cfg: Config, store: DeltaStore, name: str) -> list[WorkerResult]:
+    """Just the distributed fit of the job (data, Petastorm, launcher), checkpoints in <root>/<name>."""
+    tc = cfg.training
+    source = resolve_source(cfg, None)
+    data, counts = load_training_data(store, cfg, source)
+    try:
+        spe = steps_per_epoch(counts["train"]["rows"], tc.batch_size, tc.num_workers)
+        vsteps = steps_per_epoch(counts["validation"]["rows"], tc.batch_size, tc.num_workers)
+        return fit(spark, cfg, data, source, class_weights(counts["train"]), spe, vsteps,
+                   f"{checkpoint_root(cfg)}/{name}", None)
+    finally:
+        data.unpersist()
+
+
+def test_spark_retry_resumes_from_checkpoint(spark: SparkSession, features_cfg: Callable[..., Config],
+                                             store: DeltaStore) -> None:
+    cfg = features_cfg("training.fault.fail_rank=1", "training.fault.fail_epoch=2")
+    results = fit_only(spark, cfg, store, "retry")
+    r0 = results[0]
+    assert [r.attempt for r in results] == [1, 1], "the barrier stage was not retried"
+    assert [r.initial_epoch for r in results] == [2, 2], "the retry did not continue from the epoch-1 checkpoint"
+    assert [h["epoch"] for h in r0.history] == [0, 1, 2, 3] and r0.epochs_completed == 4
+    assert len({r.weights_sha256 for r in results}) == 1
+    assert checkpoints.list_epochs(f"{checkpoint_root(cfg)}/retry") == [1, 2, 3]  # keep_checkpoints=3
+
+
+def test_dead_rank_fails_fast_with_its_error_then_resume(spark: SparkSession, features_cfg: Callable[..., Config],
+                                                         store: DeltaStore) -> None:
+    dying = ["training.fault.fail_rank=1", "training.fault.fail_epoch=2", "training.fault.mode=exit",
+             "training.fault.only_first_attempt=false", "training.max_attempts=1"]
+    cfg = features_cfg(*dying)
+    started = time.monotonic()
+    with pytest.raises(TrainingFailed) as err:
+        fit_only(spark, cfg, store, "died")
+    assert time.monotonic() - started < cfg.training.timeout_s
+    assert err.value.rank == 1 and "rank 1" in str(err.value) and "exit code 17" in str(err.value)
+    assert checkpoints.list_epochs(f"{checkpoint_root(cfg)}/died") == [0, 1]
+
+    argv = ["--resume", "died", *[f"--set={o}" for o in (*SMALL, f"storage.workspace={cfg.workspace}")]]
+    assert train_job.main(argv) == 0
+    run = mlflow.search_runs(filter_string="tags.job = 'train' and attributes.status = 'FINISHED'",
+                             output_format="list")[0]
+    assert run.data.tags["resumed_from"].endswith("/died")
+    assert run.data.metrics["initial_epoch"] == 2 and run.data.metrics["epochs_completed"] == 4
+
+
+def test_tf_mwms_backend_behind_the_same_launcher(spark: SparkSession, features_cfg: Callable[..., Config],
+                                                  store: DeltaStore) -> None:
+    cfg = features_cfg("training.backend=tf-mwms", "training.epochs=2")
+    results = fit_only(spark, cfg, store, "mwms")
+    assert [(r.rank, r.size) for r in results] == [(0, 2), (1, 2)]
+    assert len({r.weights_sha256 for r in results}) == 1
+    assert [h["epoch"] for h in results[0].history] == [0, 1] and "val_auc" in results[0].history[-1]
