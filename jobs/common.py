@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
+from datetime import date, timedelta
 
 from pyspark.sql import SparkSession
 
 from pipelines.core.config import ENVS, Config, ConfigError, load_config
 from pipelines.core.delta import DeltaStore
+from pipelines.core.errors import BadInput, DriftAlert, MissingModel
 from pipelines.core.logs import LOG, setup_logging
 from pipelines.core.session import get_spark
 
@@ -18,18 +19,6 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_MISSING_MODEL = 3
 EXIT_DRIFT = 4
-
-
-class BadInput(ValueError):
-    """Input the job cannot use (missing table, schema mismatch, bad arguments): exit code 2."""
-
-
-class MissingModel(LookupError):
-    """The requested model, version or alias does not exist: exit code 3."""
-
-
-class DriftAlert(RuntimeError):
-    """Monitoring crossed a configured threshold: exit code 4 (the results are written first)."""
 
 
 def job_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
@@ -73,5 +62,19 @@ def run_job(parser: argparse.ArgumentParser, body: Body, argv: list[str] | None 
         return EXIT_DRIFT
 
 
-def exit_with(code: int) -> None:
-    sys.exit(code)
+def parse_dates(text: str) -> list[date]:
+    """YYYY-MM-DD, YYYY-MM-DD:YYYY-MM-DD (inclusive range) or a comma-separated list of either."""
+    out: list[date] = []
+    try:
+        for part in text.split(","):
+            start, _, end = part.strip().partition(":")
+            first, last = date.fromisoformat(start), date.fromisoformat(end or start)
+            if last < first:
+                raise BadInput(f"--date {part}: the range ends before it starts")
+            out += [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    except ValueError as e:
+        raise BadInput(f"--date {text!r}: {e}") from None
+    return sorted(set(out))
+
+
+__all__ = ["BadInput", "DriftAlert", "MissingModel", "job_parser", "parse_dates", "run_job"]

@@ -480,6 +480,8 @@ class Config(Strict):
     ingest: IngestConf
     features: FeaturesConf = FeaturesConf()
     training: TrainingConf = TrainingConf()
+    scoring: ScoringConf = ScoringConf()
+    monitor: MonitorConf = MonitorConf()
 
     @property
     def workspace(self) -> str:

@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -70,8 +71,11 @@ def build_wheel(dist: Path) -> Path:
     dist.mkdir(parents=True, exist_ok=True)
     for old in dist.glob("spark_ml_pipeline-*.whl"):
         old.unlink()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(dist), str(REPO_ROOT)], check=True)
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(dist), str(REPO_ROOT)], check=True)
+    finally:  # setuptools leaves its build folder in the checkout
+        shutil.rmtree(REPO_ROOT / "build", ignore_errors=True)
     (wheel,) = dist.glob("spark_ml_pipeline-*.whl")
     return wheel
 
