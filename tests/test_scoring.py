@@ -1,0 +1,142 @@
+"""score and monitor on a real chain (1% of flights, a real two-worker Horovod model in the MLflow registry)."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from jobs import monitor as monitor_job
+from jobs import score as score_job
+from pipelines.core.config import Config
+from pipelines.core.delta import DeltaStore
+from pipelines.core.errors import MissingModel
+from pipelines.drift import drift_report
+from pipelines.features import clean, enrich, read_bronze
+from pipelines.monitoring import is_alert, reference_frame
+from pipelines.scoring import date_column, load_model_parts, predict, resolve_model, run_score
+from tests.chain import build_chain, chain_config
+
+D1, D2, D3 = date(2013, 12, 3), date(2013, 12, 4), date(2013, 12, 10)
+
+
+@pytest.fixture(scope="module")
+def chain(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Config:
+    return build_chain(spark, tmp_path_factory.mktemp("chain") / "ws")
+
+
+def _gold(store: DeltaStore, cfg: Config) -> pd.DataFrame:
+    return store.read(cfg.table_path("gold", cfg.scoring.table)).toPandas()
+
+
+def _args(cfg: Config, *extra: str) -> list[str]:
+    return ["--set", f"storage.workspace={cfg.workspace}", "--set", "demo.fraction=0.01", *extra]
+
+
+def test_score_replaces_only_its_dates(spark: SparkSession, chain: Config) -> None:
+    store = DeltaStore(spark)
+    first = run_score(spark, chain, store, [D1, D2])
+    run_score(spark, chain, store, [D3])
+    before = _gold(store, chain)
+    key = chain.features.key
+    assert first["rows_scored"] > 0 and len(before) == len(before.drop_duplicates(key))
+    assert sorted(before["flight_date"].astype(str).unique()) == ["2013-12-03", "2013-12-04", "2013-12-10"]
+    assert before["probability"].between(0, 1).all() and set(before["prediction"]) <= {0, 1}
+    assert (before["model_version"] == "1").all() and (before["input_table_version"] == 0).all()
+
+    again = run_score(spark, chain, store, [D1])  # re-run one date: that partition only
+    after = _gold(store, chain)
+    assert len(after) == len(before) and len(after) == len(after.drop_duplicates(key))
+    cols = [*key, "flight_date", "probability", "prediction"]
+    pd.testing.assert_frame_equal(after[cols].sort_values(key).reset_index(drop=True),
+                                  before[cols].sort_values(key).reset_index(drop=True))
+    d1 = before["flight_date"].astype(str) == "2013-12-03"
+    assert (after[after["flight_date"].astype(str) != "2013-12-03"]["scored_at"].sort_values().tolist()
+            == before[~d1]["scored_at"].sort_values().tolist())  # other dates untouched
+    assert again["gold_version"] == first["gold_version"] + 2
+
+
+def test_probabilities_equal_model_predict(spark: SparkSession, chain: Config) -> None:
+    store = DeltaStore(spark)
+    run_score(spark, chain, store, [D2])
+    model = resolve_model(chain)
+    preprocessing, _ = load_model_parts(spark, chain, model)
+    frames, _ = read_bronze(store, chain)
+    fc = chain.features
+    facts = frames[fc.source_table].filter(date_column(chain) == F.lit(D2))
+    enriched = enrich(clean(facts, fc), {j.table: frames[j.table] for j in fc.joins}, fc)
+    from pyspark.ml.functions import vector_to_array
+
+    rows = (preprocessing.transform(enriched)
+            .select(*fc.key, vector_to_array("features_vector", "float32").alias("features")).toPandas())
+    own = mlflow.pyfunc.load_model(model.uri).predict(rows[["features"]])
+    rows["own"] = own["probability"].to_numpy()
+    gold = _gold(store, chain)
+    merged = rows.merge(gold[gold["flight_date"].astype(str) == "2013-12-04"], on=fc.key)
+    assert len(merged) == len(rows) > 0
+    assert merged["probability"].to_numpy() == pytest.approx(merged["own"].to_numpy(), abs=1e-6)
+
+
+def test_unknown_alias_or_version_writes_nothing(spark: SparkSession, chain: Config) -> None:
+    store = DeltaStore(spark)
+    path = chain.table_path("gold", chain.scoring.table)
+    version = store.version(path)
+    assert score_job.main(_args(chain, "--date", "2013-12-20", "--alias", "nope")) == 3
+    assert score_job.main(_args(chain, "--date", "2013-12-20", "--version", "99")) == 3
+    assert store.version(path) == version
+    with pytest.raises(MissingModel, match=r"has no alias 'nope'"):
+        resolve_model(chain, alias="nope")
+    assert score_job.main(_args(chain, "--date", "2013-13-01")) == 2  # bad date: bad input
+
+
+def test_unseen_categories_and_missing_weather(spark: SparkSession, chain: Config) -> None:
+    store = DeltaStore(spark)
+    fc = chain.features
+    frames, versions = read_bronze(store, chain)
+    facts = (frames[fc.source_table].filter(date_column(chain) == F.lit(D1)).limit(5)
+             .withColumn("carrier", F.lit("ZZ")).withColumn("dest", F.lit("NOWHERE")))
+    dims = {j.table: frames[j.table] for j in fc.joins}
+    dims["weather"] = dims["weather"].limit(0)  # no weather at all for these flights
+    model = resolve_model(chain)
+    preprocessing, udf = load_model_parts(spark, chain, model)
+    out = predict(enrich(clean(facts, fc), dims, fc), preprocessing, udf, model, chain, versions["flights"])
+    probs = [r.probability for r in out.collect()]
+    assert len(probs) == 5 and all(p is not None and 0 <= p <= 1 for p in probs)
+
+
+def test_drift_detects_a_shifted_feature(spark: SparkSession, chain: Config) -> None:
+    store = DeltaStore(spark)
+    fc = chain.features
+    model = resolve_model(chain)
+    ref = reference_frame(spark, store, model, 100_000)
+    frames, _ = read_bronze(store, chain)
+    december = enrich(clean(frames["flights"].filter("month = 12"), fc),
+                      {j.table: frames[j.table] for j in fc.joins}, fc)
+    same = drift_report(ref, december, ["distance"], ["carrier"])
+    assert not any(is_alert(d, chain) for d in same), same
+    shifted = drift_report(ref, december.withColumn("distance", F.col("distance") * 3), ["distance"], ["carrier"])
+    assert is_alert(shifted[0], chain) and shifted[0].psi > 1.0 and not is_alert(shifted[1], chain)
+
+
+def test_monitor_job_writes_drift_and_exits_on_alert(spark: SparkSession, chain: Config, tmp_path: Path) -> None:
+    store = DeltaStore(spark)
+    run_score(spark, chain, store, [D1, D2, D3])
+    window = ["--date", "2013-12-03,2013-12-04,2013-12-10"]
+    calm = ["--set", "monitor.psi_threshold=100", "--set", "monitor.ks_threshold=1",
+            "--set", "monitor.prediction_psi_threshold=100"]
+    assert monitor_job.main(_args(chain, *calm, *window)) == 0
+    drift = store.read(chain.table_path("gold", chain.monitor.table)).toPandas()
+    assert "__prediction__" in set(drift["feature"]) and {"distance", "carrier", "temp"} <= set(drift["feature"])
+    assert not drift["alert"].any() and (drift["cur_count"] > 0).all()
+    assert monitor_job.main(_args(chain, "--set", "monitor.psi_threshold=0.000001", *window)) == 4
+    again = store.read(chain.table_path("gold", chain.monitor.table)).toPandas()
+    assert len(again) == len(drift) and again["alert"].any()  # the window's rows replaced, not duplicated
+    mlflow.set_tracking_uri(chain_config(Path(chain.workspace)).tracking_uri)
+    runs = mlflow.search_runs(experiment_names=[chain.mlflow.experiment], filter_string="tags.job = 'monitor'",
+                              order_by=["attributes.start_time DESC"])
+    assert runs.iloc[0]["metrics.alerts"] > 0 and "metrics.realized.labeled_rows" in runs.columns
