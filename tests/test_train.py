@@ -38,7 +38,8 @@ from pipelines.training.spec import WorkerResult, assign_ranks
 RAW = [f"x{i}" for i in range(6)]
 SMALL = ["training.epochs=4", "training.batch_size=64", "training.optimizer.warmup_epochs=1",
          "training.data.shuffle_buffer=500", "training.early_stopping.patience=10",
-         "training.network.mlp.hidden_units=[16, 8]", "training.baseline.enabled=false", "training.timeout_s=240"]
+         "training.network.mlp.hidden_units=[16, 8]", "training.optimizer.learning_rate=0.001",
+         "training.baseline.enabled=false", "training.timeout_s=240"]
 
 
 def make_features_run(spark: SparkSession, cfg: Config, store: DeltaStore, rows: int = 3000, seed: int = 3) -> str:
@@ -153,7 +154,7 @@ def test_champion_moves_only_to_a_better_version(make_cfg: Callable[..., Config]
     cfg = make_cfg()
     configure_mlflow(cfg)
     with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(name="m", python_model=str(pyfunc.SERVING_CODE), pip_requirements=[],
+        info = mlflow.pyfunc.log_model(name="m", python_model=pyfunc.serving_code(str(tmp_path)), pip_requirements=[],
                                        artifacts={"keras_model": str(tmp_path), "meta": str(tmp_path)})
     first = register_and_promote("promo", info.model_uri, "test_roc_auc", 0.70)
     worse = register_and_promote("promo", info.model_uri, "test_roc_auc", 0.65)

@@ -330,9 +330,9 @@ class FeaturesConf(Strict):
 class MlpConf(Strict):
     """Fully connected network over the feature vector: Dense(units, activation) [+ BatchNorm] + Dropout per layer."""
 
-    hidden_units: list[int] = Field(default_factory=lambda: [128, 64])
+    hidden_units: list[int] = Field(default_factory=lambda: [64])
     activation: Literal["relu", "elu", "selu", "gelu", "tanh"] = "relu"
-    dropout: float = Field(default=0.2, ge=0, lt=1)
+    dropout: float = Field(default=0.3, ge=0, lt=1)
     batch_norm: bool = False
 
     @field_validator("hidden_units")
@@ -354,7 +354,7 @@ class OptimizerConf(Strict):
     """Optimizer; `learning_rate` is per worker and multiplied by the number of workers when `scale_by_workers`."""
 
     name: Literal["adam", "sgd"] = "adam"
-    learning_rate: float = Field(default=0.001, gt=0)
+    learning_rate: float = Field(default=0.00025, gt=0)
     scale_by_workers: bool = True
     warmup_epochs: int = Field(default=2, ge=0)  # gradual warm-up from lr to lr * workers (Horovod)
     momentum: float = Field(default=0.9, ge=0, lt=1)  # sgd only

@@ -274,7 +274,9 @@ def _log_fit(results: list[WorkerResult]) -> None:
                         "stage_attempts": r0.attempt + 1, "stopped_early": float(r0.stopped_early),
                         "train_seconds": seconds,
                         "samples_per_second": sum(r.samples for r in results) / seconds if seconds else 0.0,
-                        "identical_weights": float(len({r.weights_sha256 for r in results}) == 1)})
+                        "identical_weights": float(len({r.weights_sha256 for r in results}) == 1),
+                        **{f"worker_{k}_seconds": max(r.seconds.get(k, 0.0) for r in results)
+                           for k in r0.seconds}})
     mlflow.set_tags({f"weights_sha256.rank{r.rank}": r.weights_sha256 for r in results})
     mlflow.log_dict([{k: v for k, v in r.__dict__.items() if k not in ("weights", "history")} for r in results],
                     "workers.json")

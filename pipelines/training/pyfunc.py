@@ -11,6 +11,7 @@ Interface for scoring:
 from __future__ import annotations
 
 import json
+import pkgutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 MODEL_NAME = "model"  # artifact name of the pyfunc in the train run
 INPUT_COL = "features"
 RESULT_TYPE = "probability double, prediction int"
-SERVING_CODE = Path(__file__).with_name("serving_model.py")
+SERVING_MODULE = "serving_model.py"  # in this package; read with pkgutil, so it also works from a code zip
 
 
 def signature(threshold: float) -> ModelSignature:
@@ -45,9 +46,19 @@ def log_model(keras_model: Any, meta: dict[str, Any], preprocessing_dir: str | N
         if preprocessing_dir:
             artifacts["preprocessing"] = preprocessing_dir
         return mlflow.pyfunc.log_model(
-            name=MODEL_NAME, python_model=str(SERVING_CODE), artifacts=artifacts,
+            name=MODEL_NAME, python_model=serving_code(tmp), artifacts=artifacts,
             signature=signature(meta["threshold"]), pip_requirements=_requirements(),
         )
+
+
+def serving_code(folder: str) -> str:
+    """serving_model.py copied to `folder` (MLflow models-from-code needs a real file; the package may be zipped)."""
+    source = pkgutil.get_data(__package__ or "pipelines.training", SERVING_MODULE)
+    if source is None:
+        raise FileNotFoundError(f"{SERVING_MODULE} not found in {__package__}")
+    path = Path(folder) / SERVING_MODULE
+    path.write_bytes(source)
+    return str(path)
 
 
 def _requirements() -> list[str]:

@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -166,6 +167,7 @@ def _run_training_process(spec: WorkerSpec, task: TaskInfo, env: dict[str, str])
     (workdir / "task.pkl").write_bytes(cloudpickle.dumps((spec, task)))
     log_path = workdir / "worker.log"
     proc = None
+    started = time.perf_counter()
     try:
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "pipelines.training.remote", str(workdir)], env=env,
@@ -173,7 +175,9 @@ def _run_training_process(spec: WorkerSpec, task: TaskInfo, env: dict[str, str])
             code = proc.wait()
         result_path = workdir / "result.pkl"
         if code == 0 and result_path.exists():
-            return cloudpickle.loads(result_path.read_bytes())
+            result: WorkerResult = cloudpickle.loads(result_path.read_bytes())
+            result.seconds["process"] = time.perf_counter() - started
+            return result
         error = workdir / "error.txt"
         detail = error.read_text() if error.exists() else _tail(log_path)
         message = (f"rank {task.rank} (barrier task {task.partition}, attempt {task.attempt}, host {task.host}) "
@@ -219,6 +223,8 @@ def train_worker(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
     from pipelines.training.model import build_network, make_optimizer, metrics, weights_checksum
 
     conf = spec.training
+    phases: dict[str, float] = {}
+    mark = time.perf_counter()
     tf.config.threading.set_intra_op_parallelism_threads(conf["threads_per_worker"])
     tf.config.threading.set_inter_op_parallelism_threads(conf["threads_per_worker"])
     dist = HorovodBackend() if spec.backend == "horovod" else MwmsBackend(task, conf)
@@ -259,10 +265,13 @@ def train_worker(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
             spec.val_data.make_tf_dataset(**val_reader) as val_ds:
         train_in = dist.dataset(_as_xy(train_ds, spec.vector_size, spec.class_weight))
         val_in = dist.dataset(_as_xy(val_ds, spec.vector_size, None))
+        phases["setup"], mark = time.perf_counter() - mark, time.perf_counter()
         if initial_epoch < epochs:
             model.fit(train_in, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=spec.steps_per_epoch,
                       validation_data=val_in, validation_steps=spec.validation_steps, callbacks=callbacks,
                       verbose=0)
+        phases["fit"], mark = time.perf_counter() - mark, time.perf_counter()
+    phases["close_readers"] = time.perf_counter() - mark
     weights = model.get_weights()
     best = checkpoints.load_best(spec.checkpoint_dir) if rank == 0 else None
     ran = len(timer.train_seconds)
@@ -273,6 +282,7 @@ def train_worker(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
         samples=ran * spec.steps_per_epoch * batch,
         history=history if rank == 0 else [],
         weights=(best[1] if best else weights) if rank == 0 else None,
+        seconds=phases,
     )
     dist.shutdown()
     return result

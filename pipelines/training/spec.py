@@ -54,6 +54,7 @@ class WorkerResult:
     samples: int
     history: list[dict[str, float]] = field(default_factory=list)
     weights: list[Any] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # process, setup, fit, close_readers
 
 
 def assign_ranks(hosts: list[str]) -> list[SlotInfo]:
