@@ -74,6 +74,9 @@ def ensure_features_package() -> None:
         sys.path[:] = saved
 
 
+ensure_features_package()  # at import: scoring and training load PipelineModels after importing this module
+
+
 def _cyclical_encoder() -> type:
     ensure_features_package()
     from features.cyclical import CyclicalEncoder
