@@ -189,7 +189,9 @@ def plot(report: dict[str, Any], splits: dict[str, dict[str, Any]], out_dir: Pat
                     if not math.isnan(v):
                         ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
                                 color="white" if abs(v) > 0.6 else "black")
-            ax.set_title(f"{m.capitalize()} correlation (training split)", fontsize=11)
+            frac = corr.get(f"{m}_fraction", 1.0)
+            sample = f", {frac:.0%} sample" if frac < 1 else ""
+            ax.set_title(f"{m.capitalize()} correlation (training split{sample})", fontsize=11)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         fig.tight_layout()
         files.append(out_dir / "correlation.png")
