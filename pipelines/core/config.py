@@ -454,7 +454,9 @@ class ScoringConf(Strict):
     model_version: int | None = None  # when set, wins over the alias
     env_manager: Literal["local", "virtualenv", "uv"] = "local"  # virtualenv/uv: clusters without the stack
     table: str = "predictions"  # gold/<table>, partitioned by the date column
+    stream_path: str = "flights/*.csv"  # landing glob the streaming variant watches (files of the source table)
     stream_checkpoint: str | None = None  # default <workspace>/checkpoints/stream-score
+    stream_max_files_per_trigger: int = Field(default=10, gt=0)
     stream_trigger_seconds: int = Field(default=60, gt=0)  # processingTime trigger of the streaming variant
 
 
