@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -23,7 +24,7 @@ from pipelines.core.config import Config, ConfigError
 from pipelines.core.delta import DeltaStore
 from pipelines.core.tracking import job_run
 from pipelines.training import checkpoints, pyfunc
-from pipelines.training.driver import TrainingFailed, steps_per_epoch
+from pipelines.training.driver import TrainingFailed, TrainingTimeout, steps_per_epoch
 from pipelines.training.job import (
     checkpoint_root,
     class_weights,
@@ -172,8 +173,8 @@ def fit_only(spark: SparkSession, cfg: Config, store: DeltaStore, name: str) -> 
     source = resolve_source(cfg, None)
     data, counts = load_training_data(store, cfg, source)
     try:
-        spe = steps_per_epoch(counts["train"]["rows"], tc.batch_size, tc.num_workers)
-        vsteps = steps_per_epoch(counts["validation"]["rows"], tc.batch_size, tc.num_workers)
+        spe = steps_per_epoch(counts["train"]["rows"], tc.batch_size, tc.num_workers, tc.max_steps_per_epoch)
+        vsteps = steps_per_epoch(counts["validation"]["rows"], tc.batch_size, tc.num_workers, tc.max_steps_per_epoch)
         return fit(spark, cfg, data, source, class_weights(counts["train"]), spe, vsteps,
                    f"{checkpoint_root(cfg)}/{name}", None)
     finally:
@@ -214,8 +215,30 @@ def test_dead_rank_fails_fast_with_its_error_then_resume(spark: SparkSession, fe
 
 def test_tf_mwms_backend_behind_the_same_launcher(spark: SparkSession, features_cfg: Callable[..., Config],
                                                   store: DeltaStore) -> None:
-    cfg = features_cfg("training.backend=tf-mwms", "training.epochs=2")
+    cfg = features_cfg("training.backend=tf-mwms", "training.epochs=2", "training.max_steps_per_epoch=8")
     results = fit_only(spark, cfg, store, "mwms")
     assert [(r.rank, r.size) for r in results] == [(0, 2), (1, 2)]
     assert len({r.weights_sha256 for r in results}) == 1
     assert [h["epoch"] for h in results[0].history] == [0, 1] and "val_auc" in results[0].history[-1]
+
+
+def test_timeout_cancels_the_job_group_and_its_processes(spark: SparkSession, features_cfg: Callable[..., Config],
+                                                         store: DeltaStore) -> None:
+    import psutil
+
+    cfg = features_cfg("training.epochs=10000", "training.timeout_s=20", "training.max_attempts=1")
+    since = time.time()
+    started = time.monotonic()
+    with pytest.raises(TrainingTimeout, match="timeout_s=20"):
+        fit_only(spark, cfg, store, "slow")
+    assert time.monotonic() - started < 50
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _training_processes(psutil, since):
+        time.sleep(0.5)
+    assert _training_processes(psutil, since) == [], "training processes outlived their cancelled tasks"
+
+
+def _training_processes(psutil: Any, since: float) -> list[int]:
+    """Training processes (python -m pipelines.training.remote) started after `since`, orphans included."""
+    return [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline", "create_time"])
+            if "pipelines.training.remote" in (p.info["cmdline"] or []) and p.info["create_time"] >= since]
