@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.logs import LOG, stage
-from pipelines.core.tracking import configure_mlflow, job_run
+from pipelines.core.tracking import configure_mlflow, git_commit, job_run
 from pipelines.training import checkpoints, pyfunc
 from pipelines.training.driver import make_launcher, steps_per_epoch
 from pipelines.training.evaluate import (
@@ -82,7 +82,7 @@ def resolve_source(cfg: Config, features_run_id: str | None) -> Any:
         raise TrainingInputError(str(e)) from e
 
 
-def resolve_resume(cfg: Config, resume: str, current_run: str) -> str:
+def resolve_resume(cfg: Config, resume: str) -> str:
     """Checkpoint folder to continue from: a train run's id, or 'latest' = newest train run with checkpoints."""
     root = checkpoint_root(cfg)
     if resume != "latest":
@@ -93,7 +93,7 @@ def resolve_resume(cfg: Config, resume: str, current_run: str) -> str:
     runs = mlflow.search_runs(experiment_ids=[exp], output_format="list", order_by=["attributes.start_time DESC"],
                               filter_string=f"tags.job = '{JOB}'", max_results=50)
     for r in runs:
-        if r.info.run_id != current_run and checkpoints.list_epochs(f"{root}/{r.info.run_id}"):
+        if checkpoints.list_epochs(f"{root}/{r.info.run_id}"):
             return f"{root}/{r.info.run_id}"
     raise TrainingInputError(f"--resume: no earlier train run has checkpoints under {root}")
 
@@ -157,29 +157,31 @@ def run_train(spark: SparkSession, cfg: Config, store: DeltaStore, features_run_
               resume: str | None = None) -> TrainResult:
     """The train job: data -> distributed training -> evaluation -> baseline -> pyfunc -> registry."""
     source = resolve_source(cfg, features_run_id)
+    resume_dir = resolve_resume(cfg, resume) if resume else None
     with stage("train.data") as s:
         data, counts = load_training_data(store, cfg, source)
         s.add(table_version=source.table_version, vector_size=source.vector_size,
               **{f"{k}_rows": v["rows"] for k, v in counts.items()})
     try:
         with job_run(cfg, JOB) as active:
-            return _train_in_run(spark, cfg, data, counts, source, active.info.run_id, resume)
+            return _train_in_run(spark, cfg, data, counts, source, active.info.run_id, resume_dir)
     finally:
         data.unpersist()
 
 
 def _train_in_run(spark: SparkSession, cfg: Config, data: DataFrame, counts: dict[str, dict[str, int]],
-                  source: Any, run_id: str, resume: str | None) -> TrainResult:
+                  source: Any, run_id: str, resume_dir: str | None) -> TrainResult:
+    """The job's steps inside its MLflow run: params, fit, evaluate, baseline, plots, register."""
     tc = cfg.training
     weights = class_weights(counts["train"]) if tc.class_weights else None
     n = tc.num_workers
     spe = steps_per_epoch(counts["train"]["rows"], tc.batch_size, n, tc.max_steps_per_epoch)
     vsteps = steps_per_epoch(counts["validation"]["rows"], tc.batch_size, n, tc.max_steps_per_epoch)
     ckpt_dir = f"{checkpoint_root(cfg)}/{run_id}"
-    resume_dir = resolve_resume(cfg, resume, run_id) if resume else None
     mlflow.log_params({**_flat("training.", tc.model_dump(mode="json")), "features_run_id": source.run_id,
                        "feature_table": source.table_path, "feature_table_version": source.table_version,
                        "vector_size": source.vector_size, "num_workers": n, "backend": tc.backend,
+                       "git_commit": git_commit(),
                        "steps_per_epoch": spe, "validation_steps": vsteps,
                        "effective_batch_size": tc.batch_size * n,
                        **{f"class_weight.{k}": round(v, 6) for k, v in (weights or {}).items()},
@@ -220,7 +222,7 @@ def _train_in_run(spark: SparkSession, cfg: Config, data: DataFrame, counts: dic
         with stage("train.baseline") as s:
             baseline = _baseline(cfg, data, weights)
             s.add(kind=baseline.kind, test_roc_auc=f"{baseline.test['roc_auc']:.4f}")
-    _log_plots(r0.history, yt, pt, threshold, baseline)
+    _log_plots(r0.history, yt, pt, threshold, baseline, tc.backend)
 
     with stage("train.register") as s:
         metric = cfg.training.promote_metric
@@ -306,11 +308,11 @@ def _baseline(cfg: Config, data: DataFrame, weights: dict[int, float] | None) ->
 
 
 def _log_plots(history: list[dict[str, float]], y: np.ndarray, p: np.ndarray, threshold: float,
-               baseline: Any) -> None:
+               baseline: Any, backend: str) -> None:
     with tempfile.TemporaryDirectory(prefix="train-plots-") as tmp:
         out = Path(tmp)
         plot_confusion(y, p, threshold, out / "confusion_matrix_test.png", "Keras model, test split")
-        curves = {"Keras (Horovod)": (y, p)}
+        curves = {f"Keras ({backend})": (y, p)}
         if baseline is not None:
             curves[f"MLlib {baseline.kind}"] = (baseline.test_labels, baseline.test_probabilities)
             plot_confusion(baseline.test_labels, baseline.test_probabilities, baseline.threshold,
