@@ -171,3 +171,27 @@ def test_streaming_scores_every_row_exactly_once_across_restart(spark: SparkSess
     replay = store.read(path).filter("flight_date = date'2013-12-03'")  # a batch Spark would replay
     upsert_partitions(store, path, replay, key, cfg.features.date_name)
     assert store.read(path).count() == len(gold)
+
+
+def test_registered_model_serves_on_loopback(spark: SparkSession, chain: Config, tmp_path: Path) -> None:
+    import json
+    import urllib.request
+
+    from tests.support.servers import model_server
+
+    store = DeltaStore(spark)
+    model = resolve_model(chain)
+    rows = (store.read(model.meta["feature_table"], int(model.meta["feature_table_version"]))
+            .filter("split = 'test'").select("features").limit(3).toPandas())
+    expected = mlflow.pyfunc.load_model(model.uri).predict(rows)
+    body = json.dumps({"dataframe_split": {"columns": ["features"],
+                                           "data": [[list(map(float, v))] for v in rows["features"]]}}).encode()
+    with model_server(f"models:/{chain.mlflow.registered_model}@champion", chain.tracking_uri, tmp_path) as url:
+        req = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
+                answer = json.loads(resp.read())["predictions"]
+        except urllib.error.HTTPError as e:
+            pytest.fail(f"model server answered {e.code}: {e.read().decode()[:2000]}")
+    assert [a["prediction"] for a in answer] == expected["prediction"].tolist()
+    assert [a["probability"] for a in answer] == pytest.approx(expected["probability"].tolist(), abs=1e-6)

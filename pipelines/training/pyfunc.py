@@ -27,9 +27,13 @@ SERVING_MODULE = "serving_model.py"  # in this package; read with pkgutil, so it
 
 
 def signature(threshold: float) -> ModelSignature:
-    """features: array<float> in; probability double, prediction int out; threshold param (default stored)."""
+    """features: numeric array in; probability double, prediction int out; threshold param (default stored).
+
+    The input is declared as doubles: Spark's array<float> widens to it safely, and JSON requests to the model
+    server (whose numbers parse as float64) pass the signature check, which refuses float64 -> float32.
+    """
     return ModelSignature(
-        inputs=Schema([ColSpec(Array("float"), INPUT_COL)]),
+        inputs=Schema([ColSpec(Array("double"), INPUT_COL)]),
         outputs=Schema([ColSpec("double", "probability"), ColSpec("integer", "prediction")]),
         params=ParamSchema([ParamSpec("threshold", "double", float(threshold))]),
     )

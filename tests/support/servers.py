@@ -109,3 +109,22 @@ def mlflow_server(workspace: Path) -> Iterator[str]:
         yield uri
     finally:
         _stop([proc])
+
+
+@contextmanager
+def model_server(model_uri: str, tracking_uri: str, workdir: Path) -> Iterator[str]:
+    """`mlflow models serve` of `model_uri` (env manager local) on 127.0.0.1; yield its base URL."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1",
+           "-p", str(port), "-w", "1"]
+    with open(workdir / "model-server.log", "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait(lambda: urllib.request.urlopen(f"{url}/ping", timeout=5).status == 200,  # noqa: S310
+              "model server", 180, [proc])
+        yield url
+    finally:
+        _stop([proc])
