@@ -35,10 +35,14 @@ def test_local_widgets(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_notebooks_execute(tmp_path: Path) -> None:
     """One workspace for all notebooks, run in order, as a person would run them."""
-    env = {"PIPELINE_HOME": str(tmp_path / "ws"), "WIDGET_FRACTION": "0.01"}
+    env = {"PIPELINE_HOME": str(tmp_path / "ws"), "WIDGET_FRACTION": "0.01", "WIDGET_EPOCHS": "2",
+           "WIDGET_DATES": "2013-12-02:2013-12-03"}
     for nb in NOTEBOOKS:
         executed = run_notebook(nb, env)
         errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
                   if o.get("output_type") == "error"]
         assert not errors, f"{nb.name}: {errors}"
-    assert (tmp_path / "ws" / "tables" / "bronze" / "flights" / "_delta_log").is_dir()
+    for table in ("bronze/flights", "silver/flight_features", "gold/predictions", "gold/drift"):
+        assert (tmp_path / "ws" / "tables" / table / "_delta_log").is_dir(), table
+    assert [nb.name for nb in NOTEBOOKS] == ["01_land_and_ingest.py", "02_features.py", "03_exploration.py",
+                                             "04_train.py", "05_score.py", "06_monitor.py"]

@@ -1,10 +1,13 @@
 """The chain on a real standalone cluster (master + two one-core workers on 127.0.0.1) logging to a real
-MLflow tracking server, submitted through spark-submit.sh --env standalone."""
+MLflow tracking server, submitted through spark-submit.sh --env standalone. Spark's event log proves that the
+barrier training stage ran one task on each executor."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import mlflow
@@ -13,6 +16,7 @@ from deltalake import DeltaTable
 from mlflow.tracking import MlflowClient
 
 from pipelines.core.config import REPO_ROOT
+from tests.chain import FAST_TRAINING
 from tests.support.servers import mlflow_server, standalone_cluster
 
 
@@ -22,22 +26,50 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         yield url
 
 
+def barrier_executors(event_dir: Path) -> list[set[str]]:
+    """For each barrier stage in the event logs: the executor ids its tasks ran on."""
+    barrier_stages: set[int] = set()
+    executors: dict[int, set[str]] = {}
+    for log in event_dir.iterdir():
+        for line in log.read_text().splitlines():
+            ev = json.loads(line)
+            if ev["Event"] == "SparkListenerStageSubmitted":
+                info = ev["Stage Info"]
+                if any(rdd.get("Barrier") for rdd in info.get("RDD Info", [])):
+                    barrier_stages.add(info["Stage ID"])
+            elif ev["Event"] == "SparkListenerTaskEnd":
+                executors.setdefault(ev["Stage ID"], set()).add(ev["Task Info"]["Executor ID"])
+    return [executors.get(s, set()) for s in sorted(barrier_stages)]
+
+
 def test_chain_on_standalone_with_tracking_server(cluster: str, tmp_path: Path) -> None:
     ws = tmp_path / "ws"
+    events = tmp_path / "events"
+    events.mkdir()
+    sets = [f"--set={s}" for s in ["demo.fraction=0.01", *FAST_TRAINING, "spark.conf.spark.eventLog.enabled=true",
+                                   f"spark.conf.spark.eventLog.dir=file://{events}"]]
     with mlflow_server(ws) as uri:
         env = {**os.environ, "PIPELINE_HOME": str(ws), "SPARK_MASTER_URL": cluster, "MLFLOW_TRACKING_URI": uri}
-        res = subprocess.run([str(REPO_ROOT / "spark-submit.sh"), "run-all", "--env", "standalone",
-                              "--set", "demo.fraction=0.01"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                             timeout=900)
+        start = time.monotonic()
+        res = subprocess.run([str(REPO_ROOT / "spark-submit.sh"), "run-all", "--env", "standalone", *sets],
+                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
         out = res.stdout + res.stderr
-        assert res.returncode == 0, out[-4000:]
+        assert res.returncode == 0, out[-6000:]
+        print(f"run-all on standalone: {time.monotonic() - start:.0f}s")
         assert "stage=ingest.flights files_new=12" in out and "rows_ok=3368" in out
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name("spark-ml-pipeline")
-        runs = client.search_runs([exp.experiment_id], "tags.job = 'ingest'")
-        assert len(runs) == 1 and runs[0].data.metrics["flights.rows_ok"] == 3368
-        assert runs[0].data.tags["env"] == "standalone"
+        ingest_runs = client.search_runs([exp.experiment_id], "tags.job = 'ingest'")
+        assert len(ingest_runs) == 1 and ingest_runs[0].data.metrics["flights.rows_ok"] == 3368
+        assert ingest_runs[0].data.tags["env"] == "standalone"
         mlflow.set_tracking_uri(uri)
-        report = mlflow.artifacts.load_text(f"runs:/{runs[0].info.run_id}/ingest_report.json")
+        report = mlflow.artifacts.load_text(f"runs:/{ingest_runs[0].info.run_id}/ingest_report.json")
         assert '"rows_quarantined": 0' in report
+        champion = client.get_model_version_by_alias("flight-delay", "champion")
+        assert champion.version == "1"
+        assert {r.data.tags["job"] for r in client.search_runs([exp.experiment_id])} >= {
+            "ingest", "features", "train", "score", "monitor"}
     assert DeltaTable(str(ws / "tables" / "bronze" / "flights")).version() == 0
+    assert DeltaTable(str(ws / "tables" / "gold" / "predictions")).version() >= 0
+    stages = barrier_executors(events)
+    assert stages and all(len(s) == 2 for s in stages), stages  # each barrier stage spanned both executors
