@@ -46,10 +46,16 @@ def _edges(ref: DataFrame, col: str, bins: int) -> list[float]:
 
 
 def _bucket_counts(df: DataFrame, col: str, edges: list[float]) -> tuple[list[float], int]:
-    """Counts per bin (-inf, e1], (e1, e2], ..., (ek, inf) and the number of nulls."""
-    expr = F.lit(len(edges))
-    for i in reversed(range(len(edges))):
-        expr = F.when(F.col(col) <= edges[i], F.lit(i)).otherwise(expr)
+    """Counts per bin (-inf, e1], (e1, e2], ..., (ek, inf) and the number of nulls.
+
+    One flat CASE WHEN with a branch per edge (first match wins): nesting one CASE per edge overflows the JVM
+    stack during analysis once there are a few hundred edges (a KS grid over probabilities).
+    """
+    expr = None
+    for i, edge in enumerate(edges):
+        cond = F.col(col) <= edge
+        expr = F.when(cond, F.lit(i)) if expr is None else expr.when(cond, F.lit(i))
+    expr = F.lit(0) if expr is None else expr.otherwise(F.lit(len(edges)))
     rows = df.select(F.when(F.col(col).isNull(), F.lit(-1)).otherwise(expr).alias("b")).groupBy("b").count()
     got = {r["b"]: r["count"] for r in rows.collect()}
     return [float(got.get(i, 0)) for i in range(len(edges) + 1)], got.get(-1, 0)

@@ -42,3 +42,11 @@ def test_categorical_drift(spark: SparkSession) -> None:
     assert categorical_drift(ref, same, "c").psi == pytest.approx(0.0)
     d = categorical_drift(ref, new, "c")
     assert d.psi > 1.0 and (d.ref_count, d.cur_count) == (100, 50)
+
+
+def test_many_distinct_values_do_not_overflow(spark: SparkSession) -> None:
+    """A KS grid over ~400 distinct edges (probabilities) stays one flat expression."""
+    ref = spark.range(0, 5000).selectExpr("rand(1) as p")
+    cur = spark.range(0, 5000).selectExpr("rand(2) * 0.5 as p")
+    d = numeric_drift(ref, cur, "p", bins=10, ks_points=400)
+    assert d.ks == pytest.approx(0.5, abs=0.05) and d.psi > 0.5
