@@ -30,7 +30,7 @@ def barrier_executors(event_dir: Path) -> list[set[str]]:
     """For each barrier stage in the event logs: the executor ids its tasks ran on."""
     barrier_stages: set[int] = set()
     executors: dict[int, set[str]] = {}
-    for log in event_dir.iterdir():
+    for log in (p for p in event_dir.rglob("*") if p.is_file()):
         for line in log.read_text().splitlines():
             ev = json.loads(line)
             if ev["Event"] == "SparkListenerStageSubmitted":
@@ -47,7 +47,9 @@ def test_chain_on_standalone_with_tracking_server(cluster: str, tmp_path: Path) 
     events = tmp_path / "events"
     events.mkdir()
     sets = [f"--set={s}" for s in ["demo.fraction=0.01", *FAST_TRAINING, "spark.conf.spark.eventLog.enabled=true",
-                                   f"spark.conf.spark.eventLog.dir=file://{events}"]]
+                                   f"spark.conf.spark.eventLog.dir=file://{events}",
+                                   "spark.conf.spark.eventLog.compress=false",
+                                   "spark.conf.spark.eventLog.rolling.enabled=false"]]
     with mlflow_server(ws) as uri:
         env = {**os.environ, "PIPELINE_HOME": str(ws), "SPARK_MASTER_URL": cluster, "MLFLOW_TRACKING_URI": uri}
         start = time.monotonic()
