@@ -93,38 +93,39 @@ def standalone_cluster(workdir: Path, workers: int = 2, cores: int = 1, memory: 
 
 
 @contextmanager
-def mlflow_server(workspace: Path) -> Iterator[str]:
-    """Start `mlflow server` (sqlite backend, artifacts proxied into the workspace) on 127.0.0.1; yield its URI."""
-    workspace.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{workspace}/mlflow.db",
-           "--artifacts-destination", str(workspace / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
-    with open(workspace / "mlflow-server.log", "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+def _http_server(cmd: list[str], env: dict[str, str] | None, log: Path, url: str, health: str, what: str,
+                 timeout: float) -> Iterator[str]:
+    """Run `cmd` in its own process group, wait until GET url+health answers 200, yield `url`, then stop it."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait(lambda: urllib.request.urlopen(f"{uri}/health", timeout=5).status == 200,  # noqa: S310
-              "mlflow server", 120, [proc])
-        yield uri
+        _wait(lambda: urllib.request.urlopen(f"{url}{health}", timeout=5).status == 200,  # noqa: S310
+              what, timeout, [proc])
+        yield url
     finally:
         _stop([proc])
 
 
 @contextmanager
+def mlflow_server(workspace: Path) -> Iterator[str]:
+    """Start `mlflow server` (sqlite backend, artifacts proxied into the workspace) on 127.0.0.1; yield its URI."""
+    port = free_port()
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{workspace}/mlflow.db",
+           "--artifacts-destination", str(workspace / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    with _http_server(cmd, None, workspace / "mlflow-server.log", f"http://127.0.0.1:{port}", "/health",
+                      "mlflow server", 120) as uri:
+        yield uri
+
+
+@contextmanager
 def model_server(model_uri: str, tracking_uri: str, workdir: Path) -> Iterator[str]:
     """`mlflow models serve` of `model_uri` (env manager local) on 127.0.0.1; yield its base URL."""
-    workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
     cmd = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1",
            "-p", str(port), "-w", "1"]
-    with open(workdir / "model-server.log", "w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait(lambda: urllib.request.urlopen(f"{url}/ping", timeout=5).status == 200,  # noqa: S310
-              "model server", 180, [proc])
+    with _http_server(cmd, env, workdir / "model-server.log", f"http://127.0.0.1:{port}", "/ping",
+                      "model server", 180) as url:
         yield url
-    finally:
-        _stop([proc])
