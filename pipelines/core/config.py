@@ -72,6 +72,7 @@ class MlflowConf(Strict):
 class DemoConf(Strict):
     fraction: float = Field(default=1.0, gt=0, le=1)
     seed: int = 7
+    datasets: list[Literal["flights", "digits", "tweets"]] = Field(default_factory=list)  # empty = all
 
 
 class SourceConf(Strict):
@@ -120,6 +121,15 @@ class SourceConf(Strict):
 class IngestConf(Strict):
     sources: dict[str, SourceConf]
     sniff_bytes: int = Field(default=65536, gt=0)
+    select: list[str] = Field(default_factory=list)  # sources a run ingests by default; empty = all
+
+    @field_validator("select")
+    @classmethod
+    def _known_sources(cls, v: list[str], info: Any) -> list[str]:
+        unknown = sorted(set(v) - set(info.data.get("sources", {})))
+        if unknown:
+            raise ValueError(f"unknown sources {unknown}; configured: {sorted(info.data.get('sources', {}))}")
+        return v
 
 
 # ---- features section (issue 3: features job) --------------------------------------------------------------------
@@ -343,11 +353,28 @@ class MlpConf(Strict):
         return v
 
 
-class NetworkConf(Strict):
-    """The network: `kind` picks the builder and each kind has its own section (an image CNN adds kind cnn)."""
+class CnnConf(Strict):
+    """Image CNN: per block Conv2D(filters, kernel, same) + ReLU + MaxPool(2); then Dense(dense_units) + Dropout."""
 
-    kind: Literal["mlp"] = "mlp"
+    filters: list[int] = Field(default_factory=lambda: [16, 32])
+    kernel_size: int = Field(default=3, ge=1)
+    dense_units: int = Field(default=64, ge=1)
+    dropout: float = Field(default=0.25, ge=0, lt=1)
+
+    @field_validator("filters")
+    @classmethod
+    def _filters(cls, v: list[int]) -> list[int]:
+        if not v or any(f < 1 for f in v):
+            raise ValueError("filters: at least one conv block, each with >= 1 filter")
+        return v
+
+
+class NetworkConf(Strict):
+    """The network: `kind` picks the builder and each kind has its own section (cnn needs an image input)."""
+
+    kind: Literal["mlp", "cnn"] = "mlp"
     mlp: MlpConf = MlpConf()
+    cnn: CnnConf = CnnConf()
 
 
 class OptimizerConf(Strict):
@@ -363,7 +390,7 @@ class OptimizerConf(Strict):
 class EarlyStoppingConf(Strict):
     """Stop when the validation metric has not improved by `min_delta` for `patience` epochs."""
 
-    monitor: Literal["val_auc", "val_loss", "val_pr_auc"] = "val_auc"
+    monitor: Literal["val_auc", "val_loss", "val_pr_auc", "val_accuracy"] = "val_auc"  # multiclass: no auc
     patience: int = Field(default=3, ge=1)
     min_delta: float = Field(default=0.0001, ge=0)
 
@@ -428,7 +455,7 @@ class TrainingConf(Strict):
     timeout_s: int = Field(default=3600, gt=0)
     checkpoint_dir: str | None = None  # default: <workspace>/checkpoints; one folder per MLflow run
     keep_checkpoints: int = Field(default=3, ge=1)
-    promote_metric: Literal["roc_auc", "pr_auc"] = "roc_auc"  # test-split metric that decides the champion
+    promote_metric: Literal["roc_auc", "pr_auc", "accuracy", "macro_f1"] = "roc_auc"  # test metric: champion
     data: TrainDataConf = TrainDataConf()
     network: NetworkConf = NetworkConf()
     optimizer: OptimizerConf = OptimizerConf()
@@ -472,9 +499,73 @@ class MonitorConf(Strict):
     features: list[str] | None = None  # default: every numeric and categorical input of the features config
 
 
+# ---- image and text flows (issue 6) --------------------------------------------------------------------------
+class HashSplitConf(Strict):
+    """Deterministic split by a hash of the row key: a row keeps its split across runs and data versions."""
+
+    validation: float = Field(default=0.15, ge=0, lt=1)
+    test: float = Field(default=0.15, gt=0, lt=1)
+    seed: int = 7
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> HashSplitConf:
+        if self.validation + self.test >= 1:
+            raise ValueError("validation + test must leave rows for train (sum < 1)")
+        return self
+
+
+class ClassLabelConf(Strict):
+    """Multiclass label from a string column: `classes` in order (index = class id); values outside them go to
+    class `other` when set, else the row is excluded (and counted). classes None = every value, sorted."""
+
+    column: str
+    classes: list[str] | None = None
+    other: str | None = None
+
+
+class ImageFlowConf(Strict):
+    """Image featurization: bytes -> decoded, resized, normalized (height, width, channels) float array."""
+
+    key: str = "path"
+    content_column: str = "content"
+    label_column: str = "label"  # the bronze label (folder name); its distinct values, sorted, are the classes
+    height: int = Field(default=8, ge=1)
+    width: int = Field(default=8, ge=1)
+    channels: Literal[1, 3] = 1
+    resample: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
+    normalize: bool = True
+    split: HashSplitConf = HashSplitConf()
+    grid_per_class: int = Field(default=8, ge=1)  # images per class in the sample grid PNG
+
+
+class TextFlowConf(Strict):
+    """Text featurization as pyspark.ml stages: clean -> RegexTokenizer -> StopWordsRemover -> NGram ->
+    HashingTF + IDF (tokens and n-grams) and Word2Vec -> one vector. A size of 0 turns a branch off."""
+
+    key: str = "id_str"
+    text_column: str = "text"
+    label: ClassLabelConf = ClassLabelConf(column="source")
+    split: HashSplitConf = HashSplitConf()
+    strip_urls: bool = True  # URLs -> the token "url" (they say "a link", not which one)
+    token_pattern: str = "[^\\w#@']+"  # RegexTokenizer gaps pattern: hashtags, mentions and apostrophes stay
+    min_token_length: int = Field(default=2, ge=1)
+    stop_words: bool = True
+    extra_stop_words: list[str] = Field(default_factory=list)
+    ngram: int = Field(default=2, ge=0)  # 0 = no n-gram branch
+    num_features: int = Field(default=4096, ge=0)  # HashingTF size of each branch (tokens, n-grams); 0 = off
+    idf_min_doc_freq: int = Field(default=2, ge=0)
+    word2vec_size: int = Field(default=50, ge=0)  # 0 = no Word2Vec branch
+    word2vec_min_count: int = Field(default=5, ge=1)
+    word2vec_max_iter: int = Field(default=1, ge=1)
+    seed: int = 7
+
+
 class Config(Strict):
     env: Literal["local", "standalone", "yarn"] = "local"
     pipeline: str = DEFAULT_PIPELINE  # a profile in conf/pipelines/<name>/ (flights needs none: base is flights)
+    flow: Literal["tabular", "image", "text"] = "tabular"  # which featurize/train/score path the jobs take
+    image: ImageFlowConf = ImageFlowConf()
+    text: TextFlowConf = TextFlowConf()
     spark: SparkConf = SparkConf()
     storage: StorageConf = StorageConf()
     mlflow: MlflowConf = MlflowConf()

@@ -1,0 +1,131 @@
+"""What the image and text flows share: a hash split, class labels from a string column, and the features run
+record (the same MLflow tags the tabular features run writes, so training finds either the same way)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+from pyspark.ml import PipelineModel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from pipelines.core.config import ClassLabelConf, Config, HashSplitConf
+from pipelines.core.delta import DeltaStore
+from pipelines.core.logs import LOG, stage
+
+SPLITS = ("train", "validation", "test")
+LABEL = "label"  # int class id
+LABEL_NAME = "label_name"  # the class as text
+FEATURES = "features"  # array<float>
+MODEL_ARTIFACT = "preprocessing"
+HASH_BUCKETS = 10_000
+
+
+def hash_split(df: DataFrame, key: str, conf: HashSplitConf) -> DataFrame:
+    """Add `split` from a seeded hash of `key`: the same key always lands in the same split."""
+    u = (F.abs(F.xxhash64(F.col(key).cast("string"), F.lit(conf.seed))) % HASH_BUCKETS) / float(HASH_BUCKETS)
+    return df.withColumn("split", F.when(u < conf.test, "test")
+                         .when(u < conf.test + conf.validation, "validation").otherwise("train"))
+
+
+def class_names(df: DataFrame, conf: ClassLabelConf) -> list[str]:
+    """The classes in id order: configured (plus `other` last), or every non-null value sorted."""
+    if conf.classes is not None:
+        return [*conf.classes, *([conf.other] if conf.other and conf.other not in conf.classes else [])]
+    return sorted(r[0] for r in df.select(F.col(conf.column).cast("string")).distinct().collect() if r[0] is not None)
+
+
+def with_labels(df: DataFrame, conf: ClassLabelConf, classes: list[str]) -> DataFrame:
+    """Add `label_name` (the value, or `other`) and `label` (its index; null = not a class, excluded later)."""
+    value = F.col(conf.column).cast("string")
+    known = value.isin(*classes) if classes else F.lit(False)
+    name = F.when(known, value)
+    if conf.other is not None:
+        name = name.when(value.isNotNull(), F.lit(conf.other))
+    index = F.lit(None).cast("int")
+    for i, c in enumerate(classes):
+        index = F.when(F.col(LABEL_NAME) == c, F.lit(i)).otherwise(index)
+    return df.withColumn(LABEL_NAME, name).withColumn(LABEL, index)
+
+
+def split_counts(table: DataFrame, classes: list[str]) -> dict[str, dict[str, int]]:
+    """Rows per split and per class within each split (one aggregation)."""
+    rows = table.groupBy("split", LABEL).count().collect()
+    out: dict[str, dict[str, int]] = {s: {"rows": 0} for s in SPLITS}
+    for r in rows:
+        d = out.setdefault(r["split"], {"rows": 0})
+        d["rows"] += int(r["count"])
+        d[f"class.{classes[r[LABEL]]}"] = int(r["count"])
+    return out
+
+
+@dataclass
+class FlowFeatures:
+    """A finished image or text features run."""
+
+    run_id: str
+    table_path: str
+    table_version: int
+    model_path: str
+    vector_size: int
+    classes: list[str]
+    input_shape: list[int] | None
+    counts: dict[str, Any] = field(default_factory=dict)
+    splits: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def write_features(cfg: Config, store: DeltaStore, run_id: str, table: DataFrame, model: PipelineModel,
+                   classes: list[str], input_shape: list[int] | None, counts: dict[str, Any],
+                   bronze_version: int) -> FlowFeatures:
+    """Write the silver table (one new version), save and log the fitted PipelineModel, tag the run the way
+    training looks features runs up; the rows read back must equal the rows built."""
+    fc = cfg.features
+    out_path = cfg.table_path("silver", fc.output_table)
+    with stage("features.write") as s:
+        meta = {"run_id": run_id, "job": "features", "pipeline": fc.pipeline,
+                "bronze_versions": json.dumps({fc.source_table: bronze_version})}
+        version = store.write(table, out_path, "overwrite", metadata=meta)
+        written = store.read(out_path, version)
+        n = written.count()
+        if n != counts["rows_out"]:
+            raise RuntimeError(f"wrote {n} rows to {out_path} but built {counts['rows_out']}")
+        sizes = written.select(F.min(F.size(FEATURES)), F.max(F.size(FEATURES))).first()
+        if sizes[0] != sizes[1]:
+            raise RuntimeError(f"{out_path}: feature arrays of different lengths {sizes[0]}..{sizes[1]}")
+        splits = split_counts(written, classes)
+        s.add(table_version=version, rows=n, vector_size=sizes[0])
+    base = fc.model_dir or f"{cfg.workspace.rstrip('/')}/models/preprocessing"
+    model_path = f"{base.rstrip('/')}/{run_id}"
+    model.write().overwrite().save(model_path)
+    if "://" not in model_path or model_path.startswith("file://"):
+        mlflow.log_artifacts(model_path.removeprefix("file://"), MODEL_ARTIFACT)
+    result = FlowFeatures(run_id, out_path, version, model_path, int(sizes[0]), classes, input_shape, counts,
+                          splits)
+    mlflow.set_tags({"feature_table": fc.output_table, "feature_table_path": out_path,
+                     "feature_table_version": str(version), "preprocessing_path": model_path,
+                     "preprocessing_artifact": MODEL_ARTIFACT, "pipeline": fc.pipeline, "flow": cfg.flow,
+                     "vector_size": str(result.vector_size), "classes": json.dumps(classes),
+                     **({"input_shape": json.dumps(input_shape)} if input_shape else {})})
+    mlflow.log_params({"pipeline": fc.pipeline, "flow": cfg.flow, "source_table": fc.source_table,
+                       "output_table": fc.output_table, f"bronze_version.{fc.source_table}": bronze_version,
+                       "classes": json.dumps(classes)[:500]})
+    mlflow.log_metrics({"vector_size": result.vector_size, "num_classes": len(classes),
+                        **{k: v for k, v in counts.items() if isinstance(v, int | float)},
+                        **{f"{sp}.{k}": v for sp, d in splits.items() for k, v in d.items()}})
+    mlflow.log_dict({"counts": counts, "splits": splits, "classes": classes, "input_shape": input_shape},
+                    "features_report.json")
+    LOG.info("features: table %s version %d, %d rows, %d classes, vector size %d, run %s", out_path, version,
+             counts["rows_out"], len(classes), result.vector_size, run_id)
+    return result
+
+
+def flow_tags(run_id: str) -> tuple[list[str], list[int] | None]:
+    """(classes, input_shape) recorded by an image or text features run."""
+    tags = mlflow.get_run(run_id).data.tags
+    if "classes" not in tags:
+        raise LookupError(f"features run {run_id} records no classes: it is not an image or text features run")
+    shape = tags.get("input_shape")
+    return json.loads(tags["classes"]), json.loads(shape) if shape else None
