@@ -1,6 +1,9 @@
-"""Run the whole chain in one driver: land-demo -> ingest -> features -> train -> score (every day of the test
-split's months) -> monitor. A drift alert is reported (log, MLflow, gold/drift) and does not fail the chain
-unless --fail-on-drift is given; the scheduled `monitor` job exits 4 on it."""
+"""Run the whole chain in one driver: land-demo -> ingest -> features -> train -> score -> monitor.
+
+The tabular flow (flights) scores every day of the test split's months and monitors them; a drift alert is
+reported (log, MLflow, gold/drift) and does not fail the chain unless --fail-on-drift is given (the scheduled
+`monitor` job exits 4 on it). The image and text flows (--set pipeline=digits / tweets) score their whole
+bronze table and have no drift monitor."""
 
 from __future__ import annotations
 
@@ -15,21 +18,24 @@ from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.logs import LOG
 from pipelines.demo import land_demo
-from pipelines.features import run_features
+from pipelines.flows.dispatch import run_features_for, run_score_for, run_train_for
 from pipelines.ingest import run_ingest
 from pipelines.monitoring import run_monitor
 from pipelines.scoring import run_score
-from pipelines.training.job import TrainingInputError, run_train
+from pipelines.training.job import TrainingInputError
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:
-    land_demo(cfg.landing, cfg.demo.fraction, cfg.demo.seed)
+    land_demo(cfg.landing, cfg.demo.fraction, cfg.demo.seed, cfg.demo.datasets)
     run_ingest(spark, cfg, store)
-    features = run_features(spark, cfg, store)
+    features_run_id = run_features_for(spark, cfg, store)
     try:
-        run_train(spark, cfg, store, features_run_id=features.run.run_id)
+        run_train_for(spark, cfg, store, features_run_id=features_run_id)
     except TrainingInputError as e:
         raise BadInput(str(e)) from e
+    if cfg.flow != "tabular":
+        run_score_for(spark, cfg, store)
+        return 0
     table = store.read(cfg.table_path("silver", cfg.features.output_table))
     dates = sorted(r[0] for r in table.filter(F.col("split") == "test").select(cfg.features.date_name)
                    .distinct().collect())

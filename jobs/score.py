@@ -2,7 +2,9 @@
 default, --alias or --version to choose another. Writes gold/predictions, one partition per date; re-running a
 date replaces exactly that date. An unknown alias or version fails (exit 3) before anything is written.
 --stream instead scores new landing files (scoring.stream_path) as they arrive, exactly once, into the same
-table: --trigger available-now processes what is there and stops; processing-time keeps polling."""
+table: --trigger available-now processes what is there and stops; processing-time keeps polling.
+The image and text flows (--set pipeline=digits / tweets) score their bronze table (image bytes, texts) into
+gold/<scoring.table>, replacing it."""
 
 from __future__ import annotations
 
@@ -14,12 +16,17 @@ from pyspark.sql import SparkSession
 from jobs.common import BadInput, job_parser, parse_dates, run_job
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
+from pipelines.flows.dispatch import run_score_for
 from pipelines.scoring import run_score
 from pipelines.streaming import run_stream
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:
-    if args.stream:
+    if cfg.flow != "tabular":
+        if args.stream or args.date:
+            raise BadInput(f"the {cfg.flow} flow scores its whole bronze table: no --date or --stream")
+        run_score_for(spark, cfg, store, args.alias, args.version)
+    elif args.stream:
         run_stream(spark, cfg, store, args.trigger, args.timeout, args.alias, args.version)
     elif not args.date:
         raise BadInput("--date is required (or --stream)")

@@ -2,7 +2,8 @@
 Spark barrier stage, fed by Petastorm from the feature-table version pinned by a features run. Evaluates on the
 test split against an MLlib baseline, logs an MLflow pyfunc (with the preprocessing model and the decision
 threshold) and registers it; alias champion moves to it only when it beats the current champion.
---resume continues from the latest checkpoint of an earlier train run."""
+--resume continues from the latest checkpoint of an earlier train run. The image and text flows (--set
+pipeline=digits / tweets) train their multiclass CNN / MLP with the same launcher against an MLlib baseline."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from pyspark.sql import SparkSession
 from jobs.common import BadInput, job_parser, run_job
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
-from pipelines.training.job import TrainingInputError, run_train
+from pipelines.flows.dispatch import run_train_for
+from pipelines.training.job import TrainingInputError
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:
     try:
-        run_train(spark, cfg, store, features_run_id=args.features_run_id, resume=args.resume)
+        run_train_for(spark, cfg, store, features_run_id=args.features_run_id, resume=args.resume)
     except TrainingInputError as e:
         raise BadInput(str(e)) from e
     return 0

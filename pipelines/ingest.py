@@ -352,7 +352,8 @@ def write_ingest_log(spark: SparkSession, cfg: Config, store: DeltaStore, run_id
 
 def ingest(spark: SparkSession, cfg: Config, store: DeltaStore, run_id: str,
            sources: list[str] | None = None) -> list[SourceResult]:
-    """Ingest every configured source (or the named ones); return per-source results."""
+    """Ingest the named sources, else ingest.select, else every configured source; return per-source results."""
+    sources = sources or cfg.ingest.select or None
     unknown = sorted(set(sources or []) - set(cfg.ingest.sources))
     if unknown:
         raise ValueError(f"unknown sources {unknown}; configured: {sorted(cfg.ingest.sources)}")

@@ -72,3 +72,48 @@ def train_baseline(data: DataFrame, conf: BaselineConf, class_weight: dict[int, 
         binary_metrics(val["label"].to_numpy().astype(int), val["p"].to_numpy(), threshold),
         binary_metrics(y, p, threshold), y, p,
     )
+
+
+@dataclass
+class MulticlassBaseline:
+    kind: str
+    best_params: dict[str, Any]
+    validation: dict[str, float]
+    test: dict[str, float]
+    test_labels: np.ndarray
+    test_probabilities: np.ndarray  # [rows, classes]
+
+
+def train_multiclass_baseline(data: DataFrame, conf: BaselineConf, class_weight: dict[int, float] | None,
+                              seed: int, classes: list[str]) -> MulticlassBaseline:
+    """Multinomial logistic regression (the only MLlib kind here that gives class probabilities for any number
+    of classes) tuned on accuracy with TrainValidationSplit on train; judged on validation and test."""
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+
+    from pipelines.training.evaluate import multiclass_metrics
+
+    weight = F.lit(1.0)
+    for k, w in (class_weight or {}).items():
+        weight = F.when(F.col("label") == k, F.lit(w)).otherwise(weight)
+    prepared = data.select("split", F.col("label").cast("double").alias("label"),
+                           array_to_vector("features").alias(VECTOR), weight.alias(WEIGHT))
+    est = LogisticRegression(featuresCol=VECTOR, labelCol="label", weightCol=WEIGHT, maxIter=conf.max_iter,
+                             family="multinomial")
+    grid = (ParamGridBuilder().addGrid(est.regParam, conf.reg_params)
+            .addGrid(est.elasticNetParam, conf.elastic_net_params).build())
+    tvs = TrainValidationSplit(estimator=est, estimatorParamMaps=grid, trainRatio=conf.train_ratio,
+                               evaluator=MulticlassClassificationEvaluator(labelCol="label", metricName="accuracy"),
+                               parallelism=conf.parallelism, seed=seed)
+    model = tvs.fit(prepared.filter(F.col("split") == "train"))
+    best = model.bestModel
+    best_params = {p.name: best.getOrDefault(p) for p in grid[0]}
+    scored = (model.transform(prepared.filter(F.col("split").isin("validation", "test")))
+              .select("split", "label", vector_to_array("probability").alias("p")).toPandas())
+    out = {}
+    for split in ("validation", "test"):
+        part = scored[scored["split"] == split]
+        y = part["label"].to_numpy().astype(int)
+        proba = np.stack(part["p"].to_numpy()) if len(part) else np.zeros((0, len(classes)))
+        out[split] = (y, proba, multiclass_metrics(y, proba, classes))
+    return MulticlassBaseline("logreg", best_params, out["validation"][2], out["test"][2], out["test"][0],
+                              out["test"][1])

@@ -106,7 +106,7 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title
 
 
 def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
-    """Per-epoch training curves (loss and AUC, train and validation)."""
+    """Per-epoch training curves (loss and AUC, or accuracy for multiclass; train and validation)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,13 +114,61 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
 
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, metric in zip(axes, ("loss", "auc"), strict=True):
+    second = "auc" if any("auc" in h for h in history) else "accuracy"
+    for ax, metric in zip(axes, ("loss", second), strict=True):
         for key in (metric, f"val_{metric}"):
             if all(key in h for h in history):
                 ax.plot(epochs, [h[key] for h in history], marker="o", label=key)
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def multiclass_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """Accuracy, macro / weighted F1, log loss and per-class F1 of class probabilities [rows, classes]."""
+    from sklearn.metrics import accuracy_score, f1_score, log_loss
+
+    labels = list(range(len(classes)))
+    pred = proba.argmax(axis=1)
+    per_class = f1_score(y, pred, labels=labels, average=None, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y, pred, labels=labels, average="weighted", zero_division=0)),
+        "log_loss": float(log_loss(y, np.clip(proba, 1e-7, 1), labels=labels)),
+        "rows": float(len(y)),
+        **{f"f1.{c}": float(f) for c, f in zip(classes, per_class, strict=True)},
+    }
+
+
+def plot_confusion_classes(y: np.ndarray, pred: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
+    """Multiclass confusion matrix (row-normalised colour, counts written) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    k = len(classes)
+    cm = confusion_matrix(y, pred, labels=list(range(k)))
+    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = 2.5 + 0.55 * k
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{cm[i, j]:,}", ha="center", va="center", fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    short = [c if len(c) <= 12 else c[:11] + "…" for c in classes]
+    ax.set_xticks(range(k), short, rotation=45, ha="right")
+    ax.set_yticks(range(k), short)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(f"{title}\naccuracy {np.mean(y == pred):.3f}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -242,9 +242,11 @@ def _train_in_run(spark: SparkSession, cfg: Config, data: DataFrame, counts: dic
 
 
 def fit(spark: SparkSession, cfg: Config, data: DataFrame, source: Any, weights: dict[int, float] | None,
-         spe: int, vsteps: int, ckpt_dir: str, resume_dir: str | None) -> list[WorkerResult]:
+        spe: int, vsteps: int, ckpt_dir: str, resume_dir: str | None, num_classes: int = 2,
+        input_shape: tuple[int, ...] | None = None) -> list[WorkerResult]:
     """Distributed training: Petastorm caches of train and validation (deleted afterwards), then the barrier
-    stage of the configured launcher; per-rank results ordered by rank."""
+    stage of the configured launcher; per-rank results ordered by rank. The image and text flows pass their
+    class count and (images) the input shape."""
     tc = cfg.training
     ws = cfg.workspace.rstrip("/")
     spark.conf.set(PETASTORM_CACHE_CONF, f"{ws}/cache/petastorm" if "://" in ws else f"file://{ws}/cache/petastorm")
@@ -256,7 +258,8 @@ def fit(spark: SparkSession, cfg: Config, data: DataFrame, source: Any, weights:
             spec = WorkerSpec(backend=tc.backend, training=tc.model_dump(mode="json"),
                               vector_size=source.vector_size, steps_per_epoch=spe, validation_steps=vsteps,
                               class_weight=weights, train_data=train_conv, val_data=val_conv,
-                              checkpoint_dir=ckpt_dir, resume_from=resume_dir)
+                              checkpoint_dir=ckpt_dir, resume_from=resume_dir, num_classes=num_classes,
+                              input_shape=input_shape)
             LOG.info("train: %d %s workers, %d steps/epoch of %d rows/worker, validation %d steps, checkpoints %s",
                      tc.num_workers, tc.backend, spe, tc.batch_size, vsteps, ckpt_dir)
             return make_launcher(spark, tc).run(spec)

@@ -15,10 +15,18 @@ import numpy as np
 LEGACY_OPTIMIZERS = {"adam": "Adam", "sgd": "SGD"}
 
 
-def build_network(network: dict[str, Any], vector_size: int) -> Any:
-    """A binary classifier over a float vector of `vector_size`; output: P(label = 1), shape (batch, 1)."""
+def build_network(network: dict[str, Any], vector_size: int, num_classes: int = 2,
+                  input_shape: list[int] | tuple[int, ...] | None = None) -> Any:
+    """A classifier. Two classes: output P(label = 1), shape (batch, 1) (sigmoid); more: softmax over the classes.
+    kind mlp reads a float vector of `vector_size`; kind cnn reads images of `input_shape` (height, width, channels).
+    """
     import tensorflow as tf
 
+    if network["kind"] == "cnn":
+        if not input_shape or len(input_shape) != 3:
+            raise ValueError("training.network.kind cnn needs image features (height, width, channels); this "
+                             "feature table has none: use kind mlp")
+        return _cnn(network["cnn"], tuple(input_shape), num_classes)
     if network["kind"] != "mlp":
         raise ValueError(f"training.network.kind {network['kind']!r} has no builder")
     mlp = network["mlp"]
@@ -31,8 +39,37 @@ def build_network(network: dict[str, Any], vector_size: int) -> Any:
         x = tf.keras.layers.Activation(mlp["activation"], name=f"act_{i}")(x)
         if mlp["dropout"] > 0:
             x = tf.keras.layers.Dropout(mlp["dropout"], name=f"dropout_{i}")(x)
-    outputs = tf.keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
-    return tf.keras.Model(inputs, outputs, name="flight_delay_mlp")
+    return tf.keras.Model(inputs, _head(x, num_classes), name="mlp")
+
+
+def _cnn(cnn: dict[str, Any], shape: tuple[int, ...], num_classes: int) -> Any:
+    """Conv2D (same padding) + ReLU + 2x2 max-pool per block while the image is at least 2x2, then dense."""
+    import tensorflow as tf
+
+    inputs = tf.keras.Input(shape=shape, name="image")
+    x = inputs
+    for i, filters in enumerate(cnn["filters"]):
+        x = tf.keras.layers.Conv2D(filters, cnn["kernel_size"], padding="same", activation="relu",
+                                   name=f"conv_{i}")(x)
+        if x.shape[1] >= 2 and x.shape[2] >= 2:
+            x = tf.keras.layers.MaxPooling2D(2, name=f"pool_{i}")(x)
+    x = tf.keras.layers.Flatten(name="flatten")(x)
+    x = tf.keras.layers.Dense(cnn["dense_units"], activation="relu", name="dense")(x)
+    if cnn["dropout"] > 0:
+        x = tf.keras.layers.Dropout(cnn["dropout"], name="dropout")(x)
+    return tf.keras.Model(inputs, _head(x, num_classes), name="cnn")
+
+
+def _head(x: Any, num_classes: int) -> Any:
+    import tensorflow as tf
+
+    if num_classes == 2:
+        return tf.keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
+    return tf.keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+
+
+def loss(num_classes: int) -> str:
+    return "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
 
 
 def make_optimizer(optimizer: dict[str, Any], learning_rate: float) -> Any:
@@ -45,10 +82,12 @@ def make_optimizer(optimizer: dict[str, Any], learning_rate: float) -> Any:
     return cls(learning_rate=learning_rate)
 
 
-def metrics() -> list[Any]:
+def metrics(num_classes: int = 2) -> list[Any]:
     """Training metrics; their names (auc, pr_auc, accuracy) are what early stopping and MLflow see."""
     import tensorflow as tf
 
+    if num_classes != 2:
+        return [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     return [tf.keras.metrics.AUC(name="auc"), tf.keras.metrics.AUC(curve="PR", name="pr_auc"),
             tf.keras.metrics.BinaryAccuracy(name="accuracy")]
 

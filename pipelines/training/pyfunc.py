@@ -24,6 +24,8 @@ MODEL_NAME = "model"  # artifact name of the pyfunc in the train run
 INPUT_COL = "features"
 RESULT_TYPE = "probability double, prediction int"
 SERVING_MODULE = "serving_model.py"  # in this package; read with pkgutil, so it also works from a code zip
+CLASSIFIER_MODULE = "serving_classifier.py"  # image and text flows
+CLASSIFIER_RESULT_TYPE = "prediction int, label string, probability double"
 
 
 def signature(threshold: float) -> ModelSignature:
@@ -55,14 +57,48 @@ def log_model(keras_model: Any, meta: dict[str, Any], preprocessing_dir: str | N
         )
 
 
-def serving_code(folder: str) -> str:
-    """serving_model.py copied to `folder` (MLflow models-from-code needs a real file; the package may be zipped)."""
-    source = pkgutil.get_data(__package__ or "pipelines.training", SERVING_MODULE)
+def serving_code(folder: str, module: str = SERVING_MODULE, package: str | None = None) -> str:
+    """A module of this package (or `package`) copied to `folder` (MLflow models-from-code needs a real file;
+    the package may be zipped)."""
+    source = pkgutil.get_data(package or __package__ or "pipelines.training", module)
     if source is None:
-        raise FileNotFoundError(f"{SERVING_MODULE} not found in {__package__}")
-    path = Path(folder) / SERVING_MODULE
+        raise FileNotFoundError(f"{module} not found in {package or __package__}")
+    path = Path(folder) / module
     path.write_bytes(source)
     return str(path)
+
+
+def classifier_signature(image: bool) -> ModelSignature:
+    """content (binary) or features (double array) in; prediction, label, probability out."""
+    column = ColSpec("binary", "content") if image else ColSpec(Array("double"), INPUT_COL)
+    return ModelSignature(inputs=Schema([column]),
+                          outputs=Schema([ColSpec("integer", "prediction"), ColSpec("string", "label"),
+                                          ColSpec("double", "probability")]))
+
+
+def log_classifier(keras_model: Any, meta: dict[str, Any], preprocessing_dir: str | None) -> Any:
+    """Log an image or text classifier pyfunc (serving_classifier.py) in the active run. Image models carry
+    features/image.py in their code/ so they decode bytes exactly as the features job did."""
+    with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
+        keras_path = Path(tmp) / "model.keras"
+        keras_model.save(keras_path)
+        meta_path = Path(tmp) / "meta.json"
+        meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        artifacts = {"keras_model": str(keras_path), "meta": str(meta_path)}
+        if preprocessing_dir:
+            artifacts["preprocessing"] = preprocessing_dir
+        code_paths = None
+        if meta["input"] == "image":
+            package = Path(tmp) / "code" / "features"
+            package.mkdir(parents=True)
+            (package / "__init__.py").write_text("")
+            serving_code(str(package), "image.py", "features")
+            code_paths = [str(package)]
+        return mlflow.pyfunc.log_model(
+            name=MODEL_NAME, python_model=serving_code(tmp, CLASSIFIER_MODULE), artifacts=artifacts,
+            code_paths=code_paths, signature=classifier_signature(meta["input"] == "image"),
+            pip_requirements=[*_requirements(), *(["pillow"] if meta["input"] == "image" else [])],
+        )
 
 
 def _requirements() -> list[str]:

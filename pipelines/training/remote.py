@@ -220,7 +220,7 @@ def train_worker(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
         FaultInjection,
         ResumableEarlyStopping,
     )
-    from pipelines.training.model import build_network, make_optimizer, metrics, weights_checksum
+    from pipelines.training.model import build_network, loss, make_optimizer, metrics, weights_checksum
 
     conf = spec.training
     phases: dict[str, float] = {}
@@ -234,9 +234,9 @@ def train_worker(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
     opt_conf = conf["optimizer"]
     lr = opt_conf["learning_rate"] * (size if opt_conf["scale_by_workers"] else 1)
     with dist.scope():
-        model = build_network(conf["network"], spec.vector_size)
+        model = build_network(conf["network"], spec.vector_size, spec.num_classes, spec.input_shape)
         optimizer = dist.wrap(make_optimizer(opt_conf, lr))
-        model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=metrics())
+        model.compile(optimizer=optimizer, loss=loss(spec.num_classes), metrics=metrics(spec.num_classes))
         ckpt = checkpoints.load_latest(spec.checkpoint_dir)
         if ckpt is None and spec.resume_from:
             ckpt = checkpoints.load_latest(spec.resume_from)
@@ -259,12 +259,13 @@ def train_worker(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
     epochs = conf["epochs"]
     reader = {"batch_size": batch, "cur_shard": rank, "shard_count": size, "num_epochs": None,
               "workers_count": conf["data"]["reader_threads"], "seed": conf["seed"] + rank,
-              "shuffling_queue_capacity": conf["data"]["shuffle_buffer"] or None}
+              "shuffling_queue_capacity": conf["data"]["shuffle_buffer"] or None,
+              **({"transform_spec": image_transform(spec.input_shape)} if spec.input_shape else {})}
     val_reader = {**reader, "shuffling_queue_capacity": None}
     with spec.train_data.make_tf_dataset(**reader) as train_ds, \
             spec.val_data.make_tf_dataset(**val_reader) as val_ds:
-        train_in = dist.dataset(_as_xy(train_ds, spec.vector_size, spec.class_weight))
-        val_in = dist.dataset(_as_xy(val_ds, spec.vector_size, None))
+        train_in = dist.dataset(_as_xy(train_ds, spec, spec.class_weight))
+        val_in = dist.dataset(_as_xy(val_ds, spec, None))
         phases["setup"], mark = time.perf_counter() - mark, time.perf_counter()
         if initial_epoch < epochs:
             model.fit(train_in, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=spec.steps_per_epoch,
@@ -288,20 +289,41 @@ def train_worker(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
     return result
 
 
-def _as_xy(ds: Any, vector_size: int, class_weight: dict[int, float] | None) -> Any:
-    """Petastorm batches (namedtuples) -> (features [batch, n], label [batch, 1], weight [batch]) float32.
+def _reshape_rows(shape: tuple[int, ...], pdf: Any) -> Any:
+    """TransformSpec function: each row's flat HWC float array -> an array of the image shape."""
+    import numpy as np
 
-    Class weights travel as per-row sample weights (what Keras' class_weight does), which also works for
-    the distributed datasets of tf-mwms where class_weight is not supported.
+    pdf["features"] = [np.asarray(v, dtype=np.float32).reshape(shape) for v in pdf["features"]]
+    return pdf
+
+
+def image_transform(shape: tuple[int, ...]) -> Any:
+    """Petastorm TransformSpec that gives `features` the image shape (height, width, channels) in the reader."""
+    import numpy as np
+    from petastorm import TransformSpec
+
+    return TransformSpec(functools.partial(_reshape_rows, tuple(shape)),
+                         edit_fields=[("features", np.float32, tuple(shape), False)],
+                         selected_fields=["features", "label"])
+
+
+def _as_xy(ds: Any, spec: WorkerSpec, class_weight: dict[int, float] | None) -> Any:
+    """Petastorm batches (namedtuples) -> (features, label, weight) float32 tensors.
+
+    features: [batch, vector_size], or [batch, *input_shape] for images. label: [batch, 1] floats for two
+    classes (sigmoid), [batch] class ids for more (softmax). Class weights travel as per-row sample weights
+    (what Keras' class_weight does), which also works for tf-mwms' distributed datasets.
     """
     import tensorflow as tf
 
-    w0, w1 = (class_weight[0], class_weight[1]) if class_weight else (1.0, 1.0)
+    shape = (-1, *spec.input_shape) if spec.input_shape else (-1, spec.vector_size)
+    weights = tf.constant([(class_weight or {}).get(k, 1.0) for k in range(spec.num_classes)], tf.float32)
 
     def to_xyw(b: Any) -> tuple[Any, Any, Any]:
-        x = tf.reshape(tf.cast(b.features, tf.float32), (-1, vector_size))
-        y = tf.reshape(tf.cast(b.label, tf.float32), (-1, 1))
-        return x, y, tf.where(y[:, 0] > 0.5, w1, w0)
+        x = tf.reshape(tf.cast(b.features, tf.float32), shape)
+        ids = tf.reshape(tf.cast(b.label, tf.int32), (-1,))
+        y = tf.reshape(tf.cast(ids, tf.float32), (-1, 1)) if spec.num_classes == 2 else ids
+        return x, y, tf.gather(weights, ids)
 
     return ds.map(to_xyw, num_parallel_calls=1)
 

@@ -26,7 +26,7 @@ class WorkerSpec:
     vector_size: int
     steps_per_epoch: int
     validation_steps: int
-    class_weight: dict[int, float] | None
+    class_weight: dict[int, float] | None  # class id -> weight
     train_data: Any  # petastorm SparkDatasetConverter (picklable: cache URL and file list)
     val_data: Any
     checkpoint_dir: str  # this run's folder; rank 0 writes one checkpoint per epoch
@@ -35,6 +35,8 @@ class WorkerSpec:
     control_port: int = 0
     local: bool = True  # Spark local mode: loopback addresses and interface
     iface: str | None = None
+    num_classes: int = 2  # 2: sigmoid + binary cross-entropy; more: softmax + sparse categorical
+    input_shape: tuple[int, ...] | None = None  # images: Petastorm's TransformSpec reshapes rows to it
 
 
 @dataclass
