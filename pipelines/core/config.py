@@ -506,6 +506,7 @@ class HashSplitConf(Strict):
     validation: float = Field(default=0.15, ge=0, lt=1)
     test: float = Field(default=0.15, gt=0, lt=1)
     seed: int = 7
+    key_segments: int = Field(default=0, ge=0)  # > 0: hash only the key's last N '/'-separated parts (paths)
 
     @model_validator(mode="after")
     def _room_for_train(self) -> HashSplitConf:

@@ -25,8 +25,14 @@ HASH_BUCKETS = 10_000
 
 
 def hash_split(df: DataFrame, key: str, conf: HashSplitConf) -> DataFrame:
-    """Add `split` from a seeded hash of `key`: the same key always lands in the same split."""
-    u = (F.abs(F.xxhash64(F.col(key).cast("string"), F.lit(conf.seed))) % HASH_BUCKETS) / float(HASH_BUCKETS)
+    """Add `split` from a seeded hash of `key`: the same key always lands in the same split. With
+    `key_segments` only the key's last parts are hashed (an image's folder and file name), so the split does not
+    change when the landing zone moves (another workspace, hdfs://)."""
+    value = F.col(key).cast("string")
+    if conf.key_segments:
+        n = conf.key_segments
+        value = F.concat_ws("/", F.slice(F.split(value, "/"), -n, n))
+    u = (F.abs(F.xxhash64(value, F.lit(conf.seed))) % HASH_BUCKETS) / float(HASH_BUCKETS)
     return df.withColumn("split", F.when(u < conf.test, "test")
                          .when(u < conf.test + conf.validation, "validation").otherwise("train"))
 
