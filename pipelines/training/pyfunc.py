@@ -6,6 +6,8 @@ Interface for scoring:
     the model (artifacts/preprocessing); apply it, turn its vector into `features` (array<float>);
   - `spark_udf(spark, model_uri)` -> UDF over column `features` returning struct<probability double,
     prediction int> (RESULT_TYPE); the threshold is inside the model (`model_meta(model_uri)["threshold"]`).
+The image and text flows log serving_classifier.py instead (`log_classifier`): content bytes or `features` in,
+struct<prediction int, label string, probability double> out (CLASSIFIER_RESULT_TYPE).
 """
 
 from __future__ import annotations
@@ -44,17 +46,23 @@ def signature(threshold: float) -> ModelSignature:
 def log_model(keras_model: Any, meta: dict[str, Any], preprocessing_dir: str | None) -> Any:
     """Log the pyfunc (Keras model, meta.json with the threshold, preprocessing PipelineModel) in the active run."""
     with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
-        keras_path = Path(tmp) / "model.keras"
-        keras_model.save(keras_path)
-        meta_path = Path(tmp) / "meta.json"
-        meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        artifacts = {"keras_model": str(keras_path), "meta": str(meta_path)}
-        if preprocessing_dir:
-            artifacts["preprocessing"] = preprocessing_dir
+        artifacts = _artifacts(tmp, keras_model, meta, preprocessing_dir)
         return mlflow.pyfunc.log_model(
             name=MODEL_NAME, python_model=serving_code(tmp), artifacts=artifacts,
             signature=signature(meta["threshold"]), pip_requirements=_requirements(),
         )
+
+
+def _artifacts(folder: str, keras_model: Any, meta: dict[str, Any], preprocessing_dir: str | None) -> dict[str, str]:
+    """The pyfunc's artifacts written to `folder`: the Keras model, meta.json, and the preprocessing model."""
+    keras_path = Path(folder) / "model.keras"
+    keras_model.save(keras_path)
+    meta_path = Path(folder) / "meta.json"
+    meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    artifacts = {"keras_model": str(keras_path), "meta": str(meta_path)}
+    if preprocessing_dir:
+        artifacts["preprocessing"] = preprocessing_dir
+    return artifacts
 
 
 def serving_code(folder: str, module: str = SERVING_MODULE, package: str | None = None) -> str:
@@ -80,13 +88,7 @@ def log_classifier(keras_model: Any, meta: dict[str, Any], preprocessing_dir: st
     """Log an image or text classifier pyfunc (serving_classifier.py) in the active run. Image models carry
     features/image.py in their code/ so they decode bytes exactly as the features job did."""
     with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
-        keras_path = Path(tmp) / "model.keras"
-        keras_model.save(keras_path)
-        meta_path = Path(tmp) / "meta.json"
-        meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        artifacts = {"keras_model": str(keras_path), "meta": str(meta_path)}
-        if preprocessing_dir:
-            artifacts["preprocessing"] = preprocessing_dir
+        artifacts = _artifacts(tmp, keras_model, meta, preprocessing_dir)
         code_paths = None
         if meta["input"] == "image":
             package = Path(tmp) / "code" / "features"
