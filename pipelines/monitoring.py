@@ -176,23 +176,20 @@ def monitor_window(spark: SparkSession, cfg: Config, store: DeltaStore, dates: l
     with tempfile.TemporaryDirectory(prefix="drift-") as tmp:
         report["plots"] = [p.name for p in _plots(ref, batch, [d for d in alerts if d.feature != PREDICTION],
                                                   Path(tmp))]
-        report["_plot_dir"] = tmp
-        _log(report, results, realized)
-    report.pop("_plot_dir")
+        _log(report, results, realized, tmp)
     batch.unpersist()
     ref.unpersist()
     return report
 
 
-def _log(report: dict[str, Any], results: list[FeatureDrift], realized: dict[str, float]) -> None:
+def _log(report: dict[str, Any], results: list[FeatureDrift], realized: dict[str, float], plot_dir: str) -> None:
     if mlflow.active_run() is None:
         return
     mlflow.log_metrics({f"psi.{d.feature.strip('_')}": d.psi for d in results})
     mlflow.log_metrics({f"ks.{d.feature.strip('_')}": d.ks for d in results if d.ks is not None})
     mlflow.log_metrics({f"realized.{k}": v for k, v in realized.items()} | {"alerts": len(report["alerts"])})
-    mlflow.log_text(json.dumps({k: v for k, v in report.items() if k != "_plot_dir"}, indent=2, default=str),
-                    "drift_report.json")
-    mlflow.log_artifacts(report["_plot_dir"], "drift_plots")
+    mlflow.log_text(json.dumps(report, indent=2, default=str), "drift_report.json")
+    mlflow.log_artifacts(plot_dir, "drift_plots")
 
 
 def run_monitor(spark: SparkSession, cfg: Config, store: DeltaStore, dates: list[date],

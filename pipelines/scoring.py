@@ -102,13 +102,15 @@ def load_model_parts(spark: SparkSession, cfg: Config, model: ResolvedModel) -> 
 
 
 def score_dates(spark: SparkSession, cfg: Config, store: DeltaStore, dates: list[date],
-                alias: str | None = None, version: int | None = None) -> dict[str, Any]:
-    """Score the flights of `dates` into gold/<scoring.table>, replacing exactly those dates' partitions."""
+                alias: str | None = None, version: int | None = None,
+                model: ResolvedModel | None = None) -> dict[str, Any]:
+    """Score the flights of `dates` into gold/<scoring.table>, replacing exactly those dates' partitions (with
+    `model` when the caller resolved it already)."""
     if not dates:
         raise BadInput("no dates to score")
     fc = cfg.features
     with stage("score.resolve") as s:
-        model = resolve_model(cfg, alias, version)
+        model = model or resolve_model(cfg, alias, version)
         s.add(model=f"{model.name}/{model.version}", asked=model.asked)
     frames, versions = read_bronze(store, cfg)
     facts = frames[fc.source_table].filter(date_column(cfg).isin(dates))
@@ -142,9 +144,9 @@ def run_score(spark: SparkSession, cfg: Config, store: DeltaStore, dates: list[d
     from pipelines.core.tracking import configure_mlflow, job_run
 
     configure_mlflow(cfg)
-    resolve_model(cfg, alias, version)  # a missing model fails before a run is even opened
+    model = resolve_model(cfg, alias, version)  # a missing model fails before a run is even opened
     with job_run(cfg, "score"):
-        out = score_dates(spark, cfg, store, dates, alias, version)
+        out = score_dates(spark, cfg, store, dates, model=model)
         mlflow.log_params({k: out[k] for k in ("model_name", "model_version", "input_table_version")}
                           | {"dates": ",".join(out["dates"])[:500]})
         mlflow.log_metrics({k: out[k] for k in ("rows_in", "rows_scored", "predicted_late")})
