@@ -42,7 +42,9 @@ def test_notebooks_execute(tmp_path: Path) -> None:
         errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
                   if o.get("output_type") == "error"]
         assert not errors, f"{nb.name}: {errors}"
-    for table in ("bronze/flights", "silver/flight_features", "gold/predictions", "gold/drift"):
+    for table in ("bronze/flights", "silver/flight_features", "gold/predictions", "gold/drift", "bronze/digits",
+                  "silver/digit_features", "gold/digit_predictions"):
         assert (tmp_path / "ws" / "tables" / table / "_delta_log").is_dir(), table
     assert [nb.name for nb in NOTEBOOKS] == ["01_land_and_ingest.py", "02_features.py", "03_exploration.py",
-                                             "04_train.py", "05_score.py", "06_monitor.py"]
+                                             "04_train.py", "05_score.py", "06_monitor.py",
+                                             "07_images_and_text.py"]
