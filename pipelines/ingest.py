@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 
 from pipelines.core.config import Config, SourceConf
 from pipelines.core.delta import DeltaStore
+from pipelines.core.errors import BadInput
 from pipelines.core.files import FileInfo, head, list_files
 from pipelines.core.logs import LOG, stage
 from pipelines.ingest_images import ingest_image_files, split_by_filter
@@ -350,13 +351,60 @@ def write_ingest_log(spark: SparkSession, cfg: Config, store: DeltaStore, run_id
     return store.write(df, cfg.table_path("bronze", "_ingest_log"), "append", metadata={"run_id": run_id})
 
 
+def rollback_unlogged(cfg: Config, store: DeltaStore, run_id: str, sources: list[str] | None = None
+                      ) -> dict[str, int]:
+    """Delete the bronze and quarantine rows of earlier ingest runs that never wrote their ingest log entry.
+
+    An ingest run commits bronze (and quarantine) first and the ingest log last; a driver that dies in between
+    leaves rows whose files the log does not know, so the next run would ingest them again. The log decides:
+    rows of an unlogged run are rolled back (one commit per table) and their files are ingested afresh. A run
+    that MLflow still shows as RUNNING may be in flight: that is an error naming it, never a rollback.
+    """
+    log_path = cfg.table_path("bronze", "_ingest_log")
+    logged = ({r[0] for r in store.read(log_path).select("run_id").distinct().collect()}
+              if store.exists(log_path) else set())
+    tables = {cfg.table_path("bronze", s.table): "_run_id" for name, s in cfg.ingest.sources.items()
+              if not sources or name in sources}
+    tables |= {cfg.table_path("quarantine", t): "run_id" for t in ("rows", "files")}
+    rolled: dict[str, int] = {}
+    for path, column in tables.items():
+        table = store.read(path) if store.exists(path) else None
+        if table is None or column not in table.columns:
+            continue
+        runs = [r[0] for r in table.select(column).distinct().collect()]
+        orphans = sorted(r for r in runs if r is not None and r not in logged and r != run_id)
+        running = [r for r in orphans if _mlflow_status(cfg, r) == "RUNNING"]
+        if running:
+            raise BadInput(f"{path} holds rows of ingest run(s) {running} that have no ingest log entry and that "
+                           "MLflow shows as RUNNING: another ingest may be in progress. If it died, mark it "
+                           "(MlflowClient().set_terminated(run_id, 'KILLED')) and run ingest again; its rows are "
+                           "then rolled back and re-ingested.")
+        if orphans:
+            n = store.delete_where(path, column, orphans, {"run_id": run_id, "rollback_of": ",".join(orphans)})
+            LOG.warning("ingest: rolled back %d rows of unlogged run(s) %s from %s", n, ", ".join(orphans), path)
+            rolled[path] = n
+    return rolled
+
+
+def _mlflow_status(cfg: Config, run_id: str) -> str | None:
+    """The MLflow status of an ingest run (None when it is no run of this tracking store)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient(cfg.tracking_uri).get_run(run_id).info.status
+    except Exception:
+        return None
+
+
 def ingest(spark: SparkSession, cfg: Config, store: DeltaStore, run_id: str,
            sources: list[str] | None = None) -> list[SourceResult]:
-    """Ingest the named sources, else ingest.select, else every configured source; return per-source results."""
+    """Ingest the named sources, else ingest.select, else every configured source; return per-source results.
+    Rows left by an earlier run that died before writing its ingest log are rolled back first."""
     sources = sources or cfg.ingest.select or None
     unknown = sorted(set(sources or []) - set(cfg.ingest.sources))
     if unknown:
         raise ValueError(f"unknown sources {unknown}; configured: {sorted(cfg.ingest.sources)}")
+    rollback_unlogged(cfg, store, run_id, sources)
     seen = ingested_files(store, cfg.table_path("bronze", "_ingest_log"))
     results = [ingest_source(spark, cfg, store, name, src, run_id, seen)
                for name, src in cfg.ingest.sources.items() if not sources or name in sources]

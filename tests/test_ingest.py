@@ -103,6 +103,45 @@ def test_quarantine_counts_and_rerun(spark: SparkSession, store: DeltaStore,
     assert sorted(r.id for r in store.read(cfg.table_path("bronze", "t")).collect()) == [1, 2, 9, 11]
 
 
+def test_run_that_died_before_its_log_is_rolled_back(spark: SparkSession, store: DeltaStore,
+                                                     make_cfg: Callable[..., Config],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver dies after committing bronze and quarantine rows but before the ingest log: the next run rolls
+    those rows back and ingests the files again, so nothing is duplicated and nothing is lost. While MLflow still
+    shows the dead run as RUNNING (it might be in flight) the next run refuses, naming it."""
+    from mlflow.tracking import MlflowClient
+
+    import pipelines.ingest as ingest_module
+    from pipelines.core.errors import BadInput
+
+    cfg = make_cfg(SOURCE)
+    _land(cfg)
+    client = MlflowClient(cfg.tracking_uri)
+    died = client.create_run(client.create_experiment("ingest-crash")).info.run_id
+
+    def driver_lost(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("driver lost before the ingest log was written")
+
+    with monkeypatch.context() as m:
+        m.setattr(ingest_module, "write_ingest_log", driver_lost)
+        with pytest.raises(RuntimeError, match="driver lost"):
+            ingest(spark, cfg, store, died, ["t"])
+    bronze, rows = cfg.table_path("bronze", "t"), cfg.table_path("quarantine", "rows")
+    assert store.read(bronze).count() == 3 and store.read(rows).count() == len(BAD)  # committed, not logged
+    with pytest.raises(BadInput, match=f"ingest run.*{died}.*RUNNING"):
+        ingest(spark, cfg, store, "run-2", ["t"])
+    client.set_terminated(died, "KILLED")
+
+    (result,) = ingest(spark, cfg, store, "run-2", ["t"])
+    assert (result.rows_ok, result.rows_quarantined, result.files_quarantined) == (3, 7, len(UNREADABLE))
+    assert sorted(r.id for r in store.read(bronze).collect()) == [1, 2, 9]  # once, not twice
+    assert {r._run_id for r in store.read(bronze).collect()} == {"run-2"}
+    assert store.read(rows).count() == len(BAD)
+    assert store.history(bronze, 2)[1]["operation"] == "DELETE"  # the rollback is its own commit
+    (again,) = ingest(spark, cfg, store, "run-3", ["t"])
+    assert again.files == [] and store.read(bronze).count() == 3
+
+
 def test_unknown_source_is_clear_error(spark: SparkSession, store: DeltaStore,
                                        make_cfg: Callable[..., Config]) -> None:
     with pytest.raises(ValueError, match=r"unknown sources \['nope'\]"):

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable, Schema
 from deltalake.transaction import AddAction, CommitProperties, RemoveAction, create_table_with_add_actions
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
 from pipelines.core.session import has_delta_classes
@@ -124,6 +125,24 @@ class DeltaStore:
         if self.engine == "delta-spark":
             return self._write_delta_spark(df, path, mode, partition_by, replace_partitions, metadata)
         return self._write_embedded(df, path, mode, partition_by, replace_partitions, metadata)
+
+    def delete_where(self, path: str, column: str, values: list[str], metadata: dict[str, str] | None = None) -> int:
+        """Delete the rows whose string `column` is one of `values`, as one commit; returns the rows deleted.
+
+        Used to roll back the rows of an ingest run that never recorded itself in the ingest log.
+        """
+        if not values or not self.exists(path):
+            return 0
+        quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+        predicate = f"{column} IN ({quoted})"
+        if self.engine == "delta-spark":
+            n = self.read(path).filter(F.col(column).isin(values)).count()
+            if n:
+                self.spark.sql(f"DELETE FROM delta.`{path}` WHERE {predicate}")
+            return n
+        props = CommitProperties(custom_metadata={"engine": "spark-ml-pipeline/embedded", **(metadata or {})})
+        metrics = DeltaTable(_local(path)).delete(predicate, commit_properties=props)
+        return int(metrics.get("num_deleted_rows", 0))
 
     def _check_compatible(
         self,
