@@ -226,7 +226,8 @@ def test_timeout_cancels_the_job_group_and_its_processes(spark: SparkSession, fe
                                                          store: DeltaStore) -> None:
     import psutil
 
-    cfg = features_cfg("training.epochs=10000", "training.timeout_s=20", "training.max_attempts=1")
+    cfg = features_cfg("training.epochs=10000", "training.early_stopping.patience=10000",  # only the timeout ends it
+                       "training.timeout_s=20", "training.max_attempts=1")
     since = time.time()
     started = time.monotonic()
     with pytest.raises(TrainingTimeout, match="timeout_s=20"):
