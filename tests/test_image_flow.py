@@ -18,8 +18,8 @@ from pipelines.core.config import Config, ImageFlowConf
 from pipelines.core.delta import DeltaStore
 from pipelines.demo import land_digits
 from pipelines.features import latest_features_run
-from pipelines.flows.common import FEATURES, LABEL, LABEL_NAME
-from pipelines.flows.image import image_classes, prepare_images, sort_classes, with_original_size
+from pipelines.flows.common import FEATURES, LABEL, LABEL_NAME, class_names, sort_classes
+from pipelines.flows.image import label_conf, prepare_images, with_original_size
 from pipelines.flows.image import run_features as run_image_features
 from pipelines.ingest import ingest
 
@@ -43,7 +43,7 @@ def test_prepare_images_counts(spark: SparkSession) -> None:
     ]
     images = spark.createDataFrame(rows, "path string, content binary, label string")
     conf = ImageFlowConf()
-    classes = image_classes(images, conf)
+    classes = class_names(images, label_conf(conf))
     assert classes == ["0", "1", "10"]
     prepared, counts = prepare_images(images, conf, classes)
     assert counts == {"rows_in": 6, "duplicates_removed": 1, "excluded_unlabeled": 1, "rows_out": 4}

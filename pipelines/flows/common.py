@@ -4,6 +4,7 @@ record (the same MLflow tags the tabular features run writes, so training finds 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.core.config import ClassLabelConf, Config, HashSplitConf
+from pipelines.core.config import ClassLabelConf, Config, ConfigError, HashSplitConf
 from pipelines.core.delta import DeltaStore
 from pipelines.core.logs import LOG, stage
 
@@ -37,11 +38,39 @@ def hash_split(df: DataFrame, key: str, conf: HashSplitConf) -> DataFrame:
                          .when(u < conf.test + conf.validation, "validation").otherwise("train"))
 
 
+def sort_classes(values: Iterable[str | None]) -> list[str]:
+    """Distinct non-null labels in class-id order: numerically when all are digits ("10" after "9"), else text."""
+    distinct = {v for v in values if v is not None}
+    if distinct and all(v.isascii() and v.isdigit() for v in distinct):
+        return sorted(distinct, key=lambda v: (int(v), v))
+    return sorted(distinct)
+
+
 def class_names(df: DataFrame, conf: ClassLabelConf) -> list[str]:
-    """The classes in id order: configured (plus `other` last), or every non-null value sorted."""
+    """The classes in id order: configured (plus `other` last), or every value of the column (`sort_classes`)."""
     if conf.classes is not None:
         return [*conf.classes, *([conf.other] if conf.other and conf.other not in conf.classes else [])]
-    return sorted(r[0] for r in df.select(F.col(conf.column).cast("string")).distinct().collect() if r[0] is not None)
+    return sort_classes(r[0] for r in df.select(F.col(conf.column).cast("string")).distinct().collect())
+
+
+def read_source(store: DeltaStore, cfg: Config) -> tuple[DataFrame, int]:
+    """The flow's one bronze table (features.source_table) at its pinned version, latest when unpinned.
+
+    The image and text flows read no other table (joins are a tabular-flow matter), so pinning another is an error.
+    """
+    name = cfg.features.source_table
+    path = cfg.table_path("bronze", name)
+    latest = store.version(path)
+    if latest is None:
+        raise FileNotFoundError(f"no bronze table {name!r} at {path}: run ingest first")
+    unknown = sorted(set(cfg.features.bronze_versions) - {name})
+    if unknown:
+        raise ConfigError(f"features.bronze_versions: {unknown} are not read by the {cfg.flow} flow "
+                          f"(it reads {name!r})")
+    version = cfg.features.bronze_versions.get(name, latest)
+    if version > latest:
+        raise ConfigError(f"features.bronze_versions.{name}: version {version} does not exist (latest is {latest})")
+    return store.read(path, version), version
 
 
 def with_labels(df: DataFrame, conf: ClassLabelConf, classes: list[str]) -> DataFrame:

@@ -14,7 +14,6 @@ import io
 import math
 import re
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,9 @@ from pipelines.flows.common import (
     LABEL_NAME,
     SPLITS,
     FlowFeatures,
+    class_names,
     hash_split,
+    read_source,
     with_labels,
     write_features,
 )
@@ -62,17 +63,9 @@ def image_pipeline(conf: ImageFlowConf) -> Pipeline:
                                          normalize=conf.normalize)])
 
 
-def sort_classes(values: Iterable[str | None]) -> list[str]:
-    """Distinct non-null labels in class-id order: numerically when all are digits ("10" after "9"), else text."""
-    distinct = {v for v in values if v is not None}
-    if distinct and all(v.isascii() and v.isdigit() for v in distinct):
-        return sorted(distinct, key=lambda v: (int(v), v))
-    return sorted(distinct)
-
-
-def image_classes(images: DataFrame, conf: ImageFlowConf) -> list[str]:
-    """The classes of a bronze image table: its distinct labels, sorted by `sort_classes`."""
-    return sort_classes(r[0] for r in images.select(F.col(conf.label_column).cast("string")).distinct().collect())
+def label_conf(conf: ImageFlowConf) -> ClassLabelConf:
+    """The image label as a class label: the bronze label column's values, every one a class."""
+    return ClassLabelConf(column=conf.label_column)
 
 
 def prepare_images(images: DataFrame, conf: ImageFlowConf, classes: list[str]) -> tuple[DataFrame, dict[str, int]]:
@@ -96,7 +89,7 @@ def prepare_images(images: DataFrame, conf: ImageFlowConf, classes: list[str]) -
         deduped = (images.withColumn("_dup_order", F.xxhash64(conf.content_column, conf.label_column))
                    .withColumn("_dup_rank", F.row_number().over(w)).filter("_dup_rank = 1")
                    .drop("_dup_rank", "_dup_order"))
-    labelled = with_labels(deduped, ClassLabelConf(column=conf.label_column), classes)
+    labelled = with_labels(deduped, label_conf(conf), classes)
     known = labelled.filter(F.col(LABEL).isNotNull())
     rows = known.count()
     counts = {"rows_in": rows_in, "duplicates_removed": rows_in - keys, "excluded_unlabeled": keys - rows,
@@ -130,24 +123,6 @@ def with_original_size(images: DataFrame, content_column: str) -> DataFrame:
             .withColumn(WIDTH, F.col(f"_hdr.{WIDTH}")).withColumn(HEIGHT, F.col(f"_hdr.{HEIGHT}")).drop("_hdr"))
 
 
-def read_images(store: DeltaStore, cfg: Config) -> tuple[DataFrame, int]:
-    """The bronze image table at its latest version (or the version pinned in features.bronze_versions)."""
-    fc = cfg.features
-    path = cfg.table_path("bronze", fc.source_table)
-    latest = store.version(path)
-    if latest is None:
-        raise FileNotFoundError(f"no bronze table {fc.source_table!r} at {path}: run ingest first")
-    unknown = sorted(set(fc.bronze_versions) - {fc.source_table})
-    if unknown:
-        raise ValueError(f"features.bronze_versions: {unknown} are not read by the image flow "
-                         f"(it reads {fc.source_table!r})")
-    version = fc.bronze_versions.get(fc.source_table, latest)
-    if version > latest:
-        raise ValueError(f"features.bronze_versions.{fc.source_table}: version {version} does not exist "
-                         f"(latest is {latest})")
-    return store.read(path, version), version
-
-
 def run_features(spark: SparkSession, cfg: Config, store: DeltaStore) -> FlowFeatures:
     """Bronze images -> dedupe, label, split -> decode (fitted PipelineModel) -> silver, as one MLflow run."""
     conf, fc = cfg.image, cfg.features
@@ -155,14 +130,14 @@ def run_features(spark: SparkSession, cfg: Config, store: DeltaStore) -> FlowFea
     with job_run(cfg, JOB) as active:
         run_id = active.info.run_id
         with stage("features.read") as s:
-            images, bronze_version = read_images(store, cfg)
+            images, bronze_version = read_source(store, cfg)
             s.add(table=fc.source_table, version=bronze_version)
         mlflow.set_tag(f"table_version.bronze.{fc.source_table}", str(bronze_version))
         mlflow.log_params({"image.key": conf.key, "image.shape": "x".join(map(str, shape)),
                            "image.resample": conf.resample, "image.normalize": conf.normalize,
                            **{f"split.{k}": v for k, v in conf.split.model_dump().items()}})
         with stage("features.prepare") as s:
-            classes = image_classes(images, conf)
+            classes = class_names(images, label_conf(conf))
             if not classes:
                 raise ValueError(f"bronze table {fc.source_table!r} has no labelled images")
             prepared, counts = prepare_images(images, conf, classes)

@@ -23,7 +23,7 @@ from pipelines.core.config import Config, ConfigError, TextFlowConf
 from pipelines.core.delta import DeltaStore
 from pipelines.core.logs import stage
 from pipelines.core.tracking import job_run
-from pipelines.features import ensure_features_package
+from pipelines.features import VECTOR_COL, ensure_features_package
 from pipelines.flows.common import (
     FEATURES,
     LABEL,
@@ -31,12 +31,12 @@ from pipelines.flows.common import (
     FlowFeatures,
     class_names,
     hash_split,
+    read_source,
     with_labels,
     write_features,
 )
 
 JOB = "features"
-VECTOR_COL = "features_vector"
 TOP_TOKENS = 20
 SAMPLES = 5
 # Why a row is left out, in the order the reasons are checked (a row counts under its first reason).
@@ -102,19 +102,6 @@ def text_report(model: PipelineModel, train: DataFrame, conf: TextFlowConf) -> d
     samples = [r.asDict() for r in done.select(*cols).orderBy(F.xxhash64(conf.key)).limit(SAMPLES).collect()]
     return {"top_tokens": top, "word2vec_vocabulary": w2v[0].getVectors().count() if w2v else None,
             "samples": samples}
-
-
-def read_source(store: DeltaStore, cfg: Config) -> tuple[DataFrame, int]:
-    """The bronze source table at its pinned version (latest when unpinned); joins are a tabular-flow matter."""
-    name = cfg.features.source_table
-    path = cfg.table_path("bronze", name)
-    latest = store.version(path)
-    if latest is None:
-        raise FileNotFoundError(f"no bronze table {name!r} at {path}: run ingest first")
-    version = cfg.features.bronze_versions.get(name, latest)
-    if version > latest:
-        raise ConfigError(f"features.bronze_versions.{name}: version {version} does not exist (latest is {latest})")
-    return store.read(path, version), version
 
 
 def _params(conf: TextFlowConf) -> dict[str, Any]:
