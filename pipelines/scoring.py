@@ -65,6 +65,13 @@ def date_column(cfg: Config) -> Column:
     return F.make_date(F.col(y).cast("int"), F.col(m).cast("int"), F.col(d).cast("int"))
 
 
+def lineage_columns(model: ResolvedModel, input_version: int) -> list[Column]:
+    """The model and data lineage every gold prediction row carries."""
+    return [F.lit(model.name).alias("model_name"), F.lit(model.version).alias("model_version"),
+            F.lit(model.run_id).alias("model_run_id"), F.lit(input_version).alias("input_table_version"),
+            F.lit(datetime.now(UTC)).alias("scored_at")]
+
+
 def predict(enriched: DataFrame, preprocessing: PipelineModel, udf: Any, model: ResolvedModel,
             cfg: Config, input_version: int) -> DataFrame:
     """Preprocess, score, and shape the gold rows: key, date, probability, prediction, model and data lineage."""
@@ -77,9 +84,7 @@ def predict(enriched: DataFrame, preprocessing: PipelineModel, udf: Any, model: 
     return scored.select(
         *fc.key, fc.date_name,
         F.col(f"{PRED}.probability").alias("probability"), F.col(f"{PRED}.prediction").alias("prediction"),
-        F.lit(model.name).alias("model_name"), F.lit(model.version).alias("model_version"),
-        F.lit(model.run_id).alias("model_run_id"), F.lit(input_version).alias("input_table_version"),
-        F.lit(datetime.now(UTC)).alias("scored_at"),
+        *lineage_columns(model, input_version),
     )
 
 

@@ -9,7 +9,6 @@ split, so the realised accuracy on the test split is measured through the servin
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import mlflow
@@ -24,7 +23,7 @@ from pipelines.core.errors import BadInput
 from pipelines.core.logs import stage
 from pipelines.features import VECTOR_COL, ensure_features_package
 from pipelines.flows.common import LABEL_NAME, hash_split, with_labels
-from pipelines.scoring import ResolvedModel, resolve_model
+from pipelines.scoring import ResolvedModel, lineage_columns, resolve_model
 from pipelines.training.pyfunc import CLASSIFIER_RESULT_TYPE, INPUT_COL, preprocessing_path
 
 PRED = "_prediction"
@@ -59,10 +58,7 @@ def predict(rows: DataFrame, cfg: Config, model: ResolvedModel, udf: Any, input_
     return scored.select(
         key, "split", F.col(LABEL_NAME).alias("true_label"),
         F.col(f"{PRED}.prediction").alias("prediction"), F.col(f"{PRED}.label").alias("predicted_label"),
-        F.col(f"{PRED}.probability").alias("probability"),
-        F.lit(model.name).alias("model_name"), F.lit(model.version).alias("model_version"),
-        F.lit(model.run_id).alias("model_run_id"), F.lit(input_version).alias("input_table_version"),
-        F.lit(datetime.now(UTC)).alias("scored_at"),
+        F.col(f"{PRED}.probability").alias("probability"), *lineage_columns(model, input_version),
     )
 
 

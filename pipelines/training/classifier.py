@@ -35,6 +35,7 @@ from pipelines.training.job import (
     checkpoint_root,
     fit,
     load_training_data,
+    predict_on_driver,
     resolve_resume,
     resolve_source,
 )
@@ -115,8 +116,8 @@ def _train(spark: SparkSession, cfg: Config, store: DeltaStore, data: DataFrame,
 
         model = build_network(tc.network.model_dump(mode="json"), source.vector_size, k, input_shape)
         model.set_weights(r0.weights or [])
-        evaluated = {split: _predict(model, data.filter(F.col("split") == split), source.vector_size,
-                                     input_shape, tc.seed) for split in ("validation", "test")}
+        evaluated = {split: predict_on_driver(model, data.filter(F.col("split") == split), source.vector_size,
+                                              tc.seed, EVAL_ROWS, input_shape) for split in ("validation", "test")}
         val_m = multiclass_metrics(*evaluated["validation"], classes)
         test_m = multiclass_metrics(*evaluated["test"], classes)
         meta = _meta(cfg, source, classes, input_shape, run_id, val_m, test_m)
@@ -167,33 +168,20 @@ def _matrix(features: Any, vector_size: int, input_shape: tuple[int, ...] | None
     return x.reshape((-1, *input_shape)) if input_shape else x
 
 
-def _predict(model: Any, df: DataFrame, vector_size: int, input_shape: tuple[int, ...] | None,
-             seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, class probabilities [rows, classes]) of `df` scored on the driver (seeded sample if large)."""
-    rows = df.count()
-    if rows > EVAL_ROWS:
-        df = df.sample(fraction=EVAL_ROWS / rows, seed=seed)
-    pdf = df.select("label", "features").toPandas()
-    p = model.predict(_matrix(pdf["features"], vector_size, input_shape), batch_size=1024, verbose=0)
-    return pdf["label"].to_numpy().astype(int), p.astype("float64")
-
-
 def _check_pyfunc(spark: SparkSession, cfg: Config, store: DeltaStore, model_uri: str, model: Any, data: DataFrame,
                   source: Any, input_shape: tuple[int, ...] | None) -> float:
     """The logged pyfunc, run as a Spark UDF on test rows exactly as scoring will (image bytes from bronze for
     images), must give the Keras model's classes and probabilities; returns the largest probability gap."""
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=pyfunc.CLASSIFIER_RESULT_TYPE, env_manager="local")
-    test = data.filter(F.col("split") == "test").limit(PARITY_ROWS)
-    if input_shape:
-        key = cfg.image.key
-        table = source.table_path
-        keys = store.read(table, source.table_version).select(key, "features")
+    if input_shape:  # the images' bytes from bronze, joined by key to test rows of the trained table version
+        key, content = cfg.image.key, cfg.image.content_column
+        test = (store.read(source.table_path, source.table_version).filter(F.col("split") == "test")
+                .select(key, "features").limit(PARITY_ROWS))
         bronze = cfg.table_path("bronze", cfg.features.source_table)
-        version = source.bronze_versions.get(cfg.features.source_table)
-        content = store.read(bronze, version).select(key, cfg.image.content_column)
-        rows = (keys.join(test.select("features"), "features", "left_semi").join(content, key)
-                .select("features", udf(cfg.image.content_column).alias("out")).toPandas())
+        images = store.read(bronze, source.bronze_versions.get(cfg.features.source_table)).select(key, content)
+        rows = test.join(images, key).select("features", udf(content).alias("out")).toPandas()
     else:
+        test = data.filter(F.col("split") == "test").limit(PARITY_ROWS)
         rows = test.select("features", udf(pyfunc.INPUT_COL).alias("out")).toPandas()
     if rows.empty:
         raise RuntimeError(f"the pyfunc check of {model_uri} found no test rows to score")

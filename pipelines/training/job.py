@@ -336,15 +336,24 @@ def _download_preprocessing(source: Any) -> str | None:
         return None
 
 
-def _predict_on_driver(model: Any, df: DataFrame, vector_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, probabilities) of `df` scored by the Keras model on the driver: the validation split, for the
-    threshold. Above THRESHOLD_ROWS rows a seeded sample is used (a threshold needs no more)."""
+def predict_on_driver(model: Any, df: DataFrame, vector_size: int, seed: int, max_rows: int,
+                      input_shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, the Keras model's outputs [rows, outputs]) for `df`, scored on the driver; above `max_rows` rows
+    a seeded sample. `input_shape` reshapes the stored flat arrays for image models."""
     rows = df.count()
-    if rows > THRESHOLD_ROWS:
-        df = df.sample(fraction=THRESHOLD_ROWS / rows, seed=seed)
+    if rows > max_rows:
+        df = df.sample(fraction=max_rows / rows, seed=seed)
     pdf = df.select("label", "features").toPandas()
-    p = model.predict(features_matrix(pdf["features"], vector_size), batch_size=4096, verbose=0).reshape(-1)
+    x = features_matrix(pdf["features"], vector_size)
+    p = model.predict(x.reshape((-1, *input_shape)) if input_shape else x, batch_size=4096, verbose=0)
     return pdf["label"].to_numpy().astype(int), p.astype("float64")
+
+
+def _predict_on_driver(model: Any, df: DataFrame, vector_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probabilities) of the validation split, for the threshold. Above THRESHOLD_ROWS rows a seeded
+    sample is used (a threshold needs no more)."""
+    y, p = predict_on_driver(model, df, vector_size, seed, THRESHOLD_ROWS)
+    return y, p.reshape(-1)
 
 
 def _score_test_with_pyfunc(spark: SparkSession, model_uri: str, data: DataFrame, model: Any,
