@@ -8,6 +8,27 @@ VENV=${VENV:-.venv}
 stamp="$VENV/.bootstrap-stamp"
 want=$(cat requirements.txt requirements-dev.txt bootstrap.sh pyproject.toml | sha256sum | cut -d' ' -f1)
 
+# JVM artifacts (conf/jvm/pom.xml) into .jars/: delta/ (delta-spark engine) and hadoop/ (the tests' MiniCluster).
+JARS=${JARS_DIR:-.jars}
+jars_want=$(cat conf/jvm/pom.xml | sha256sum | cut -d' ' -f1)
+if [[ ! -f "$JARS/.stamp" || "$(cat "$JARS/.stamp")" != "$jars_want" ]]; then
+  if ! command -v mvn >/dev/null; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+      apt-get update -qq && apt-get install -y -qq maven >/dev/null
+    else
+      echo "bootstrap: Maven (mvn) is required to fetch the Delta and Hadoop jars (apt-get install maven)" >&2; exit 1
+    fi
+  fi
+  pinned=$(sed -n 's/^delta-spark==//p' requirements.txt)
+  grep -q "<delta.version>$pinned</delta.version>" conf/jvm/pom.xml \
+    || { echo "bootstrap: conf/jvm/pom.xml delta.version differs from delta-spark==$pinned" >&2; exit 1; }
+  rm -rf "$JARS" && mkdir -p "$JARS"
+  mvn=(mvn -q -B -f conf/jvm/pom.xml dependency:copy-dependencies)
+  "${mvn[@]}" -DoutputDirectory="$PWD/$JARS/delta" -DincludeGroupIds=io.delta -DexcludeTransitive=true
+  "${mvn[@]}" -DoutputDirectory="$PWD/$JARS/hadoop" -DexcludeGroupIds=io.delta -DincludeScope=runtime
+  echo "$jars_want" > "$JARS/.stamp"
+fi
+
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
