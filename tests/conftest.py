@@ -20,7 +20,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 @pytest.fixture(scope="session")
 def spark() -> Iterator[SparkSession]:
-    """The one SparkSession (local[2]) built by the project's own factory."""
+    """The one SparkSession (local[2]) built by the project's own factory, with the Delta jars (.jars/delta from
+    ./bootstrap.sh), so tests can use both storage engines."""
     setup_logging()
     cfg = load_config("local", ["spark.conf.spark.sql.shuffle.partitions=4"])
     session = get_spark(cfg, "tests")
@@ -47,4 +48,5 @@ def make_cfg(workspace: Path) -> Callable[..., Config]:
 
 @pytest.fixture
 def store(spark: SparkSession) -> DeltaStore:
-    return DeltaStore(spark)
+    """A store with the configured default engine (auto: delta-spark, since the session has the jars)."""
+    return DeltaStore(spark, load_config("local", []).storage.engine)

@@ -1,9 +1,14 @@
 """Delta tables behind one small interface, with two engines that write the same Delta protocol.
 
-- delta-spark: used when the session has the Delta classes (clusters with --packages/--jars, Databricks).
-- embedded: Spark writes the Parquet files into a staging folder, the driver moves them into the table folder and
-  commits them as one Delta transaction with delta-rs. Until that commit the files are invisible to readers, so a
-  write that fails part-way leaves the previous version readable and unchanged.
+- delta-spark (the default wherever its jars are present; see pipelines.core.session): Spark reads, writes and
+  inspects tables through Delta Lake's own classes, on any file system Spark reaches (local, hdfs://, ...).
+- embedded (`storage.engine=embedded`, machines without the jars): Spark writes the Parquet files into a staging
+  folder, the driver moves them into the table folder and commits them as one Delta transaction with delta-rs.
+  Until that commit the files are invisible to readers, so a write that fails part-way leaves the previous
+  version readable and unchanged. Local paths only.
+
+Both engines record a write's `metadata` as JSON in the commit's userMetadata, where `history` (either engine)
+returns it as `metadata`. `to_pandas` reads any of the tables into pandas with delta-rs, without Spark.
 """
 
 from __future__ import annotations
@@ -13,10 +18,13 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, unquote
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import DeltaTable, Schema
@@ -24,60 +32,99 @@ from deltalake.transaction import AddAction, CommitProperties, RemoveAction, cre
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+from pyspark.sql.types import StructType
 
-from pipelines.core.session import has_delta_classes
+from pipelines.core.session import DELTA_EXTENSION, NO_DELTA_JARS, delta_jar_dir, has_delta_classes
 
 Mode = Literal["append", "overwrite"]
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 STAGING = "_staging"
+ENGINES = ("delta-spark", "embedded")
+EMBEDDED_ENGINE_INFO = {"engine": "spark-ml-pipeline/embedded"}
+USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 
 
 class DeltaWriteError(RuntimeError):
-    """A write that could not be committed; the table is unchanged."""
+    """A write that could not be committed; the table is left at its previous version."""
 
 
 def _local(path: str) -> str:
     return path[len("file://") :] if path.startswith("file://") else path
 
 
+def delta_spark_ready(spark: SparkSession) -> bool:
+    """True when the session can run the delta-spark engine: Delta classes loaded and the extension enabled."""
+    return has_delta_classes(spark) and DELTA_EXTENSION in spark.conf.get("spark.sql.extensions", "")
+
+
 class DeltaStore:
-    """Read, write and inspect Delta tables by path, with whichever engine the session supports."""
+    """Read, write and inspect Delta tables by path with one engine: delta-spark or embedded (auto: the first
+    when the session supports it)."""
 
     def __init__(
         self, spark: SparkSession, engine: str = "auto", max_records_per_file: int = 2_000_000
     ) -> None:
         self.spark = spark
         if engine == "auto":
-            engine = "delta-spark" if has_delta_classes(spark) else "embedded"
-        if engine == "delta-spark" and not has_delta_classes(spark):
-            raise RuntimeError(
-                "storage.engine=delta-spark but the session has no Delta classes: "
-                "pass the Delta jars (DELTA_JARS, --packages io.delta:delta-spark_2.13:4.0.0) or use engine auto"
-            )
+            engine = "delta-spark" if delta_spark_ready(spark) else "embedded"
+        if engine not in ENGINES:
+            raise ValueError(f"storage.engine must be auto, delta-spark or embedded, got {engine!r}")
+        if engine == "delta-spark" and not delta_spark_ready(spark):
+            raise RuntimeError("the session has no Delta classes or extension. "
+                               + NO_DELTA_JARS.format(where=delta_jar_dir()))
         self.engine = engine
         self.max_records_per_file = max_records_per_file
 
-    # ---- inspection -------------------------------------------------------------------------------------------
-    @staticmethod
-    def exists(path: str) -> bool:
-        try:
-            DeltaTable(_local(path))
-            return True
-        except Exception:
-            return False
+    def _spark_table(self, path: str) -> Any:
+        from delta.tables import DeltaTable as SparkDeltaTable
 
-    @staticmethod
-    def version(path: str) -> int | None:
+        return SparkDeltaTable.forPath(self.spark, path)
+
+    # ---- inspection -------------------------------------------------------------------------------------------
+    def exists(self, path: str) -> bool:
+        """True when `path` holds a Delta table."""
+        if self.engine == "delta-spark":
+            from delta.tables import DeltaTable as SparkDeltaTable
+
+            return bool(SparkDeltaTable.isDeltaTable(self.spark, path))
+        return _rs_exists(_local(path))
+
+    def version(self, path: str) -> int | None:
         """Latest committed version, or None when there is no table."""
+        if self.engine == "delta-spark":
+            if not self.exists(path):
+                return None
+            return int(self._spark_table(path).history(1).select("version").head()[0])
         try:
             return DeltaTable(_local(path)).version()
         except Exception:
             return None
 
-    @staticmethod
-    def history(path: str, limit: int | None = None) -> list[dict[str, Any]]:
-        """Commit history, newest first (version, timestamp, operation, parameters, custom metadata)."""
-        return DeltaTable(_local(path)).history(limit)
+    def history(self, path: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Commit history, newest first: version, timestamp (ms), operation, operationParameters, userMetadata
+        (the raw string) and metadata (the dict a write's `metadata=` recorded; {} when none)."""
+        if not self.exists(path):
+            raise FileNotFoundError(f"no Delta table at {path}")
+        if self.engine == "delta-spark":
+            rows = (self._spark_table(path).history(limit)
+                    .select("version", F.unix_millis("timestamp").alias("timestamp"), "operation",
+                            "operationParameters", "userMetadata").collect())
+            raw = [r.asDict() for r in rows]
+        else:
+            raw = DeltaTable(_local(path)).history(limit)
+        return [_history_entry(h) for h in raw]
+
+    def partition_columns(self, path: str) -> list[str]:
+        """The table's partition columns, in order."""
+        if self.engine == "delta-spark":
+            return list(self._spark_table(path).detail().select("partitionColumns").head()[0])
+        return list(DeltaTable(_local(path)).metadata().partition_columns)
+
+    def schema(self, path: str) -> StructType:
+        """The table's schema at its latest version, as Spark types."""
+        if self.engine == "delta-spark":
+            return self.read(path).schema
+        return from_arrow_schema(pa.schema(DeltaTable(_local(path)).schema().to_arrow()))
 
     # ---- read -------------------------------------------------------------------------------------------------
     def read(self, path: str, version: int | None = None) -> DataFrame:
@@ -133,15 +180,16 @@ class DeltaStore:
         """
         if not values or not self.exists(path):
             return 0
-        quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
-        predicate = f"{column} IN ({quoted})"
         if self.engine == "delta-spark":
-            n = self.read(path).filter(F.col(column).isin(values)).count()
+            condition = F.col(column).isin(values)
+            n = self.read(path).filter(condition).count()
             if n:
-                self.spark.sql(f"DELETE FROM delta.`{path}` WHERE {predicate}")
+                with _user_metadata(self.spark, metadata):
+                    self._spark_table(path).delete(condition)
             return n
-        props = CommitProperties(custom_metadata={"engine": "spark-ml-pipeline/embedded", **(metadata or {})})
-        metrics = DeltaTable(_local(path)).delete(predicate, commit_properties=props)
+        quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+        props = CommitProperties(custom_metadata={**EMBEDDED_ENGINE_INFO, **_user_metadata_entry(metadata)})
+        metrics = DeltaTable(_local(path)).delete(f"{column} IN ({quoted})", commit_properties=props)
         return int(metrics.get("num_deleted_rows", 0))
 
     def _check_compatible(
@@ -152,15 +200,14 @@ class DeltaStore:
         mode: Mode,
         replace_partitions: list[dict[str, Any]] | None,
     ) -> list[str]:
-        dt = DeltaTable(_local(path))
-        table_parts = list(dt.metadata().partition_columns)
+        table_parts = self.partition_columns(path)
         full_overwrite = mode == "overwrite" and replace_partitions is None
         if partition_by and partition_by != table_parts and not full_overwrite:
             raise ValueError(f"{path}: table is partitioned by {table_parts}, write asked for {partition_by}")
-        new = to_arrow_schema(df.schema)
-        old = pa.schema(dt.schema().to_arrow())
-        if not full_overwrite and [(f.name, str(f.type)) for f in new] != [(f.name, str(f.type)) for f in old]:
-            raise ValueError(f"{path}: schema mismatch\n  table: {_show(old)}\n  write: {_show(new)}")
+        if not full_overwrite:
+            new, old = _shape(df.schema), _shape(self.schema(path))
+            if new != old:
+                raise ValueError(f"{path}: schema mismatch\n  table: {_show(old)}\n  write: {_show(new)}")
         if replace_partitions:
             bad = [p for p in replace_partitions if sorted(p) != sorted(table_parts)]
             if bad:
@@ -178,17 +225,24 @@ class DeltaStore:
         replace_partitions: list[dict[str, Any]] | None,
         metadata: dict[str, str] | None,
     ) -> int:
-        writer = df.write.format("delta").mode(mode).option("maxRecordsPerFile", self.max_records_per_file)
+        replace_nothing = replace_partitions is not None and not replace_partitions
+        writer = (df.write.format("delta").mode("append" if replace_nothing else mode)
+                  .option("maxRecordsPerFile", self.max_records_per_file))
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         if replace_partitions:
             writer = writer.option("replaceWhere", _predicate(replace_partitions))
-        elif mode == "overwrite":
+        elif mode == "overwrite" and not replace_nothing:
             writer = writer.option("overwriteSchema", "true")
         if metadata:
-            writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True))
-        writer.save(path)
-        return DeltaTable(_local(path)).version()
+            writer = writer.option("userMetadata", _user_metadata_entry(metadata)["userMetadata"])
+        try:
+            writer.save(path)
+        except Exception as e:
+            raise DeltaWriteError(f"write to {path} failed; table left at its previous version: {e}") from e
+        version = self.version(path)
+        assert version is not None
+        return version
 
     def _write_embedded(
         self,
@@ -239,9 +293,9 @@ class DeltaStore:
         arrow_schema: pa.Schema,
         metadata: dict[str, str] | None,
     ) -> int:
-        props = CommitProperties(custom_metadata={"engine": "spark-ml-pipeline/embedded", **(metadata or {})})
+        props = CommitProperties(custom_metadata={**EMBEDDED_ENGINE_INFO, **_user_metadata_entry(metadata)})
         schema = Schema.from_arrow(arrow_schema)
-        exists = self.exists(str(root))
+        exists = _rs_exists(str(root))
         if not exists or (mode == "overwrite" and replace_partitions is None):
             # CREATE, or CREATE OR REPLACE: one commit that may also change the schema and partitioning.
             create_table_with_add_actions(
@@ -298,5 +352,97 @@ def _predicate(partitions: list[dict[str, Any]]) -> str:
     return " OR ".join(f"({o})" for o in ors)
 
 
-def _show(schema: pa.Schema) -> str:
-    return ", ".join(f"{f.name}:{f.type}" for f in schema)
+def _shape(schema: StructType) -> list[tuple[str, str]]:
+    """Column names and types, without nullability (what must match for an append or partition overwrite)."""
+    return [(f.name, f.dataType.simpleString()) for f in schema.fields]
+
+
+def _show(shape: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{name}:{kind}" for name, kind in shape)
+
+
+def _rs_exists(path: str) -> bool:
+    try:
+        DeltaTable(path)
+        return True
+    except Exception:
+        return False
+
+
+def _user_metadata_entry(metadata: dict[str, str] | None) -> dict[str, str]:
+    """A write's metadata as the commit's userMetadata (JSON), the field both engines record and read."""
+    return {"userMetadata": json.dumps(metadata, sort_keys=True)} if metadata else {}
+
+
+@contextmanager
+def _user_metadata(spark: SparkSession, metadata: dict[str, str] | None) -> Iterator[None]:
+    """Record `metadata` in the userMetadata of the delta-spark commits made inside the block."""
+    if not metadata:
+        yield
+        return
+    previous = spark.conf.get(USER_METADATA_CONF, None)
+    spark.conf.set(USER_METADATA_CONF, _user_metadata_entry(metadata)["userMetadata"])
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(USER_METADATA_CONF)
+        else:
+            spark.conf.set(USER_METADATA_CONF, previous)
+
+
+def _history_entry(commit: dict[str, Any]) -> dict[str, Any]:
+    """One commit in the shape `DeltaStore.history` returns for both engines."""
+    raw = commit.get("userMetadata")
+    try:
+        meta = json.loads(raw) if raw else {}
+    except ValueError:
+        meta = {}
+    params = commit.get("operationParameters") or {}
+    return {
+        "version": int(commit["version"]),
+        "timestamp": int(commit["timestamp"]),
+        "operation": commit.get("operation"),
+        "operationParameters": {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()},
+        "userMetadata": raw,
+        "metadata": {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {},
+    }
+
+
+def to_pandas(path: str, version: int | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a Delta table (partitioned or not, written by either engine) into pandas with delta-rs, no Spark.
+
+    delta-rs gives the table's files, partition values and schema; each file is read with pyarrow.parquet, the
+    partition columns are added with the table's types and every column is cast to the table's type. (Works
+    around deltalake 1.6 + pyarrow 14, where DeltaTable.to_pandas fails on partitioned tables.) Local paths.
+    """
+    root = _local(path)
+    dt = DeltaTable(root, version=version)
+    schema = pa.schema(dt.schema().to_arrow())
+    wanted = list(columns or schema.names)
+    unknown = [c for c in wanted if c not in schema.names]
+    if unknown:
+        raise ValueError(f"{path}: no columns {unknown} (table columns: {schema.names})")
+    target = pa.schema([schema.field(c) for c in wanted])
+    parts = set(dt.metadata().partition_columns)
+    tables = []
+    for add in pa.table(dt.get_add_actions(flatten=False)).to_pylist():
+        if add.get("deletionVector"):
+            raise NotImplementedError(f"{path}: deletion vectors are not supported by to_pandas")
+        rel = unquote(add["path"])
+        file = _local(rel) if "://" in rel or rel.startswith("/") else os.path.join(root, rel)
+        pf = pq.ParquetFile(file, coerce_int96_timestamp_unit="us")
+        present = set(pf.schema_arrow.names)
+        data = pf.read(columns=[c for c in wanted if c not in parts and c in present])
+        values = add.get("partition") or {}
+        cols = []
+        for field in target:
+            if field.name in parts:
+                cols.append(pa.array([values.get(field.name)] * data.num_rows, type=field.type))
+            elif field.name in present:
+                cols.append(data.column(field.name))
+            else:
+                cols.append(pa.nulls(data.num_rows, type=field.type))
+        tables.append(pa.Table.from_arrays(cols, names=wanted).cast(target))
+    table = pa.concat_tables(tables) if tables else target.empty_table()
+    return table.to_pandas()

@@ -1,8 +1,10 @@
 """The one SparkSession factory used by jobs, notebooks and tests.
 
-Under spark-submit the master and resources come from the command line (spark-submit.sh builds them from conf);
-started from Python (tests, notebooks) the factory applies the same conf itself. The Delta extension is enabled
-when the Delta classes are on the classpath: DELTA_JARS names jar files to add, or --packages/--jars provided them.
+Under spark-submit the master, resources and jars come from the command line (spark-submit.sh builds them from
+conf); started from Python (tests, notebooks) the factory applies the same conf itself. Unless
+`storage.engine=embedded`, it adds the Delta jars (the project's .jars/delta, fetched by ./bootstrap.sh, or the
+files DELTA_JARS names) and the Delta extension and catalog, so the delta-spark engine is the default wherever
+its jars are present.
 """
 
 from __future__ import annotations
@@ -17,7 +19,44 @@ from pipelines.core.config import REPO_ROOT, Config
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+DELTA_CONF = {"spark.sql.extensions": DELTA_EXTENSION, "spark.sql.catalog.spark_catalog": DELTA_CATALOG}
 LOG4J = REPO_ROOT / "conf" / "log4j2.properties"
+NO_DELTA_JARS = (
+    "storage.engine=delta-spark needs the Delta jars (delta-spark, delta-storage): none in {where} and DELTA_JARS "
+    "is not set. Run ./bootstrap.sh (its mvn step fetches them from conf/jvm/pom.xml into .jars/delta), set "
+    "DELTA_JARS=<jar>,<jar>, or use --set storage.engine=embedded."
+)
+
+
+def delta_jar_dir() -> Path:
+    """Where ./bootstrap.sh puts the Delta jars: <repo>/.jars/delta (bootstrap's JARS_DIR moves .jars)."""
+    return REPO_ROOT / os.environ.get("JARS_DIR", ".jars") / "delta"
+
+
+def delta_jars() -> list[str]:
+    """The Delta jar files to add: those DELTA_JARS names (files or folders of jars) when set, else the project's."""
+    named = [j for j in os.environ.get("DELTA_JARS", "").split(",") if j]
+    if not named:
+        return sorted(str(p) for p in delta_jar_dir().glob("*.jar"))
+    out: list[str] = []
+    for j in named:
+        out += sorted(str(p) for p in Path(j).glob("*.jar")) if Path(j).is_dir() else [j]
+    return out
+
+
+def session_jars(cfg: Config) -> list[str]:
+    """The jars a session started from Python gets: the Delta jars unless the engine is embedded, then spark.jars.
+
+    storage.engine=delta-spark without jars (and without spark.packages) is an error naming the set-up step.
+    """
+    delta = delta_jars() if cfg.storage.engine != "embedded" else []
+    if cfg.storage.engine == "delta-spark" and not delta and not cfg.spark.packages:
+        raise FileNotFoundError(NO_DELTA_JARS.format(where=delta_jar_dir()))
+    jars = delta + cfg.spark.jars
+    missing = [j for j in jars if "://" not in j and not Path(j).exists()]
+    if missing:
+        raise FileNotFoundError(f"DELTA_JARS / spark.jars name files that do not exist: {missing}")
+    return jars
 
 
 def _under_spark_submit() -> bool:
@@ -25,7 +64,7 @@ def _under_spark_submit() -> bool:
 
 
 def get_spark(cfg: Config, app_suffix: str = "") -> SparkSession:
-    """Return the active session or build one from `cfg` (master, conf, Delta when available)."""
+    """Return the active session or build one from `cfg` (master, conf, Delta unless the engine is embedded)."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
@@ -34,24 +73,23 @@ def get_spark(cfg: Config, app_suffix: str = "") -> SparkSession:
     if cfg.spark.master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # servers the project starts bind to loopback
     builder = SparkSession.builder.appName(cfg.spark.app_name + (f"-{app_suffix}" if app_suffix else ""))
-    if os.environ.get("PIPELINE_SUBMITTED") != "1":
+    engine = cfg.storage.engine
+    with_delta = bool(cfg.spark.packages) or engine == "delta-spark"
+    if os.environ.get("PIPELINE_SUBMITTED") != "1":  # started from Python: this process launches the JVM
         builder = builder.master(cfg.spark.master).config("spark.driver.memory", cfg.spark.driver_memory)
         if LOG4J.exists():
             opt = f"-Dlog4j2.configurationFile=file:{LOG4J}"
             builder = builder.config("spark.driver.extraJavaOptions", opt)
             builder = builder.config("spark.executor.extraJavaOptions", opt)
+        jars = session_jars(cfg)
+        if jars:
+            builder = builder.config("spark.jars", ",".join(jars))
+        with_delta = with_delta or (engine != "embedded" and bool(delta_jars()))
     for key, value in cfg.spark.conf.items():
         builder = builder.config(key, value)
-    jars = [j for j in os.environ.get("DELTA_JARS", "").split(",") if j] + cfg.spark.jars
-    if jars:
-        missing = [j for j in jars if "://" not in j and not Path(j).exists()]
-        if missing:
-            raise FileNotFoundError(f"DELTA_JARS / spark.jars name files that do not exist: {missing}")
-        builder = builder.config("spark.jars", ",".join(jars))
-    if jars or cfg.spark.packages or cfg.storage.engine == "delta-spark":
-        builder = builder.config("spark.sql.extensions", DELTA_EXTENSION).config(
-            "spark.sql.catalog.spark_catalog", DELTA_CATALOG
-        )
+    if with_delta:
+        for key, value in DELTA_CONF.items():
+            builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
     return spark
