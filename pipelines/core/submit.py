@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.core.config import ENVS, REPO_ROOT, Config, ConfigError, load_config
+from pipelines.core.session import DELTA_CONF, delta_jars, session_jars
 
 JOBS = {
     "land-demo": "jobs/land_demo.py",
@@ -155,12 +156,17 @@ def build_command(job: str, cfg: Config, job_args: list[str], artifacts: Artifac
         cmd += ["--queue", sc.queue]
     if sc.packages:
         cmd += ["--packages", ",".join(sc.packages)]
-    jars = [j for j in os.environ.get("DELTA_JARS", "").split(",") if j] + sc.jars
+    if cfg.env == "yarn":
+        jars = [j for j in os.environ.get("DELTA_JARS", "").split(",") if j] + sc.jars
+    else:  # local, standalone: the project's Delta jars (.jars/delta or DELTA_JARS) unless the engine is embedded
+        jars = session_jars(cfg)
     if jars:
         cmd += ["--jars", ",".join(jars)]
     log4j = REPO_ROOT / "conf" / "log4j2.properties"
     java_opt = f"-Dlog4j2.configurationFile=file:{log4j}"
     conf = {"spark.pyspark.python": python, "spark.executorEnv.PYSPARK_PYTHON": python}
+    if cfg.env != "yarn" and cfg.storage.engine != "embedded" and delta_jars():
+        conf |= DELTA_CONF
     if artifacts.env_archive is None:
         conf |= {"spark.pyspark.driver.python": python, "spark.driver.extraJavaOptions": java_opt,
                  "spark.executor.extraJavaOptions": java_opt}
