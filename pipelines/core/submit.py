@@ -22,7 +22,9 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from pipelines.core import files
 from pipelines.core.config import ENVS, REPO_ROOT, Config, ConfigError, load_config
 from pipelines.core.session import DELTA_CONF, delta_jars, session_jars
 
@@ -36,10 +38,21 @@ JOBS = {
     "run-all": "jobs/run_all.py",
 }
 PACKAGES = ("jobs", "pipelines", "features")
+# What the layered config reads from the environment: a cluster-mode driver runs in a YARN container that does not
+# inherit the submitting shell's environment, so these travel as spark.yarn.appMasterEnv.*. Credentials do not
+# (they would sit on the command line): a cluster-mode driver gets them from the cluster's own secret store.
+DRIVER_ENV = ("PIPELINE_HOME", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME")
 ENV_ARCHIVE_ALIAS = "environment"
 CONF_ARCHIVE_ALIAS = "pipeline-conf"
-# Files that make no sense on a cluster node: the editable install points at this checkout.
-PACK_EXCLUDES = ("*__editable__*", "*.egg-link", "*/__pycache__/*")
+# Files that make no sense on a cluster node: the editable install points at this checkout; YARN containers get
+# Spark's own jars from the cluster (spark.yarn.archive); C headers, test suites and the dev tools of
+# requirements-dev.txt are never imported by a job. Each file left out is one less for every NodeManager to unpack
+# and chmod (one process per file where Hadoop's native library is missing): 37,000 files -> about 17,000.
+DEV_TOOLS = ("_pytest", "pytest*", "ruff*", "jupytext*", "jupyterlab_jupytext", "nbclient*", "nbformat*",
+             "ipykernel*", "IPython", "ipython*", "jedi*", "parso*", "debugpy*", "jupyter*", "clang", "libclang*")
+PACK_EXCLUDES = ("*__editable__*", "*.egg-link", "*/__pycache__/*", "*/site-packages/pyspark/jars/*",
+                 "*/site-packages/tensorflow/include/*", "*/site-packages/*/tests/*",
+                 *(f"*/site-packages/{name}/*" for name in DEV_TOOLS))
 
 
 @dataclass(frozen=True)
@@ -47,8 +60,9 @@ class Artifacts:
     """What a submit ships: the project code, and for YARN the packed environment and the conf archive."""
 
     code: Path
-    env_archive: Path | None = None
+    env_archive: Path | str | None = None  # a local file, or its copy on the cluster's file system
     conf_archive: Path | None = None
+    spark_archive: str | None = None  # Spark's jars on the cluster's file system (spark.yarn.archive)
 
 
 def available_jobs() -> dict[str, str]:
@@ -92,21 +106,68 @@ def build_conf_archive(conf_dir: Path, dest: Path) -> Path:
 
 
 def pack_environment(venv: Path, dest: Path, python_prefix: str | None = None) -> Path:
-    """venv-pack the virtual environment into `dest` (tar.gz); reused while the installed packages are unchanged."""
+    """venv-pack the virtual environment into `dest` (tar.gz); reused while the installed packages are unchanged.
+
+    With `python_prefix` (where Python lives on the nodes) the environment's python links point there. venv-pack
+    0.2.0 gets those links wrong for a venv whose bin/python3.11 links to <base>/bin/python3.11 (it writes
+    <prefix>/bin/python3.113.11), so its prefix rewrite is corrected to <base>/bin/python -> <prefix>/bin/python.
+    """
+    import venv_pack.core as vp
+
     listing = "\n".join(sorted(p.name for p in (venv / "lib").glob("python*/site-packages/*")))
-    digest = hashlib.sha256(f"{listing}|{python_prefix}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{listing}|{python_prefix}|{PACK_EXCLUDES}".encode()).hexdigest()
     stamp = dest.with_suffix(dest.suffix + ".sha256")
     if dest.exists() and stamp.exists() and stamp.read_text() == digest:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [str(Path(sys.executable).parent / "venv-pack"), "-p", str(venv), "-o", str(dest), "--force", "-q"]
-    if python_prefix:
-        cmd += ["--python-prefix", python_prefix]
-    for pattern in PACK_EXCLUDES:
-        cmd += ["--exclude", pattern]
-    subprocess.run(cmd, check=True)
+    original = vp.check_python_prefix
+
+    def prefix_rewrites(prefix: str | None, context: Any) -> tuple[str | None, list[tuple[str, str]]]:
+        new_prefix, rewrites = original(prefix, context)
+        if context.kind == "venv" and rewrites:
+            rewrites = [(rewrites[0][0], os.path.join(new_prefix, "bin", "python"))]
+        return new_prefix, rewrites
+
+    vp.check_python_prefix = prefix_rewrites
+    try:
+        vp.pack(str(venv), str(dest), python_prefix=python_prefix, force=True,
+                filters=[("exclude", pattern) for pattern in PACK_EXCLUDES])
+    finally:
+        vp.check_python_prefix = original
     stamp.write_text(digest)
     return dest
+
+
+def spark_jars_archive(dest: Path) -> Path:
+    """Spark's jars as one zip (stored, not compressed) for spark.yarn.archive; built once per Spark version."""
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(f".{os.getpid()}.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        for jar in sorted((Path(spark_home()) / "jars").glob("*.jar")):
+            zf.write(jar, jar.name)
+    os.replace(tmp, dest)
+    return dest
+
+
+def stage_on_cluster(local: Path, workspace: str, name: str) -> str:
+    """Copy `local` to <workspace>/dist/`name` on the cluster's file system unless it is there already (names carry
+    the content's version), so YARN localizes it from there, cached on each node, instead of an upload per job."""
+    uri = files.join(workspace, "dist", name)
+    if not files.exists(uri):
+        fs, path = files.filesystem(uri)
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fs.put_file(str(local), tmp)
+        fs.mv(tmp, path)
+    return uri
+
+
+def spark_home() -> str:
+    from pyspark.find_spark_home import _find_spark_home
+
+    return _find_spark_home()
 
 
 def plan_artifacts(cfg: Config) -> Artifacts:
@@ -124,11 +185,18 @@ def build_artifacts(cfg: Config, planned: Artifacts, conf_dir: Path) -> Artifact
     if cfg.env != "yarn":
         build_code_zip(planned.code)
         return planned
-    assert planned.env_archive and planned.conf_archive
+    assert isinstance(planned.env_archive, Path) and planned.conf_archive
     wheel = build_wheel(planned.code.parent)
-    pack_environment(Path(sys.prefix), planned.env_archive, cfg.spark.python_prefix)
+    env = pack_environment(Path(sys.prefix), planned.env_archive, cfg.spark.python_prefix)
     build_conf_archive(conf_dir, planned.conf_archive)
-    return Artifacts(wheel, planned.env_archive, planned.conf_archive)
+    if "://" not in cfg.workspace or cfg.workspace.startswith("file:"):
+        return Artifacts(wheel, env, planned.conf_archive)
+    import pyspark
+
+    digest = env.with_suffix(env.suffix + ".sha256").read_text()[:16]
+    libs = spark_jars_archive(env.parent / f"spark-libs-{pyspark.__version__}.zip")
+    return Artifacts(wheel, stage_on_cluster(env, cfg.workspace, f"pyenv-{digest}.tar.gz"), planned.conf_archive,
+                     stage_on_cluster(libs, cfg.workspace, libs.name))
 
 
 def spark_submit_binary() -> str:
@@ -156,17 +224,16 @@ def build_command(job: str, cfg: Config, job_args: list[str], artifacts: Artifac
         cmd += ["--queue", sc.queue]
     if sc.packages:
         cmd += ["--packages", ",".join(sc.packages)]
-    if cfg.env == "yarn":
-        jars = [j for j in os.environ.get("DELTA_JARS", "").split(",") if j] + sc.jars
-    else:  # local, standalone: the project's Delta jars (.jars/delta or DELTA_JARS) unless the engine is embedded
-        jars = session_jars(cfg)
+    jars = session_jars(cfg)  # the project's Delta jars (.jars/delta or DELTA_JARS) unless the engine is embedded
     if jars:
         cmd += ["--jars", ",".join(jars)]
     log4j = REPO_ROOT / "conf" / "log4j2.properties"
     java_opt = f"-Dlog4j2.configurationFile=file:{log4j}"
     conf = {"spark.pyspark.python": python, "spark.executorEnv.PYSPARK_PYTHON": python}
-    if cfg.env != "yarn" and cfg.storage.engine != "embedded" and delta_jars():
+    if cfg.storage.engine != "embedded" and delta_jars():
         conf |= DELTA_CONF
+    if artifacts.spark_archive:
+        conf["spark.yarn.archive"] = artifacts.spark_archive
     if artifacts.env_archive is None:
         conf |= {"spark.pyspark.driver.python": python, "spark.driver.extraJavaOptions": java_opt,
                  "spark.executor.extraJavaOptions": java_opt}
@@ -174,6 +241,8 @@ def build_command(job: str, cfg: Config, job_args: list[str], artifacts: Artifac
         conf["spark.yarn.appMasterEnv.PYSPARK_PYTHON"] = python
         if sc.deploy_mode == "client":
             conf["spark.pyspark.driver.python"] = executor_python()
+        else:
+            conf |= {f"spark.yarn.appMasterEnv.{k}": os.environ[k] for k in DRIVER_ENV if os.environ.get(k)}
         archives = [f"{artifacts.env_archive}#{ENV_ARCHIVE_ALIAS}"]
         if artifacts.conf_archive is not None:
             archives.append(f"{artifacts.conf_archive}#{CONF_ARCHIVE_ALIAS}")
