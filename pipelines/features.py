@@ -570,7 +570,7 @@ def load_preprocessing(run: FeaturesRun) -> PipelineModel:
     if "://" in local or Path(local).exists():
         return PipelineModel.load(run.model_path)
     dst = tempfile.mkdtemp(prefix="preprocessing-")
-    return PipelineModel.load(mlflow.artifacts.download_artifacts(run.model_uri, dst_path=dst))
+    return PipelineModel.load(Path(mlflow.artifacts.download_artifacts(run.model_uri, dst_path=dst)).as_uri())
 
 
 def read_feature_table(store: DeltaStore, run: FeaturesRun) -> DataFrame:

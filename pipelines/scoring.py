@@ -101,7 +101,7 @@ def check_signature(enriched: DataFrame, preprocessing: PipelineModel, model: Re
 def load_model_parts(spark: SparkSession, cfg: Config, model: ResolvedModel) -> tuple[PipelineModel, Any]:
     """The model's preprocessing PipelineModel and the model as a Spark UDF (explicit struct result type)."""
     ensure_features_package()
-    preprocessing = PipelineModel.load(preprocessing_path(model.uri))
+    preprocessing = PipelineModel.load(preprocessing_path(model.uri, cfg.workspace))
     udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=RESULT_TYPE, env_manager=cfg.scoring.env_manager)
     return preprocessing, udf
 

@@ -243,6 +243,7 @@ def build_command(job: str, cfg: Config, job_args: list[str], artifacts: Artifac
             conf["spark.pyspark.driver.python"] = executor_python()
         else:
             conf |= {f"spark.yarn.appMasterEnv.{k}": os.environ[k] for k in DRIVER_ENV if os.environ.get(k)}
+            conf["spark.yarn.appMasterEnv.PIPELINE_SUBMITTED"] = "1"  # the session comes from spark-submit's conf
         archives = [f"{artifacts.env_archive}#{ENV_ARCHIVE_ALIAS}"]
         if artifacts.conf_archive is not None:
             archives.append(f"{artifacts.conf_archive}#{CONF_ARCHIVE_ALIAS}")

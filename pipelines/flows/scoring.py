@@ -44,7 +44,7 @@ def model_inputs(rows: DataFrame, cfg: Config, model: ResolvedModel) -> tuple[Da
     if c.text_column not in rows.columns:
         raise BadInput(f"input rows lack the text column {c.text_column!r}")
     ensure_features_package()
-    prep = PipelineModel.load(preprocessing_path(model.uri))
+    prep = PipelineModel.load(preprocessing_path(model.uri, cfg.workspace))
     labeled = with_labels(rows, c.label, model.meta["classes"]) if c.label.column in rows.columns else \
         rows.withColumn(LABEL_NAME, F.lit(None).cast("string"))
     vectors = prep.transform(hash_split(labeled, c.key, c.split))

@@ -15,12 +15,15 @@ from __future__ import annotations
 import json
 import pkgutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+from pipelines.core import files
 
 MODEL_NAME = "model"  # artifact name of the pyfunc in the train run
 INPUT_COL = "features"
@@ -127,16 +130,26 @@ def model_meta(model_uri: str) -> dict[str, Any]:
     return json.loads((_download(model_uri) / "artifacts" / "meta.json").read_text())
 
 
-def preprocessing_path(model_uri: str) -> str:
-    """Local folder of the preprocessing PipelineModel shipped inside the model."""
+def preprocessing_path(model_uri: str, workspace: str | None = None) -> str:
+    """URI of the preprocessing PipelineModel shipped inside the model, where Spark's executors can read it.
+
+    PipelineModel.load reads through Spark, so a plain local path would resolve against the cluster's default file
+    system and the executors of another node could not see the driver's disk: with a workspace on a cluster file
+    system the folder is copied to <workspace>/cache/models/ first; otherwise it is a file:// URI.
+    """
     path = _download(model_uri) / "artifacts" / "preprocessing"
     if not path.is_dir():
         raise FileNotFoundError(f"{model_uri} carries no preprocessing model")
-    return str(path)
+    if not workspace or "://" not in workspace or workspace.startswith("file:"):
+        return path.as_uri()
+    target = files.join(workspace, "cache", "models", uuid.uuid4().hex, "preprocessing")
+    fs, remote = files.filesystem(target)
+    fs.put(str(path), remote, recursive=True)
+    return target
 
 
-def load_preprocessing(model_uri: str) -> Any:
+def load_preprocessing(model_uri: str, workspace: str | None = None) -> Any:
     """The fitted preprocessing PipelineModel that produced the training features, from inside the model."""
     from pyspark.ml import PipelineModel
 
-    return PipelineModel.load(preprocessing_path(model_uri))
+    return PipelineModel.load(preprocessing_path(model_uri, workspace))
