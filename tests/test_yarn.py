@@ -1,0 +1,125 @@
+"""The chain on a real Hadoop cluster: Hadoop's MiniCluster (HDFS + YARN with two NodeManagers) on 127.0.0.1, the
+workspace on hdfs:// (Delta tables written by delta-spark on HDFS), the packed virtual environment shipped with
+--archives, the project wheel with --py-files, MLflow through a tracking server on loopback, all submitted through
+./spark-submit.sh --env yarn: run-all in client deploy mode, then a score job in cluster deploy mode."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, QueryBuilder
+from mlflow.tracking import MlflowClient
+
+from pipelines.core import files
+from pipelines.core.config import REPO_ROOT
+from tests.chain import FAST_TRAINING
+from tests.support.hadoop import HadoopCluster, hadoop_cluster, pinned_hadoop_version, pyspark_hadoop_version
+from tests.support.servers import mlflow_server
+from tests.test_standalone import barrier_executors
+
+YARN_SETTINGS = ["demo.fraction=0.01", "demo.datasets=[flights]", "ingest.select=[flights,weather,planes,airlines]",
+                 *FAST_TRAINING,
+                 # Two one-core executors of 1 GiB on the MiniCluster's NodeManagers; the driver on loopback.
+                 "spark.num_executors=2", "spark.executor_cores=1", "spark.executor_memory=1g",
+                 "spark.driver_memory=2g", "spark.queue=default",
+                 "spark.conf.spark.driver.host=127.0.0.1", "spark.conf.spark.driver.bindAddress=127.0.0.1",
+                 "spark.conf.spark.yarn.am.memory=512m", "spark.conf.spark.executor.memoryOverhead=512m",
+                 "spark.conf.spark.sql.shuffle.partitions=4"]
+
+
+@pytest.fixture(scope="module")
+def hadoop(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    with hadoop_cluster(tmp_path_factory.mktemp("hadoop")) as cluster:
+        yield cluster
+
+
+def _delta_count(uri: str, where: str = "true") -> int:
+    res = QueryBuilder().register("t", DeltaTable(uri)).execute(f"select count(*) as n from t where {where}")
+    return pa.table(res.read_all()).to_pylist()[0]["n"]
+
+
+def _archived_link(archive: Path, member: str) -> str:
+    """Target of the symbolic link `member` in a tar.gz, read as a stream up to that member."""
+    with tarfile.open(archive, "r|gz") as tar:
+        for info in tar:
+            if info.name == member:
+                return info.linkname
+    raise KeyError(member)
+
+
+def _submit(job: str, args: list[str], env: dict[str, str]) -> str:
+    res = subprocess.run([str(REPO_ROOT / "spark-submit.sh"), job, "--env", "yarn", *args], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=2400)
+    out = res.stdout + res.stderr
+    log = [ln for ln in out.splitlines() if not ln.lstrip().startswith("at ")]  # drop JVM frames
+    assert res.returncode == 0, f"{job} on YARN failed:\n" + "\n".join(log[-120:])
+    return out
+
+
+def test_minicluster_matches_pyspark_hadoop() -> None:
+    """The test cluster runs the Hadoop version of pyspark's bundled client (conf/jvm/pom.xml pins it)."""
+    assert pinned_hadoop_version() == pyspark_hadoop_version()
+
+
+def test_chain_on_yarn_with_hdfs_workspace(hadoop: HadoopCluster, tmp_path: Path) -> None:
+    ws = f"{hadoop.fs_uri}/user/pipeline/spark-ml-pipeline"
+    events = tmp_path / "events"
+    events.mkdir()
+    sets = [f"--set={s}" for s in [*YARN_SETTINGS, "spark.conf.spark.eventLog.enabled=true",
+                                   f"spark.conf.spark.eventLog.dir=file://{events}",
+                                   "spark.conf.spark.eventLog.compress=false",
+                                   "spark.conf.spark.eventLog.rolling.enabled=false"]]
+    with mlflow_server(tmp_path / "mlflow") as uri:
+        env = {**os.environ, **hadoop.env(), "PIPELINE_HOME": ws, "MLFLOW_TRACKING_URI": uri,
+               "PIPELINE_DIST": str(tmp_path / "dist"), "CLUSTER_PYTHON_PREFIX": sys.base_prefix,
+               "SPARK_DEPLOY_MODE": "client"}
+        start = time.monotonic()
+        out = _submit("run-all", sets, env)
+        print(f"run-all on YARN (client mode): {time.monotonic() - start:.0f}s")
+        assert "stage=ingest.flights files_new=12" in out and "rows_ok=3368" in out
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("spark-ml-pipeline")
+        (ingest_run,) = client.search_runs([exp.experiment_id], "tags.job = 'ingest'")
+        assert ingest_run.data.metrics["flights.rows_ok"] == 3368 and ingest_run.data.tags["env"] == "yarn"
+        assert client.get_model_version_by_alias("flight-delay", "champion").version == "1"
+        assert {r.data.tags["job"] for r in client.search_runs([exp.experiment_id])} >= {
+            "ingest", "features", "train", "score", "monitor"}
+
+        # The tables live on HDFS, written by delta-spark, and delta-rs reads them there.
+        bronze, gold = f"{ws}/tables/bronze/flights", f"{ws}/tables/gold/predictions"
+        assert DeltaTable(bronze).version() == 0 and _delta_count(bronze) == 3368
+        assert "delta-lake/4.0.1" in str(DeltaTable(bronze).history(1)[0].get("engineInfo", "")).lower()
+        landed = files.listdir(f"{ws}/tables/landing/flights")
+        assert len([f for f in landed if f.endswith(".csv")]) == 12
+        gold_rows = _delta_count(gold)
+        dates = sorted(p["flight_date"] for p in DeltaTable(gold).partitions()) if gold_rows else []
+        assert gold_rows > 0 and dates
+
+        # The shipped environment's python links to Python on the nodes (CLUSTER_PYTHON_PREFIX).
+        link = _archived_link(tmp_path / "dist" / "pyenv.tar.gz", "bin/python3.11")
+        assert link == f"{sys.base_prefix}/bin/python3.11"
+
+        # Each barrier (Horovod) stage ran one task on each of the two YARN executors.
+        stages = barrier_executors(events)
+        assert stages and all(len(s) == 2 for s in stages), stages
+
+        # Cluster deploy mode: the driver runs in a YARN container, conf travels as an archive; re-scoring a
+        # date replaces its partition (same rows, one more version).
+        day = dates[0]
+        before = _delta_count(gold, f"flight_date = '{day}'")
+        version = DeltaTable(gold).version()
+        cluster_env = {**env, "SPARK_DEPLOY_MODE": "cluster"}
+        start = time.monotonic()
+        _submit("score", ["--date", str(day), *[s for s in sets if "eventLog" not in s]], cluster_env)
+        print(f"score on YARN (cluster mode): {time.monotonic() - start:.0f}s")
+        assert DeltaTable(gold).version() == version + 1
+        assert _delta_count(gold, f"flight_date = '{day}'") == before
+        score_runs = client.search_runs([exp.experiment_id], "tags.job = 'score'", order_by=["start_time DESC"])
+        assert len(score_runs) == 2 and score_runs[0].data.tags["env"] == "yarn"
