@@ -12,6 +12,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, QueryBuilder
@@ -66,6 +67,13 @@ def _submit(job: str, args: list[str], env: dict[str, str]) -> str:
 def test_minicluster_matches_pyspark_hadoop() -> None:
     """The test cluster runs the Hadoop version of pyspark's bundled client (conf/jvm/pom.xml pins it)."""
     assert pinned_hadoop_version() == pyspark_hadoop_version()
+
+
+def test_minicluster_listens_on_loopback_only(hadoop: HadoopCluster) -> None:
+    listening = {(c.laddr.ip, c.laddr.port) for c in psutil.Process(hadoop.pid).net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN}
+    assert len(listening) >= 10  # NameNode, DataNode, ResourceManager, two NodeManagers, JobHistory: RPC and web
+    assert {ip for ip, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}, sorted(listening)
 
 
 def test_chain_on_yarn_with_hdfs_workspace(hadoop: HadoopCluster, tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ class HadoopCluster:
     fs_uri: str
     rm_web: str
     workdir: Path
+    pid: int
 
     def env(self) -> dict[str, str]:
         """Environment for a client (spark-submit, the hadoop CLI) of this cluster."""
@@ -58,8 +59,14 @@ def pyspark_hadoop_version() -> str:
     return jar.stem.removeprefix("hadoop-client-api-")
 
 
-def _loopback_conf() -> dict[str, str]:
-    """Settings that keep every server on 127.0.0.1 (free ports) and size the NodeManagers for Spark executors."""
+def _loopback_conf(workdir: Path) -> dict[str, str]:
+    """Settings that keep every server on 127.0.0.1 (free ports) and size the NodeManagers for Spark executors.
+
+    The MiniCluster always configures MapReduce's shuffle service, which listens on every interface; Spark does not
+    use it, so an empty auxiliary-services manifest (which takes precedence over that setting) leaves it out.
+    """
+    manifest = workdir / "aux-services.json"
+    manifest.write_text('{"services": []}')
     rm = {key: f"127.0.0.1:{free_port()}" for key in (
         "yarn.resourcemanager.scheduler.address", "yarn.resourcemanager.resource-tracker.address",
         "yarn.resourcemanager.admin.address", "yarn.resourcemanager.webapp.address")}
@@ -77,6 +84,8 @@ def _loopback_conf() -> dict[str, str]:
         "yarn.nodemanager.vmem-check-enabled": "false", "yarn.nodemanager.pmem-check-enabled": "false",
         "yarn.nodemanager.disk-health-checker.max-disk-utilization-per-disk-percentage": "99",
         "yarn.log-aggregation-enable": "false",
+        "yarn.nodemanager.aux-services.manifest.enabled": "true",
+        "yarn.nodemanager.aux-services.manifest": str(manifest),
         "dfs.replication": "1", "dfs.permissions.enabled": "false",
     }
 
@@ -118,7 +127,7 @@ def hadoop_cluster(workdir: Path, nodemanagers: int = 2, timeout: float = 240) -
            "org.apache.hadoop.mapreduce.MiniHadoopClusterManager", "-format",
            "-nnport", str(nn), "-rmport", str(rm), "-jhsport", str(jhs),
            "-nodemanagers", str(nodemanagers), "-datanodes", "1", "-writeConfig", str(all_conf)]
-    for key, value in _loopback_conf().items():
+    for key, value in _loopback_conf(workdir).items():
         cmd += ["-D", f"{key}={value}"]
     log = workdir / "minicluster.log"
     env = {**os.environ, "HADOOP_USER_NAME": os.environ.get("USER", "root")}
@@ -136,7 +145,7 @@ def hadoop_cluster(workdir: Path, nodemanagers: int = 2, timeout: float = 240) -
         time.sleep(1)  # the file is written in one go after start-up; let the writer close it
         props = _write_site_files(all_conf, workdir / "conf")
         yield HadoopCluster(workdir / "conf", props["fs.defaultFS"], props["yarn.resourcemanager.webapp.address"],
-                            workdir)
+                            workdir, proc.pid)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
