@@ -57,7 +57,10 @@ def test_yarn_dry_run_command(tmp_path: Path) -> None:
     cmd = res.stdout.strip()
     dist = tmp_path / "dist"
     for part in ["--master yarn --deploy-mode cluster", "--queue ml", "--num-executors 4", "--executor-cores 2",
-                 "--packages io.delta:delta-spark_2.13:4.0.0",
+                 f"--jars {REPO_ROOT}/.jars/delta/delta-spark_2.13-4.0.1.jar,"
+                 f"{REPO_ROOT}/.jars/delta/delta-storage-4.0.1.jar",
+                 "--conf spark.yarn.appMasterEnv.MLFLOW_TRACKING_URI=http://mlflow.example:5000",
+                 "--conf spark.yarn.appMasterEnv.PIPELINE_SUBMITTED=1",
                  f"--archives {dist}/pyenv.tar.gz#environment,{dist}/conf.zip#pipeline-conf",
                  "--conf spark.pyspark.python=./environment/bin/python",
                  "--conf spark.yarn.appMasterEnv.PYSPARK_PYTHON=./environment/bin/python",
@@ -65,6 +68,7 @@ def test_yarn_dry_run_command(tmp_path: Path) -> None:
                  f"--py-files {dist}/spark_ml_pipeline-0.1.0-py3-none-any.whl {REPO_ROOT}/jobs/ingest.py --env yarn",
                  "--conf-dir pipeline-conf"]:
         assert shlex.join(part.split()) in cmd, part
+    assert "--packages" not in cmd  # nothing is downloaded when a job starts
     missing = _launch("ingest", "--env", "yarn", "--dry-run", env={"MLFLOW_TRACKING_URI": ""})
     assert missing.returncode == 2 and "MLFLOW_TRACKING_URI is not set" in missing.stderr
 
