@@ -100,3 +100,10 @@ def test_yarn_artifacts_are_real(tmp_path: Path) -> None:
     assert "bin/python" in members and "lib/python3.11/site-packages/marker_pkg.py" in members
     mtime = archive.stat().st_mtime_ns
     assert pack_environment(venv, archive, "/usr").stat().st_mtime_ns == mtime  # unchanged env: reused
+
+
+def test_delta_spark_without_jars_is_a_set_up_error(tmp_path: Path) -> None:
+    res = _launch("ingest", "--set", "storage.engine=delta-spark", "--dry-run",
+                  env={"JARS_DIR": str(tmp_path / "no-jars"), "DELTA_JARS": ""})
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "./bootstrap.sh" in res.stderr and "storage.engine=embedded" in res.stderr

@@ -286,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
         remote_driver = cfg.env == "yarn" and cfg.spark.deploy_mode == "cluster"
         job_args += ["--conf-dir", CONF_ARCHIVE_ALIAS if remote_driver else str(conf_dir)]
     planned = plan_artifacts(cfg)
+    try:
+        session_jars(cfg)  # storage.engine=delta-spark without the Delta jars: a set-up error, before any build
+    except FileNotFoundError as e:
+        print(e, file=sys.stderr)
+        return 2
     if known.dry_run:
         print(shlex.join(build_command(job, cfg, job_args, planned)))
         return 0
