@@ -53,7 +53,7 @@ def head(uri: str, n: int) -> bytes:
 
 def filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
     """(file system, path in it) for a local path or URI."""
-    return fsspec.core.url_to_fs(to_uri(uri) if "://" not in uri else uri)
+    return fsspec.core.url_to_fs(to_uri(uri))
 
 
 def join(base: str, *parts: str) -> str:
