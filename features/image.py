@@ -52,16 +52,50 @@ class ImageDecoder(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable
         super().__init__()
         self._setDefault(inputCol="content", outputCol="image", height=8, width=8, channels=1,
                          resample="bilinear", normalize=True)
-        self._set(**self._input_kwargs)
-        if self.getOrDefault(self.channels) not in (1, 3):
-            raise ValueError("channels must be 1 or 3")
-        if self.getOrDefault(self.resample) not in RESAMPLE:
-            raise ValueError(f"resample must be one of {RESAMPLE}")
+        self.setParams(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, *, inputCol: str | None = None, outputCol: str | None = None, height: int | None = None,
+                  width: int | None = None, channels: int | None = None, resample: str | None = None,
+                  normalize: bool | None = None) -> ImageDecoder:
+        """Set any of the params; values are checked when the stage transforms."""
+        return self._set(**self._input_kwargs)
+
+    def setInputCol(self, value: str) -> ImageDecoder:
+        return self._set(inputCol=value)
+
+    def setOutputCol(self, value: str) -> ImageDecoder:
+        return self._set(outputCol=value)
+
+    def setHeight(self, value: int) -> ImageDecoder:
+        return self._set(height=value)
+
+    def setWidth(self, value: int) -> ImageDecoder:
+        return self._set(width=value)
+
+    def setChannels(self, value: int) -> ImageDecoder:
+        return self._set(channels=value)
+
+    def setResample(self, value: str) -> ImageDecoder:
+        return self._set(resample=value)
+
+    def setNormalize(self, value: bool) -> ImageDecoder:
+        return self._set(normalize=value)
 
     def shape(self) -> tuple[int, int, int]:
         return (self.getOrDefault(self.height), self.getOrDefault(self.width), self.getOrDefault(self.channels))
 
+    def _check(self) -> None:
+        h, w, c = self.shape()
+        if h < 1 or w < 1:
+            raise ValueError(f"ImageDecoder: height and width must be >= 1, got {h}x{w}")
+        if c not in (1, 3):
+            raise ValueError("ImageDecoder: channels must be 1 or 3")
+        if self.getOrDefault(self.resample) not in RESAMPLE:
+            raise ValueError(f"ImageDecoder: resample must be one of {RESAMPLE}")
+
     def _transform(self, dataset: DataFrame) -> DataFrame:
+        self._check()
         h, w, c = self.shape()
         resample, normalize = self.getOrDefault(self.resample), self.getOrDefault(self.normalize)
 

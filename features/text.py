@@ -3,27 +3,20 @@ HashingTF + IDF (tokens and n-grams) and Word2Vec -> one vector.
 
 `TextCleaner` normalizes raw tweet text with Spark SQL functions only (no Python UDF, so it runs in the JVM and a
 saved PipelineModel needs no Python to score): lower case, HTML entities decoded, curly apostrophes made straight,
-URLs replaced by the token "url" (a link says "there is a link", not which one), null text as "". `text_stages`
-builds the configured chain; every intermediate column starts with "text__" so it cannot clash with data columns.
+URLs replaced by the token "url" (a link says "there is a link", not which one), null text as "". The column
+names of the chain (pipelines.flows.text builds it from config) start with "text__" so they cannot clash with
+data columns.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pyspark import keyword_only
 from pyspark.ml import Transformer
-from pyspark.ml.feature import IDF, HashingTF, NGram, RegexTokenizer, StopWordsRemover, VectorAssembler, Word2Vec
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-
-if TYPE_CHECKING:  # a saved model loads features.text without the pipelines package (scoring, serving)
-    from pyspark.ml._typing import PipelineStage
-
-    from pipelines.core.config import TextFlowConf
 
 PREFIX = "text__"
 CLEAN_COL = f"{PREFIX}clean"
@@ -89,59 +82,3 @@ class TextCleaner(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable,
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         return dataset.withColumn(self.getOutputCol(), self.clean(F.col(self.getInputCol())))
-
-
-def token_column(conf: TextFlowConf) -> str:
-    """The token column the TF-IDF, n-gram and Word2Vec branches read: without stop words when they are removed."""
-    return FILTERED_COL if conf.stop_words else TOKENS_COL
-
-
-def branches(conf: TextFlowConf) -> dict[str, bool]:
-    """Which vector branches the config turns on (tokens TF-IDF, n-gram TF-IDF, Word2Vec)."""
-    return {"tfidf": conf.num_features > 0, "ngram_tfidf": conf.num_features > 0 and conf.ngram >= 2,
-            "word2vec": conf.word2vec_size > 0}
-
-
-def vector_size(conf: TextFlowConf) -> int:
-    """Length of the assembled vector: num_features per TF-IDF branch plus the Word2Vec size."""
-    on = branches(conf)
-    return conf.num_features * (on["tfidf"] + on["ngram_tfidf"]) + conf.word2vec_size * on["word2vec"]
-
-
-def text_stages(conf: TextFlowConf, output_col: str = "features_vector") -> list[PipelineStage]:
-    """The unfitted stages from the text column to one vector in `output_col` (IDF and Word2Vec need fitting).
-
-    An n-gram branch needs ngram >= 2 (1-grams are the tokens) and num_features > 0; raises ValueError when no
-    branch is on, since an empty vector cannot be trained on.
-    """
-    on = branches(conf)
-    if not any(on.values()):
-        raise ValueError("text: every branch is off (num_features = 0 and word2vec_size = 0); turn one on")
-    tokens = token_column(conf)
-    stages: list[PipelineStage] = [
-        TextCleaner(inputCol=conf.text_column, outputCol=CLEAN_COL, stripUrls=conf.strip_urls),
-        RegexTokenizer(inputCol=CLEAN_COL, outputCol=TOKENS_COL, pattern=conf.token_pattern, gaps=True,
-                       minTokenLength=conf.min_token_length, toLowercase=False),
-    ]
-    if conf.stop_words:
-        words = list(dict.fromkeys([*StopWordsRemover.loadDefaultStopWords("english"),
-                                    *(w.lower() for w in conf.extra_stop_words)]))
-        # Tokens are lower case already: a case-sensitive match does not depend on the JVM's locale.
-        stages.append(StopWordsRemover(inputCol=TOKENS_COL, outputCol=FILTERED_COL, stopWords=words,
-                                       caseSensitive=True))
-    assembled: list[str] = []
-    if on["tfidf"]:
-        stages += [HashingTF(inputCol=tokens, outputCol=TF_COL, numFeatures=conf.num_features),
-                   IDF(inputCol=TF_COL, outputCol=TFIDF_COL, minDocFreq=conf.idf_min_doc_freq)]
-        assembled.append(TFIDF_COL)
-    if on["ngram_tfidf"]:
-        stages += [NGram(inputCol=tokens, outputCol=NGRAMS_COL, n=conf.ngram),
-                   HashingTF(inputCol=NGRAMS_COL, outputCol=NGRAM_TF_COL, numFeatures=conf.num_features),
-                   IDF(inputCol=NGRAM_TF_COL, outputCol=NGRAM_TFIDF_COL, minDocFreq=conf.idf_min_doc_freq)]
-        assembled.append(NGRAM_TFIDF_COL)
-    if on["word2vec"]:
-        stages.append(Word2Vec(inputCol=tokens, outputCol=W2V_COL, vectorSize=conf.word2vec_size,
-                               minCount=conf.word2vec_min_count, maxIter=conf.word2vec_max_iter, seed=conf.seed))
-        assembled.append(W2V_COL)
-    stages.append(VectorAssembler(inputCols=assembled, outputCol=output_col))
-    return stages

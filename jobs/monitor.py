@@ -9,16 +9,15 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from jobs.common import BadInput, job_parser, parse_dates, run_job
+from jobs.common import job_parser, parse_dates, run_job
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
-from pipelines.monitoring import run_monitor
+from pipelines.flows import get_flow
+from pipelines.stages.monitor import run_monitor
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:
-    if cfg.flow != "tabular":
-        raise BadInput(f"monitor: drift monitoring covers the tabular flow; pipeline {cfg.pipeline!r} is {cfg.flow}")
-    run_monitor(spark, cfg, store, parse_dates(args.date), args.alias, args.version)
+    run_monitor(spark, cfg, store, get_flow(cfg), parse_dates(args.date), args.alias, args.version)
     return 0
 
 

@@ -1,9 +1,9 @@
 """Run the whole chain in one driver: land-demo -> ingest -> features -> train -> score -> monitor.
 
-The tabular flow (flights) scores every day of the test split's months and monitors them; a drift alert is
+A pipeline whose rows have dates scores every day of its test split and monitors that window; a drift alert is
 reported (log, MLflow, gold/drift) and does not fail the chain unless --fail-on-drift is given (the scheduled
-`monitor` job exits 4 on it). The image and text flows (--set pipeline=digits / tweets) score their whole
-bronze table and have no drift monitor."""
+`monitor` job exits 4 on it). A pipeline without dates (the image and text flows, a tabular profile split by
+hash) scores its whole source table and has no drift window."""
 
 from __future__ import annotations
 
@@ -11,39 +11,37 @@ import argparse
 import sys
 
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from jobs.common import BadInput, DriftAlert, job_parser, run_job
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.logs import LOG
 from pipelines.demo import land_demo
-from pipelines.flows.dispatch import run_features_for, run_score_for, run_train_for
+from pipelines.flows import get_flow
 from pipelines.ingest import run_ingest
-from pipelines.monitoring import run_monitor
-from pipelines.scoring import run_score
-from pipelines.training.job import TrainingInputError
+from pipelines.stages.featurize import run_features
+from pipelines.stages.monitor import run_monitor
+from pipelines.stages.score import run_score
+from pipelines.training.trainer import TrainingInputError, run_train
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:
-    land_demo(cfg.landing, cfg.demo.fraction, cfg.demo.seed, cfg.demo.datasets)
+    flow = get_flow(cfg)
+    land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, cfg.demo.datasets)
     run_ingest(spark, cfg, store)
-    features_run_id = run_features_for(spark, cfg, store)
+    features = run_features(spark, cfg, store, flow)
     try:
-        run_train_for(spark, cfg, store, features_run_id=features_run_id)
+        run_train(spark, cfg, store, flow, features_run_id=features.run.run_id)
     except TrainingInputError as e:
         raise BadInput(str(e)) from e
-    if cfg.flow != "tabular":
-        run_score_for(spark, cfg, store)
-        return 0
-    table = store.read(cfg.table_path("silver", cfg.features.output_table))
-    dates = sorted(r[0] for r in table.filter(F.col("split") == "test").select(cfg.features.date_name)
-                   .distinct().collect())
-    if not dates:
+    dates = flow.test_window(cfg, store.read(features.run.table_path, features.run.table_version))
+    if dates == []:
         raise BadInput("the test split is empty: nothing to score")
-    run_score(spark, cfg, store, dates)
+    run_score(spark, cfg, store, flow, dates)
+    if dates is None:
+        return 0
     try:
-        run_monitor(spark, cfg, store, dates)
+        run_monitor(spark, cfg, store, flow, dates)
     except DriftAlert as e:
         if args.fail_on_drift:
             raise

@@ -1,10 +1,10 @@
-"""Score the flights scheduled on a date (or a range) with a registered model: models:/<name>@champion by
-default, --alias or --version to choose another. Writes gold/predictions, one partition per date; re-running a
-date replaces exactly that date. An unknown alias or version fails (exit 3) before anything is written.
---stream instead scores new landing files (scoring.stream_path) as they arrive, exactly once, into the same
-table: --trigger available-now processes what is there and stops; processing-time keeps polling.
-The image and text flows (--set pipeline=digits / tweets) score their bronze table (image bytes, texts) into
-gold/<scoring.table>, replacing it."""
+"""Score with a registered model: models:/<name>@champion by default, --alias or --version to choose another.
+With --date (a day, a range or a list) the rows of those dates are scored into gold/<scoring.table>, one
+partition per date, and re-running a date replaces exactly that date; without --date the whole source table is
+scored and the gold table replaced (the only mode of pipelines whose rows have no date, such as the image and
+text flows). An unknown alias or version fails (exit 3) before anything is written. --stream instead scores
+new landing files (scoring.stream_path) as they arrive, exactly once, into the same table: --trigger
+available-now processes what is there and stops; processing-time keeps polling."""
 
 from __future__ import annotations
 
@@ -16,22 +16,20 @@ from pyspark.sql import SparkSession
 from jobs.common import BadInput, job_parser, parse_dates, run_job
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
-from pipelines.flows.dispatch import run_score_for
-from pipelines.scoring import run_score
-from pipelines.streaming import run_stream
+from pipelines.flows import get_flow
+from pipelines.stages.score import run_score
+from pipelines.stages.stream import run_stream
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:
-    if cfg.flow != "tabular":
-        if args.stream or args.date:
-            raise BadInput(f"the {cfg.flow} flow scores its whole bronze table: no --date or --stream")
-        run_score_for(spark, cfg, store, args.alias, args.version)
-    elif args.stream:
-        run_stream(spark, cfg, store, args.trigger, args.timeout, args.alias, args.version)
-    elif not args.date:
-        raise BadInput("--date is required (or --stream)")
+    flow = get_flow(cfg)
+    if args.stream and args.date:
+        raise BadInput("--stream scores new files as they land: no --date")
+    if args.stream:
+        run_stream(spark, cfg, store, flow, args.trigger, args.timeout, args.alias, args.version)
     else:
-        run_score(spark, cfg, store, parse_dates(args.date), args.alias, args.version)
+        dates = parse_dates(args.date) if args.date else None
+        run_score(spark, cfg, store, flow, dates, args.alias, args.version)
     return 0
 
 

@@ -1,9 +1,8 @@
-"""Train the flight-delay model on the silver feature table: N Horovod workers (training.num_workers) in one
-Spark barrier stage, fed by Petastorm from the feature-table version pinned by a features run. Evaluates on the
-test split against an MLlib baseline, logs an MLflow pyfunc (with the preprocessing model and the decision
-threshold) and registers it; alias champion moves to it only when it beats the current champion.
---resume continues from the latest checkpoint of an earlier train run. The image and text flows (--set
-pipeline=digits / tweets) train their multiclass CNN / MLP with the same launcher against an MLlib baseline."""
+"""Train the pipeline's Keras model on the silver feature table: N Horovod workers (training.num_workers) in one
+Spark barrier stage, fed from the feature-table version pinned by a features run. The flow's head (binary,
+multiclass or regression) sets the loss, metrics and served outputs. Evaluates on the test split against an
+MLlib baseline, logs an MLflow pyfunc (with the preprocessing model) and registers it; alias champion moves to
+it only when it beats the current champion. --resume continues from the latest checkpoint of an earlier run."""
 
 from __future__ import annotations
 
@@ -15,13 +14,13 @@ from pyspark.sql import SparkSession
 from jobs.common import BadInput, job_parser, run_job
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
-from pipelines.flows.dispatch import run_train_for
-from pipelines.training.job import TrainingInputError
+from pipelines.flows import get_flow
+from pipelines.training.trainer import TrainingInputError, run_train
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:
     try:
-        run_train_for(spark, cfg, store, features_run_id=args.features_run_id, resume=args.resume)
+        run_train(spark, cfg, store, get_flow(cfg), features_run_id=args.features_run_id, resume=args.resume)
     except TrainingInputError as e:
         raise BadInput(str(e)) from e
     return 0

@@ -8,6 +8,8 @@ WIDGET_<NAME> environment variables (how the tests and a scheduler pass paramete
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,41 @@ def get_dbutils(spark: Any = None) -> Any:
         return DBUtils(spark)
     except ImportError:
         return LocalDbutils()
+
+
+@dataclass
+class Notebook:
+    """What every notebook starts from: its widgets, the config, the session, the store and the flow."""
+
+    dbutils: Any
+    cfg: Any
+    spark: Any
+    store: Any
+    flow: Any
+
+    def widget(self, name: str) -> str:
+        return self.dbutils.widgets.get(name)
+
+
+def open_notebook(widgets: dict[str, str] | None = None,
+                  overrides: Callable[[Callable[[str], str]], list[str]] | None = None) -> Notebook:
+    """The shared preamble of the notebooks: text widgets `env` (default local), `pipeline` (default: the config's
+    default) and `widgets` with their defaults; the config of env + pipeline + `overrides(widget)`; the session
+    from the one session factory; the Delta store; the pipeline's flow."""
+    from pipelines.core.config import load_config
+    from pipelines.core.delta import DeltaStore
+    from pipelines.core.session import get_spark
+    from pipelines.flows import get_flow
+
+    dbutils = get_dbutils()
+    for name, default in {"env": "local", "pipeline": "", **(widgets or {})}.items():
+        dbutils.widgets.text(name, default)
+    get = dbutils.widgets.get
+    pipeline = [f"pipeline={get('pipeline')}"] if get("pipeline") else []
+    cfg = load_config(get("env"), [*pipeline, *(overrides(get) if overrides else [])])
+    spark = get_spark(cfg, "notebook")
+    return Notebook(dbutils, cfg, spark, DeltaStore(spark, cfg.storage.engine, cfg.storage.max_records_per_file),
+                    get_flow(cfg))
 
 
 def read_databricks_source(path: Path) -> list[tuple[str, str]]:

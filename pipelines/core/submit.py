@@ -31,7 +31,7 @@ from pipelines.core.session import DELTA_CONF, delta_jars, session_jars
 JOBS = {
     "land-demo": "jobs/land_demo.py",
     "ingest": "jobs/ingest.py",
-    "features": "jobs/features.py",
+    "features": "jobs/build_features.py",
     "train": "jobs/train.py",
     "score": "jobs/score.py",
     "monitor": "jobs/monitor.py",

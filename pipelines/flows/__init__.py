@@ -1,6 +1,6 @@
-"""Non-tabular flows (issue 6): the image and text paths the same jobs take when `flow` says so.
+"""Flows: one folder per kind of data (tabular, image, text), each a Flow registered for its `flow.kind`
+(see base.py). The stages take a Flow; they never branch on the kind."""
 
-Each flow module has `run_features(spark, cfg, store)` (bronze -> silver feature table + a features MLflow run
-with the tags training looks up) and `score(spark, cfg, store, alias, version)` (bronze -> gold predictions).
-Training is shared: pipelines.training.classifier trains any of them with the barrier Horovod launcher.
-"""
+from pipelines.flows.base import Flow, get_flow, register
+
+__all__ = ["Flow", "get_flow", "register"]

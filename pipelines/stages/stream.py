@@ -20,39 +20,30 @@ from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
+from pipelines.core.errors import BadInput
 from pipelines.core.files import head
 from pipelines.core.logs import LOG, stage
-from pipelines.features import clean, enrich, read_bronze
+from pipelines.flows.base import Flow
 from pipelines.ingest import parse_lines, sniff
-from pipelines.scoring import ResolvedModel, check_signature, load_model_parts, predict, resolve_model
+from pipelines.stages.inputs import read_sources
+from pipelines.stages.score import ResolvedModel, model_udf, predict_batch, resolve_model, upsert_partitions
 
 QUARANTINE_SCHEMA = "source string, source_file string, raw_line string, reason string, run_id string"
-
-
-def upsert_partitions(store: DeltaStore, path: str, rows: DataFrame, key: list[str], date_col: str) -> int | None:
-    """Replace the date partitions `rows` touches with (old rows whose key is not in `rows`) + `rows`."""
-    dates = [r[0] for r in rows.select(date_col).distinct().collect()]
-    if not dates:
-        return store.version(path)
-    if store.exists(path):
-        kept = store.read(path).filter(F.col(date_col).isin(dates)).join(rows.select(*key), on=key, how="left_anti")
-        rows = kept.unionByName(rows.select(*kept.columns))
-    return store.write(rows, path, "overwrite", [date_col], replace_partitions=[{date_col: d.isoformat()}
-                                                                                 for d in dates])
 
 
 class BatchScorer:
     """The foreachBatch function: one micro-batch of raw lines -> quarantine + gold upsert."""
 
-    def __init__(self, spark: SparkSession, cfg: Config, store: DeltaStore, model: ResolvedModel) -> None:
-        self.spark, self.cfg, self.store, self.model = spark, cfg, store, model
-        self.preprocessing, self.udf = load_model_parts(spark, cfg, model)
-        self.frames, self.versions = read_bronze(store, cfg)
+    def __init__(self, spark: SparkSession, cfg: Config, store: DeltaStore, flow: Flow, model: ResolvedModel
+                 ) -> None:
+        self.spark, self.cfg, self.store, self.flow, self.model = spark, cfg, store, flow, model
+        self.udf = model_udf(spark, cfg, model)
+        self.frames, _ = read_sources(store, cfg, flow.sources(cfg))
         self.src = cfg.ingest.sources[cfg.features.source_table]
         self.batches: list[dict[str, Any]] = []
 
     def __call__(self, lines: DataFrame, batch_id: int) -> None:
-        fc, cfg = self.cfg.features, self.cfg
+        cfg = self.cfg
         with stage(f"stream.batch{batch_id}") as s:
             files = [r[0] for r in lines.select("_source_file").distinct().collect()]
             headers, bad_files = {}, []
@@ -73,16 +64,15 @@ class BatchScorer:
                 bad = bad.withColumn("quarantined_at", F.lit(datetime.now(UTC)))
                 n_bad = bad.count()
                 if n_bad:
-                    store_path = cfg.table_path("quarantine", "rows")
+                    store_path = cfg.catalog.path("quarantine_rows")
                     self.store.write(bad.coalesce(1), store_path, "append", ["source"])
                 facts = parsed.filter("_kind = 'ok'").drop("_raw", "_kind", "_reason")
-                dims = {j.table: self.frames[j.table] for j in fc.joins}
-                enriched = enrich(clean(facts, fc), dims, fc)
-                check_signature(enriched, self.preprocessing, self.model)
-                gold = predict(enriched, self.preprocessing, self.udf, self.model, cfg, -1).cache()
+                rows = self.flow.scoring_rows(cfg, self.model, {**self.frames, cfg.features.source_table: facts}, None)
+                gold = predict_batch(rows, self.model, self.udf, -1).cache()
                 n = gold.count()
-                version = upsert_partitions(self.store, cfg.table_path("gold", cfg.scoring.table), gold, fc.key,
-                                            fc.date_name)
+                version = upsert_partitions(self.store, cfg.catalog.path("predictions"), gold, rows.key,
+                                            rows.partition_by) if n else self.store.version(
+                                                cfg.catalog.path("predictions"))
                 gold.unpersist()
             finally:
                 parsed.unpersist()
@@ -91,15 +81,20 @@ class BatchScorer:
             s.add(files=len(files), rows_scored=n, rows_quarantined=n_bad, gold_version=version)
 
 
-def start_stream(spark: SparkSession, cfg: Config, store: DeltaStore, trigger: str = "available-now",
+def start_stream(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Flow, trigger: str = "available-now",
                  alias: str | None = None, version: int | None = None) -> tuple[StreamingQuery, BatchScorer]:
-    """Start the streaming score query; `trigger` is available-now or processing-time."""
+    """Start the streaming score query; `trigger` is available-now or processing-time. The fact source must be
+    a line format (csv, jsonl): each micro-batch of new lines is parsed like ingest parses them."""
+    source = cfg.ingest.sources.get(cfg.features.source_table)
+    if source is None or source.format not in ("csv", "jsonl"):
+        raise BadInput(f"streaming scores new csv/jsonl lines of {cfg.features.source_table!r}; this pipeline's "
+                       f"source is {source.format if source else 'not an ingest source'}")
     model = resolve_model(cfg, alias, version)
-    scorer = BatchScorer(spark, cfg, store, model)
+    scorer = BatchScorer(spark, cfg, store, flow, model)
     checkpoint = cfg.scoring.stream_checkpoint or f"{cfg.workspace}/checkpoints/stream-score"
     lines = (spark.readStream.format("text")
              .option("maxFilesPerTrigger", cfg.scoring.stream_max_files_per_trigger)
-             .load(f"{cfg.landing}/{cfg.scoring.stream_path}")
+             .load(f"{cfg.catalog.landing}/{cfg.scoring.stream_path}")
              .select(F.col("value").cast("binary").alias("_raw"),
                      F.regexp_replace(F.col("_metadata.file_path"), "^file:/(?!/)", "file:///").alias("_source_file")))
     writer = lines.writeStream.foreachBatch(scorer).option("checkpointLocation", checkpoint)
@@ -109,16 +104,16 @@ def start_stream(spark: SparkSession, cfg: Config, store: DeltaStore, trigger: s
         writer = writer.trigger(processingTime=f"{cfg.scoring.stream_trigger_seconds} seconds")
     else:
         raise ValueError(f"trigger must be available-now or processing-time, got {trigger!r}")
-    LOG.info("stream: scoring %s/%s with %s/%s, checkpoint %s", cfg.landing, cfg.scoring.stream_path,
+    LOG.info("stream: scoring %s/%s with %s/%s, checkpoint %s", cfg.catalog.landing, cfg.scoring.stream_path,
              model.name, model.version, checkpoint)
     return writer.queryName("stream-score").start(), scorer
 
 
-def run_stream(spark: SparkSession, cfg: Config, store: DeltaStore, trigger: str = "available-now",
+def run_stream(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Flow, trigger: str = "available-now",
                timeout_s: float | None = None, alias: str | None = None,
                version: int | None = None) -> list[dict[str, Any]]:
     """Run until the available files are done (available-now) or `timeout_s` passes (processing-time)."""
-    query, scorer = start_stream(spark, cfg, store, trigger, alias, version)
+    query, scorer = start_stream(spark, cfg, store, flow, trigger, alias, version)
     try:
         query.awaitTermination(timeout_s)
         if query.exception() is not None:

@@ -1,4 +1,4 @@
-"""Descriptive statistics of the training split (book chapter 4), as a JSON-able report and PNG plots.
+"""Descriptive statistics of the training split, as a JSON-able report and PNG plots.
 
 Computed by Spark over all training rows: Summarizer metrics of the imputed numeric features, null fractions,
 skewness and kurtosis of the raw values, Pearson and Spearman correlation matrices (pyspark.ml.stat.Correlation,
@@ -19,8 +19,9 @@ from pyspark.ml.stat import ChiSquareTest, Correlation, Summarizer
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.core.config import BucketizedGroup, CategoricalGroup, FeaturesConf, NumericGroup
-from pipelines.features import BKT, IDX, IMP
+from pipelines.core.config import BucketizedGroup, CategoricalGroup, NumericGroup
+from pipelines.flows.base import LABEL
+from pipelines.flows.tabular.nodes import BKT, IDX, IMP
 
 METRICS = ("mean", "variance", "min", "max", "count", "numNonZeros")
 
@@ -33,12 +34,12 @@ def _num(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def numeric_columns(fc: FeaturesConf) -> list[str]:
+def numeric_columns(fc: Any) -> list[str]:
     """Raw numeric inputs described by the report (numeric groups), in config order."""
     return list(dict.fromkeys(c for g in fc.groups if isinstance(g, NumericGroup) for c in g.columns))
 
 
-def categorical_columns(fc: FeaturesConf) -> dict[str, str]:
+def categorical_columns(fc: Any) -> dict[str, str]:
     """Categorical input -> the pipeline column holding its category index (indexer or bucket index)."""
     out = {c: c + IDX for g in fc.groups if isinstance(g, CategoricalGroup) for c in g.columns}
     out.update({f"{c}_bucket": c + BKT for g in fc.groups if isinstance(g, BucketizedGroup)
@@ -46,9 +47,11 @@ def categorical_columns(fc: FeaturesConf) -> dict[str, str]:
     return out
 
 
-def describe(transformed: DataFrame, fc: FeaturesConf) -> dict[str, Any]:
-    """The report for `transformed` = the fitted PipelineModel applied to the training split (all its rows)."""
-    label = fc.label.name
+def describe(transformed: DataFrame, fc: Any, sc: Any, regression: bool = False) -> dict[str, Any]:
+    """The report for `transformed` = the fitted PipelineModel applied to the training split (all its rows);
+    `fc` is the tabular flow section, `sc` the statistics settings. A regression label has no balance and no
+    chi-square tests."""
+    label = LABEL
     numeric = numeric_columns(fc)
     cats = {k: v for k, v in categorical_columns(fc).items() if v in transformed.columns}
     raw_cats = [c for g in fc.groups if isinstance(g, CategoricalGroup) for c in g.columns]
@@ -56,15 +59,15 @@ def describe(transformed: DataFrame, fc: FeaturesConf) -> dict[str, Any]:
     needed = list(dict.fromkeys([label, *numeric, *imputed, *raw_cats, *cats.values()]))
     data = transformed.select(*needed).persist(StorageLevel.MEMORY_AND_DISK)  # several passes below
     try:
-        return _describe(data, fc, numeric, imputed, raw_cats, cats)
+        return _describe(data, sc, numeric, imputed, raw_cats, cats, regression)
     finally:
         data.unpersist()
 
 
-def _describe(transformed: DataFrame, fc: FeaturesConf, numeric: list[str], imputed: list[str],
-              raw_cats: list[str], cats: dict[str, str]) -> dict[str, Any]:
-    label = fc.label.name
-    report: dict[str, Any] = {"label": label, "rows": 0, "numeric": {}, "label_balance": {}}
+def _describe(transformed: DataFrame, sc: Any, numeric: list[str], imputed: list[str],
+              raw_cats: list[str], cats: dict[str, str], regression: bool) -> dict[str, Any]:
+    label = LABEL
+    report: dict[str, Any] = {"label": label, "rows": 0, "numeric": {}}
 
     # Null fractions, skewness, kurtosis of the raw values; label balance: one aggregation.
     aggs = [F.count("*").alias("_rows"), F.count(label).alias("_labeled"), F.sum(label).alias("_pos")]
@@ -74,8 +77,9 @@ def _describe(transformed: DataFrame, fc: FeaturesConf, numeric: list[str], impu
     row = transformed.agg(*aggs).first()
     rows, labeled, pos = row["_rows"], row["_labeled"], int(row["_pos"] or 0)
     report["rows"] = rows
-    report["label_balance"] = {"0": labeled - pos, "1": pos, "null": rows - labeled,
-                               "positive_rate": pos / labeled if labeled else None}
+    if not regression:
+        report["label_balance"] = {"0": labeled - pos, "1": pos, "null": rows - labeled,
+                                   "positive_rate": pos / labeled if labeled else None}
     report["null_fraction"] = {c: 1 - row[f"n{i}"] / rows if rows else None for i, c in enumerate(numeric)}
     report["null_fraction"].update({c: 1 - row[f"c{i}"] / rows if rows else None for i, c in enumerate(raw_cats)})
 
@@ -97,14 +101,14 @@ def _describe(transformed: DataFrame, fc: FeaturesConf, numeric: list[str], impu
     report["correlation"] = {"columns": names}
     m = Correlation.corr(corr_in, "_corr", "pearson").first()[0].toArray()
     report["correlation"]["pearson"] = [[_num(v) for v in r] for r in m]
-    if fc.stats.spearman:
+    if sc.spearman:
         # Spearman ranks every column with a global sort; a fixed-seed sample keeps it cheap and repeatable.
-        fraction = min(1.0, fc.stats.spearman_max_rows / max(labeled, 1))
-        sample = corr_in.sample(fraction=fraction, seed=fc.stats.seed) if fraction < 1 else corr_in
+        fraction = min(1.0, sc.spearman_max_rows / max(labeled, 1))
+        sample = corr_in.sample(fraction=fraction, seed=sc.seed) if fraction < 1 else corr_in
         m = Correlation.corr(sample, "_corr", "spearman").first()[0].toArray()
         report["correlation"]["spearman"] = [[_num(v) for v in r] for r in m]
         report["correlation"]["spearman_fraction"] = fraction
-    if cats:
+    if cats and not regression:
         cat_in = VectorAssembler(inputCols=list(cats.values()), outputCol="_cats").transform(lab)
         chi = ChiSquareTest.test(cat_in, "_cats", "_label", flatten=True).collect()
         report["chi_square"] = {
@@ -112,7 +116,7 @@ def _describe(transformed: DataFrame, fc: FeaturesConf, numeric: list[str], impu
                                             "degrees_of_freedom": int(r["degreesOfFreedom"])}
             for r in chi
         }
-    report["histograms"] = histograms(transformed, numeric, report["numeric"], fc.stats.histogram_bins)
+    report["histograms"] = histograms(transformed, numeric, report["numeric"], sc.histogram_bins)
     return report
 
 
@@ -198,22 +202,23 @@ def plot(report: dict[str, Any], splits: dict[str, dict[str, Any]], out_dir: Pat
         fig.savefig(files[-1], dpi=110)
         plt.close(fig)
 
-    bal = report.get("label_balance", {})
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    keys = ["0", "1", "null"]
-    vals = [bal.get(k, 0) for k in keys]
-    bars = ax1.bar([f"{report['label']}=0", f"{report['label']}=1", "no label"], vals,
-                   color=["#4c72b0", "#dd8452", "#999999"])
-    ax1.bar_label(bars, [f"{v:,}" for v in vals], fontsize=9)
-    ax1.set_title("Label balance, training split", fontsize=11)
-    names = [s for s in splits if splits[s].get("label_rate") is not None]
-    rates = [splits[s]["label_rate"] for s in names]
-    bars = ax2.bar(names, rates, color="#55a868")
-    ax2.bar_label(bars, [f"{r:.1%}" for r in rates], fontsize=9)
-    ax2.set_ylim(0, max(rates + [0.1]) * 1.25)
-    ax2.set_title("Positive label rate by split", fontsize=11)
-    fig.tight_layout()
-    files.append(out_dir / "label_balance.png")
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
+    bal = report.get("label_balance")
+    if bal:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        keys = ["0", "1", "null"]
+        vals = [bal.get(k, 0) for k in keys]
+        bars = ax1.bar([f"{report['label']}=0", f"{report['label']}=1", "no label"], vals,
+                       color=["#4c72b0", "#dd8452", "#999999"])
+        ax1.bar_label(bars, [f"{v:,}" for v in vals], fontsize=9)
+        ax1.set_title("Label balance, training split", fontsize=11)
+        names = [s for s in splits if splits[s].get("label_rate") is not None]
+        rates = [splits[s]["label_rate"] for s in names]
+        bars = ax2.bar(names, rates, color="#55a868")
+        ax2.bar_label(bars, [f"{r:.1%}" for r in rates], fontsize=9)
+        ax2.set_ylim(0, max(rates + [0.1]) * 1.25)
+        ax2.set_title("Positive label rate by split", fontsize=11)
+        fig.tight_layout()
+        files.append(out_dir / "label_balance.png")
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
     return files

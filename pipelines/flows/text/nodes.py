@@ -1,7 +1,6 @@
-"""The text flow's features job: bronze tweets -> cleaned, labelled, hash-split rows -> text PipelineModel (fitted
-on train) -> silver table of array<float> features, recorded as one MLflow run like the tabular features run.
+"""Text flow nodes: tweets (or any keyed text with a class column) -> deduplicated, labelled, hash-split rows ->
+text stages (clean -> RegexTokenizer -> StopWordsRemover -> NGram -> HashingTF + IDF and Word2Vec) -> one vector.
 
-`prepare_text` is pure DataFrame work driven by `cfg.text` (scoring can reuse it); `run_features` does the I/O.
 Rows that cannot be used are never dropped silently: each is counted under one reason, and the counts must add
 up to the rows read.
 """
@@ -10,33 +9,37 @@ from __future__ import annotations
 
 from typing import Any
 
-import mlflow
-from pyspark import StorageLevel
-from pyspark.ml import Pipeline, PipelineModel
-from pyspark.ml.feature import Word2VecModel
+from pyspark.ml import PipelineModel
+from pyspark.ml.feature import (
+    IDF,
+    HashingTF,
+    NGram,
+    RegexTokenizer,
+    StopWordsRemover,
+    VectorAssembler,
+    Word2Vec,
+    Word2VecModel,
+)
 from pyspark.ml.functions import vector_to_array
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from features.text import NGRAMS_COL, branches, text_stages, token_column
-from pipelines.core.config import Config, ConfigError, TextFlowConf
-from pipelines.core.delta import DeltaStore
-from pipelines.core.logs import stage
-from pipelines.core.tracking import job_run
-from pipelines.features import VECTOR_COL, ensure_features_package
-from pipelines.flows.common import (
-    FEATURES,
-    LABEL,
-    LABEL_NAME,
-    FlowFeatures,
-    class_names,
-    hash_split,
-    read_source,
-    with_labels,
-    write_features,
+from features.text import (
+    CLEAN_COL,
+    FILTERED_COL,
+    NGRAM_TF_COL,
+    NGRAM_TFIDF_COL,
+    NGRAMS_COL,
+    TF_COL,
+    TFIDF_COL,
+    TOKENS_COL,
+    W2V_COL,
+    TextCleaner,
 )
+from pipelines.core.config import ConfigError, TextFlowConf
+from pipelines.flows.base import FEATURES, LABEL, VECTOR_COL
+from pipelines.flows.labels import LABEL_NAME, hash_split, with_labels
 
-JOB = "features"
 TOP_TOKENS = 20
 SAMPLES = 5
 # Why a row is left out, in the order the reasons are checked (a row counts under its first reason).
@@ -46,7 +49,7 @@ _REASON = "_text_reason"
 
 def _check_columns(tweets: DataFrame, conf: TextFlowConf) -> None:
     """The key, text and label columns must exist: name the config key of a missing one."""
-    wanted = {"text.key": conf.key, "text.text_column": conf.text_column, "text.label.column": conf.label.column}
+    wanted = {"flow.key": conf.key, "flow.text_column": conf.text_column, "flow.label.column": conf.label.column}
     missing = {k: c for k, c in wanted.items() if c not in tweets.columns}
     if missing:
         raise ConfigError(f"{', '.join(f'{k}={c!r}' for k, c in missing.items())}: no such column "
@@ -104,40 +107,65 @@ def text_report(model: PipelineModel, train: DataFrame, conf: TextFlowConf) -> d
             "samples": samples}
 
 
-def _params(conf: TextFlowConf) -> dict[str, Any]:
+def text_params(conf: TextFlowConf) -> dict[str, Any]:
     """The text config as flat MLflow params (text.<key>)."""
-    flat = {f"text.{k}": v for k, v in conf.model_dump(mode="json", exclude={"label", "split"}).items()}
+    flat = {f"text.{k}": v for k, v in conf.model_dump(mode="json", exclude={"label", "split", "kind"}).items()}
     flat["text.label"] = conf.label.model_dump_json()
     flat["text.split"] = conf.split.model_dump_json()
     return flat
 
 
-def run_features(spark: SparkSession, cfg: Config, store: DeltaStore) -> FlowFeatures:
-    """Read bronze tweets -> prepare -> fit the text stages on train -> write silver, as one MLflow run."""
-    ensure_features_package()
-    conf = cfg.text
-    with job_run(cfg, JOB) as active:
-        run_id = active.info.run_id
-        with stage("features.text.read") as s:
-            tweets, version = read_source(store, cfg)
-            s.add(table=cfg.features.source_table, version=version)
-        with stage("features.text.prepare") as s:
-            classes = class_names(tweets, conf.label)
-            rows, counts = prepare_text(tweets, conf, classes)
-            rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-            s.add(classes=len(classes), **counts)
-        try:
-            mlflow.log_params(_params(conf))
-            with stage("features.text.fit") as s:
-                train = rows.filter(F.col("split") == "train")
-                model = Pipeline(stages=text_stages(conf, VECTOR_COL)).fit(train)
-                s.add(stages=len(model.stages))
-            with stage("features.text.report") as s:
-                report = text_report(model, train, conf)
-                mlflow.log_dict(report, "text_report.json")
-                s.add(word2vec_vocabulary=report["word2vec_vocabulary"])
-            table = feature_table(model.transform(rows), conf)
-            result = write_features(cfg, store, run_id, table, model, classes, None, counts, version)
-        finally:
-            rows.unpersist()
-    return result
+def token_column(conf: TextFlowConf) -> str:
+    """The token column the TF-IDF, n-gram and Word2Vec branches read: without stop words when they are removed."""
+    return FILTERED_COL if conf.stop_words else TOKENS_COL
+
+
+def branches(conf: TextFlowConf) -> dict[str, bool]:
+    """Which vector branches the config turns on (tokens TF-IDF, n-gram TF-IDF, Word2Vec)."""
+    return {"tfidf": conf.num_features > 0, "ngram_tfidf": conf.num_features > 0 and conf.ngram >= 2,
+            "word2vec": conf.word2vec_size > 0}
+
+
+def vector_size(conf: TextFlowConf) -> int:
+    """Length of the assembled vector: num_features per TF-IDF branch plus the Word2Vec size."""
+    on = branches(conf)
+    return conf.num_features * (on["tfidf"] + on["ngram_tfidf"]) + conf.word2vec_size * on["word2vec"]
+
+
+def text_stages(conf: TextFlowConf, output_col: str = "features_vector") -> list[Any]:
+    """The unfitted stages from the text column to one vector in `output_col` (IDF and Word2Vec need fitting).
+
+    An n-gram branch needs ngram >= 2 (1-grams are the tokens) and num_features > 0; raises ValueError when no
+    branch is on, since an empty vector cannot be trained on.
+    """
+    on = branches(conf)
+    if not any(on.values()):
+        raise ValueError("text: every branch is off (num_features = 0 and word2vec_size = 0); turn one on")
+    tokens = token_column(conf)
+    stages: list[Any] = [
+        TextCleaner(inputCol=conf.text_column, outputCol=CLEAN_COL, stripUrls=conf.strip_urls),
+        RegexTokenizer(inputCol=CLEAN_COL, outputCol=TOKENS_COL, pattern=conf.token_pattern, gaps=True,
+                       minTokenLength=conf.min_token_length, toLowercase=False),
+    ]
+    if conf.stop_words:
+        words = list(dict.fromkeys([*StopWordsRemover.loadDefaultStopWords("english"),
+                                    *(w.lower() for w in conf.extra_stop_words)]))
+        # Tokens are lower case already: a case-sensitive match does not depend on the JVM's locale.
+        stages.append(StopWordsRemover(inputCol=TOKENS_COL, outputCol=FILTERED_COL, stopWords=words,
+                                       caseSensitive=True))
+    assembled: list[str] = []
+    if on["tfidf"]:
+        stages += [HashingTF(inputCol=tokens, outputCol=TF_COL, numFeatures=conf.num_features),
+                   IDF(inputCol=TF_COL, outputCol=TFIDF_COL, minDocFreq=conf.idf_min_doc_freq)]
+        assembled.append(TFIDF_COL)
+    if on["ngram_tfidf"]:
+        stages += [NGram(inputCol=tokens, outputCol=NGRAMS_COL, n=conf.ngram),
+                   HashingTF(inputCol=NGRAMS_COL, outputCol=NGRAM_TF_COL, numFeatures=conf.num_features),
+                   IDF(inputCol=NGRAM_TF_COL, outputCol=NGRAM_TFIDF_COL, minDocFreq=conf.idf_min_doc_freq)]
+        assembled.append(NGRAM_TFIDF_COL)
+    if on["word2vec"]:
+        stages.append(Word2Vec(inputCol=tokens, outputCol=W2V_COL, vectorSize=conf.word2vec_size,
+                               minCount=conf.word2vec_min_count, maxIter=conf.word2vec_max_iter, seed=conf.seed))
+        assembled.append(W2V_COL)
+    stages.append(VectorAssembler(inputCols=assembled, outputCol=output_col))
+    return stages

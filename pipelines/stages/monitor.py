@@ -1,9 +1,9 @@
-"""monitor: compare a scored batch with the model's training data (the book's drift monitoring and feedback loop).
+"""The monitor stage: compare a scored batch with the model's training data (drift monitoring and feedback loop).
 
 - input drift: PSI and KS per model input (raw columns, before preprocessing), training split vs the batch;
 - prediction drift: PSI and KS of the batch's probabilities against the model's own probabilities on a sample
   of its training split;
-- realized metric: where labels have arrived for the batch's flights, ROC AUC and accuracy of the stored
+- realized metric: where labels have arrived for the batch's rows, ROC AUC and accuracy of the stored
   predictions (the production feedback loop), beside the model's test metric;
 - output: gold/drift (one partition per monitored window, replaced on re-run), MLflow metrics, a JSON report and
   PNG histograms of the drifted features. Crossing a threshold raises DriftAlert after everything is written.
@@ -23,31 +23,20 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.core.config import CategoricalGroup, Config, NumericGroup
+from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.errors import BadInput, DriftAlert
 from pipelines.core.logs import LOG, stage
+from pipelines.core.recorder import Recorder
 from pipelines.drift import FeatureDrift, drift_report, numeric_drift
-from pipelines.features import clean, enrich, read_bronze
-from pipelines.scoring import ResolvedModel, date_column, resolve_model
+from pipelines.flows.base import FEATURES, LABEL, Flow
+from pipelines.stages.inputs import read_sources
+from pipelines.stages.score import ResolvedModel, model_udf, resolve_model
 
 PREDICTION = "__prediction__"
 DRIFT_SCHEMA = ("window string, feature string, kind string, psi double, ks double, ref_count bigint, "
                 "cur_count bigint, ref_mean double, cur_mean double, alert boolean, model_name string, "
                 "model_version string, monitored_at timestamp")
-
-
-def monitored_columns(cfg: Config) -> tuple[list[str], list[str]]:
-    """(numeric, categorical) model inputs to watch: monitor.features, else every numeric/categorical input."""
-    numeric = [c for g in cfg.features.groups if isinstance(g, NumericGroup) for c in g.columns]
-    categorical = [c for g in cfg.features.groups if isinstance(g, CategoricalGroup) for c in g.columns]
-    if cfg.monitor.features is not None:
-        unknown = sorted(set(cfg.monitor.features) - set(numeric) - set(categorical))
-        if unknown:
-            raise BadInput(f"monitor.features: {unknown} are not numeric or categorical model inputs")
-        numeric = [c for c in numeric if c in cfg.monitor.features]
-        categorical = [c for c in categorical if c in cfg.monitor.features]
-    return list(dict.fromkeys(numeric)), list(dict.fromkeys(categorical))
 
 
 def is_alert(d: FeatureDrift, cfg: Config) -> bool:
@@ -60,7 +49,7 @@ def realized_metrics(scored: DataFrame, labels: DataFrame, key: list[str]) -> di
     """ROC AUC and accuracy of stored predictions on the rows whose label is known now."""
     from pyspark.ml.evaluation import BinaryClassificationEvaluator
 
-    joined = scored.join(labels.filter(F.col("label").isNotNull()), on=key, how="inner")
+    joined = scored.join(labels.filter(F.col(LABEL).isNotNull()), on=key, how="inner")
     n = joined.count()
     if n == 0:
         return {"labeled_rows": 0.0}
@@ -127,49 +116,44 @@ def reference_frame(spark: SparkSession, store: DeltaStore, model: ResolvedModel
     return train.sample(fraction=min(1.0, rows / total), seed=7) if total > rows else train
 
 
-def monitor_window(spark: SparkSession, cfg: Config, store: DeltaStore, dates: list[date],
+def monitor_window(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Flow, dates: list[date],
                    alias: str | None = None, version: int | None = None) -> dict[str, Any]:
-    """Drift and realized metrics of the scored `dates`; writes gold/drift; returns the report."""
-    import mlflow.pyfunc
-
-    from pipelines.training.pyfunc import RESULT_TYPE
-
-    fc = cfg.features
+    """Drift and realized metrics of the scored `dates`; writes the catalog's `drift` table; returns the report."""
     window = f"{min(dates).isoformat()}..{max(dates).isoformat()}"
     model = resolve_model(cfg, alias, version)
-    scored_all = store.read(cfg.table_path("gold", cfg.scoring.table)) if store.exists(
-        cfg.table_path("gold", cfg.scoring.table)) else None
-    if scored_all is None:
+    predictions = cfg.catalog.path("predictions")
+    if not store.exists(predictions):
         raise BadInput("no predictions table: run `spark-submit.sh score` first")
-    scored = scored_all.filter(F.col(fc.date_name).isin(dates))
+    frames, _ = read_sources(store, cfg, flow.sources(cfg))
+    inputs = flow.monitoring_inputs(cfg, frames, dates)
+    if inputs is None:
+        raise BadInput(f"monitor: pipeline {cfg.pipeline!r} ({cfg.flow.kind} flow) has no drift monitor")
+    scored = store.read(predictions).filter(inputs.window_filter)
     if scored.limit(1).count() == 0:
         raise BadInput(f"no predictions for {window}: score these dates first")
-    numeric, categorical = monitored_columns(cfg)
     with stage("monitor.inputs") as s:
-        frames, _ = read_bronze(store, cfg)
-        facts = frames[fc.source_table].filter(date_column(cfg).isin(dates))
-        batch = enrich(clean(facts, fc), {j.table: frames[j.table] for j in fc.joins}, fc).cache()
+        batch = inputs.batch.cache()
         ref = reference_frame(spark, store, model, cfg.monitor.reference_sample_rows).cache()
-        results = drift_report(ref, batch, numeric, categorical, cfg.monitor.bins)
+        results = drift_report(ref, batch, inputs.numeric, inputs.categorical, cfg.monitor.bins)
         s.add(features=len(results), ref_rows=results[0].ref_count if results else 0,
               batch_rows=results[0].cur_count if results else 0)
     with stage("monitor.predictions") as s:
-        udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=RESULT_TYPE, env_manager=cfg.scoring.env_manager)
-        pred = prediction_drift(ref.select(udf("features").probability.alias("probability")), scored, cfg)
+        udf = model_udf(spark, cfg, model)
+        out = "probability" if "probability" in model.result_type else "prediction"  # regression: the value
+        pred = prediction_drift(ref.select(udf(FEATURES)[out].alias("probability")),
+                                scored.select(F.col(out).alias("probability")), cfg)
         results.append(pred)
         s.add(psi=f"{pred.psi:.4f}", ks=f"{pred.ks:.4f}", ref_mean=f"{pred.ref_mean:.4f}",
               batch_mean=f"{pred.cur_mean:.4f}")
     with stage("monitor.realized") as s:
-        labels = clean(facts, fc).select(*fc.key, F.col(fc.label.name).alias("label"))
-        realized = realized_metrics(scored, labels, fc.key)
+        realized = realized_metrics(scored, inputs.labels, inputs.key) if inputs.labels is not None else {}
         s.add(**{k: f"{v:.4f}" for k, v in realized.items()})
     alerts = [d for d in results if is_alert(d, cfg)]
     now = datetime.now(UTC)
     rows = [(window, d.feature, d.kind, float(d.psi), None if d.ks is None else float(d.ks), int(d.ref_count),
              int(d.cur_count), d.ref_mean, d.cur_mean, d in alerts, model.name, model.version, now) for d in results]
-    table_version = store.write(spark.createDataFrame(rows, DRIFT_SCHEMA).coalesce(1),
-                                cfg.table_path("gold", cfg.monitor.table), "overwrite", ["window"],
-                                replace_partitions=[{"window": window}])
+    table_version = store.write(spark.createDataFrame(rows, DRIFT_SCHEMA).coalesce(1), cfg.catalog.path("drift"),
+                                "overwrite", ["window"], replace_partitions=[{"window": window}])
     report = {"window": window, "model": f"{model.name}/{model.version}", "alerts": [d.feature for d in alerts],
               "features": [asdict(d) for d in results], "realized": realized,
               "model_test_metrics": model.meta.get("test", {}), "drift_table_version": table_version}
@@ -192,15 +176,15 @@ def _log(report: dict[str, Any], results: list[FeatureDrift], realized: dict[str
     mlflow.log_artifacts(plot_dir, "drift_plots")
 
 
-def run_monitor(spark: SparkSession, cfg: Config, store: DeltaStore, dates: list[date],
+def run_monitor(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Flow, dates: list[date],
                 alias: str | None = None, version: int | None = None) -> dict[str, Any]:
     """monitor_window() as one MLflow run; raises DriftAlert (exit 4) once everything is written and logged."""
-    from pipelines.core.tracking import configure_mlflow, job_run
+    from pipelines.core.tracking import configure_mlflow
 
     configure_mlflow(cfg)
-    with job_run(cfg, "monitor"):
-        report = monitor_window(spark, cfg, store, dates, alias, version)
-        mlflow.log_params({"window": report["window"], "model": report["model"]})
+    with Recorder.start(cfg, "monitor") as rec:
+        report = monitor_window(spark, cfg, store, flow, dates, alias, version)
+        rec.params({"window": report["window"], "model": report["model"]})
     if report["alerts"]:
         LOG.warning("drift alert for %s: %s", report["window"], ", ".join(report["alerts"]))
         raise DriftAlert(f"{report['window']}: drift over threshold in {', '.join(report['alerts'])}")

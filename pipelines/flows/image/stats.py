@@ -1,176 +1,29 @@
-"""Image flow features: bronze image bytes -> silver table of fixed-shape pixel arrays, one split per image.
-
-The featurization is one stateless pyspark.ml stage (features.image.ImageDecoder: decode, convert, resize,
-normalize), fitted into a PipelineModel so that scoring applies exactly the same decoding. `prepare_images` is a
-pure DataFrame step (dedupe, labels, hash split); `run_features` does the I/O: bronze at its latest version in,
-one new silver version out, and one MLflow run with the tags training looks up plus per-class statistics and
-PNG plots (sample grid, class counts, mean image per class). Only aggregates and a few images per class reach
-the driver.
-"""
+"""Image flow statistics: per-class counts by split, file sizes, original sizes, mean intensity, and PNG plots
+(sample grid, class counts, mean image per class). Only aggregates and a few images per class reach the driver."""
 
 from __future__ import annotations
 
-import io
 import math
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
-import pandas as pd
-from pyspark import StorageLevel
-from pyspark.ml import Pipeline
 from pyspark.ml.functions import array_to_vector
 from pyspark.ml.stat import Summarizer
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from pipelines.core.config import ClassLabelConf, Config, ImageFlowConf
-from pipelines.core.delta import DeltaStore
-from pipelines.core.logs import LOG, stage
-from pipelines.core.tracking import job_run
-from pipelines.features import ensure_features_package
-from pipelines.flows.common import (
-    FEATURES,
-    LABEL,
-    LABEL_NAME,
-    SPLITS,
-    FlowFeatures,
-    class_names,
-    hash_split,
-    read_source,
-    with_labels,
-    write_features,
-)
+from pipelines.core.config import ImageFlowConf
+from pipelines.core.logs import stage
+from pipelines.flows.base import FEATURES, LABEL, SPLITS
+from pipelines.flows.image.nodes import HEIGHT, SIZE, WIDTH
 
-JOB = "features"
-PIXELS = "image__pixels"  # the ImageDecoder's output column (double underscore: cannot clash with bronze)
-SIZE = "size"  # file size in bytes, as bronze names it
-WIDTH, HEIGHT = "width", "height"  # original image size in pixels, as bronze names it
 MAX_PLOT_CLASSES = 50  # plots show at most this many classes (the JSON report has all)
 MAX_SIZES_PER_CLASS = 10  # most common original (width, height) pairs reported per class
 
 
-def image_pipeline(conf: ImageFlowConf) -> Pipeline:
-    """The unfitted preprocessing Pipeline: one ImageDecoder from `conf.content_column` to PIXELS."""
-    ensure_features_package()
-    from features.image import ImageDecoder
-
-    return Pipeline(stages=[ImageDecoder(inputCol=conf.content_column, outputCol=PIXELS, height=conf.height,
-                                         width=conf.width, channels=conf.channels, resample=conf.resample,
-                                         normalize=conf.normalize)])
-
-
-def label_conf(conf: ImageFlowConf) -> ClassLabelConf:
-    """The image label as a class label: the bronze label column's values, every one a class."""
-    return ClassLabelConf(column=conf.label_column)
-
-
-def prepare_images(images: DataFrame, conf: ImageFlowConf, classes: list[str]) -> tuple[DataFrame, dict[str, int]]:
-    """Dedupe on the key, add `label_name`, `label` (index in `classes`) and `split`; return rows and counts
-    (rows_in == rows_out + duplicates_removed + excluded_unlabeled).
-
-    Of rows sharing a key, the one with the smallest hash of (content, label) is kept: deterministic, so a rerun
-    builds the same rows. Rows whose label is null or not in `classes` are excluded and counted.
-    """
-    missing = [c for c in (conf.key, conf.content_column, conf.label_column) if c not in images.columns]
-    if missing:
-        raise ValueError(f"image columns {missing} are not in the bronze table ({images.columns})")
-    agg = images.agg(F.count("*").alias("n"), F.countDistinct(conf.key).alias("keys"),
-                     F.count(F.when(F.col(conf.key).isNull(), 1)).alias("null_keys")).first()
-    if agg["null_keys"]:
-        raise ValueError(f"{agg['null_keys']} image rows have a null {conf.key}")
-    rows_in, keys = int(agg["n"]), int(agg["keys"])
-    deduped = images
-    if keys < rows_in:  # only then pay for the window (it shuffles the image bytes)
-        w = Window.partitionBy(conf.key).orderBy(F.col("_dup_order").asc())
-        deduped = (images.withColumn("_dup_order", F.xxhash64(conf.content_column, conf.label_column))
-                   .withColumn("_dup_rank", F.row_number().over(w)).filter("_dup_rank = 1")
-                   .drop("_dup_rank", "_dup_order"))
-    labelled = with_labels(deduped, label_conf(conf), classes)
-    known = labelled.filter(F.col(LABEL).isNotNull())
-    rows = known.count()
-    counts = {"rows_in": rows_in, "duplicates_removed": rows_in - keys, "excluded_unlabeled": keys - rows,
-              "rows_out": rows}
-    return hash_split(known, conf.key, conf.split), counts
-
-
-def _header_size(content: pd.Series) -> pd.DataFrame:
-    """(width, height) from each image's header (Pillow opens lazily: no pixels decoded); nulls when unreadable."""
-    from PIL import Image
-
-    sizes: list[tuple[int | None, int | None]] = []
-    for data in content:
-        try:
-            with Image.open(io.BytesIO(bytes(data))) as img:
-                sizes.append(img.size)
-        except Exception:  # not an image: no size (the decoder will exclude the row and count it)
-            sizes.append((None, None))
-    return pd.DataFrame(sizes, columns=[WIDTH, HEIGHT], dtype="Int32")
-
-
-def with_original_size(images: DataFrame, content_column: str) -> DataFrame:
-    """`width`, `height` and `size` (bytes) of the original file: bronze's columns, else read from the bytes."""
-    out = images
-    if SIZE not in out.columns:
-        out = out.withColumn(SIZE, F.length(F.col(content_column)).cast("bigint"))
-    if WIDTH in out.columns and HEIGHT in out.columns:
-        return out
-    header = F.pandas_udf(_header_size, f"{WIDTH} int, {HEIGHT} int")
-    return (out.withColumn("_hdr", header(F.col(content_column)))
-            .withColumn(WIDTH, F.col(f"_hdr.{WIDTH}")).withColumn(HEIGHT, F.col(f"_hdr.{HEIGHT}")).drop("_hdr"))
-
-
-def run_features(spark: SparkSession, cfg: Config, store: DeltaStore) -> FlowFeatures:
-    """Bronze images -> dedupe, label, split -> decode (fitted PipelineModel) -> silver, as one MLflow run."""
-    conf, fc = cfg.image, cfg.features
-    shape = [conf.height, conf.width, conf.channels]
-    with job_run(cfg, JOB) as active:
-        run_id = active.info.run_id
-        with stage("features.read") as s:
-            images, bronze_version = read_source(store, cfg)
-            s.add(table=fc.source_table, version=bronze_version)
-        mlflow.set_tag(f"table_version.bronze.{fc.source_table}", str(bronze_version))
-        mlflow.log_params({"image.key": conf.key, "image.shape": "x".join(map(str, shape)),
-                           "image.resample": conf.resample, "image.normalize": conf.normalize,
-                           **{f"split.{k}": v for k, v in conf.split.model_dump().items()}})
-        with stage("features.prepare") as s:
-            classes = class_names(images, label_conf(conf))
-            if not classes:
-                raise ValueError(f"bronze table {fc.source_table!r} has no labelled images")
-            prepared, counts = prepare_images(images, conf, classes)
-            s.add(**counts, classes=len(classes))
-        with stage("features.fit") as s:
-            model = image_pipeline(conf).fit(prepared.filter(F.col("split") == "train"))  # stateless: no pass
-            s.add(stages=len(model.stages), shape="x".join(map(str, shape)))
-        decoded = (model.transform(with_original_size(prepared, conf.content_column))
-                   .select(conf.key, LABEL_NAME, LABEL, "split", SIZE, WIDTH, HEIGHT, F.col(PIXELS).alias(FEATURES))
-                   .persist(StorageLevel.MEMORY_AND_DISK))
-        try:
-            with stage("features.decode") as s:
-                agg = decoded.agg(F.count("*").alias("n"), F.count(FEATURES).alias("ok")).first()
-                counts["excluded_undecodable"] = int(agg["n"] - agg["ok"])
-                counts["rows_out"] = int(agg["ok"])
-                excluded = counts["excluded_unlabeled"] + counts["excluded_undecodable"]
-                if counts["rows_in"] != counts["rows_out"] + counts["duplicates_removed"] + excluded:
-                    raise RuntimeError(f"image rows do not add up: {counts}")
-                if counts["excluded_undecodable"]:
-                    LOG.warning("features: %d images did not decode (ingest should have quarantined them)",
-                                counts["excluded_undecodable"])
-                s.add(**counts)
-            good = decoded.filter(F.col(FEATURES).isNotNull())
-            table = good.select(conf.key, LABEL_NAME, LABEL, "split", FEATURES, SIZE)
-            result = write_features(cfg, store, run_id, table, model, classes, shape, counts, bronze_version)
-            if fc.stats.enabled:
-                log_image_stats(good, conf, classes, shape)
-        finally:
-            decoded.unpersist()
-    return result
-
-
-# ---- descriptive statistics ---------------------------------------------------------------------------------
 def _metric_name(name: str) -> str:
     """A class name as an MLflow metric name part (letters, digits, _ - . / and spaces only)."""
     return re.sub(r"[^\w\-. /]", "_", name)
@@ -247,11 +100,12 @@ def describe_images(good: DataFrame, conf: ImageFlowConf, classes: list[str], sh
     return report, means, samples
 
 
-def log_image_stats(good: DataFrame, conf: ImageFlowConf, classes: list[str], shape: list[int]) -> dict[str, Any]:
+def log_image_stats(good: DataFrame, conf: ImageFlowConf, classes: list[str], shape: list[int], recorder: Any
+                    ) -> dict[str, Any]:
     """Describe the decoded images and log image_stats.json, key metrics and plots/*.png to the active run."""
     with stage("features.stats") as s:
         report, means, samples = describe_images(good, conf, classes, shape)
-        mlflow.log_dict(report, "image_stats.json")
+        recorder.report(report, "image_stats.json")
         overall = report["overall"]
         metrics = {"stats.file_bytes.mean": overall["file_bytes"]["mean"],
                    "stats.mean_intensity": overall["mean_intensity"]}
@@ -260,10 +114,10 @@ def log_image_stats(good: DataFrame, conf: ImageFlowConf, classes: list[str], sh
         for name, d in report["per_class"].items():
             metrics[f"stats.class.{_metric_name(name)}.mean_intensity"] = d["mean_intensity"]
             metrics[f"stats.class.{_metric_name(name)}.file_bytes.mean"] = d["file_bytes"]["mean"]
-        mlflow.log_metrics(metrics)
+        recorder.metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             files = plot_images(report, means, samples, Path(tmp))
-            mlflow.log_artifacts(tmp, "plots")
+            recorder.artifacts(tmp, "plots")
         s.add(classes=len(report["per_class"]), plots=len(files))
     return report
 

@@ -1,0 +1,131 @@
+"""The one shape every flow has: a Flow turns bronze rows into a feature table and model inputs; the stages
+(features, train, score, monitor) do the I/O and tracking around it and never ask which flow they run.
+
+A flow is a folder under pipelines/flows/ whose package registers a Flow for a `flow.kind` with `@register`.
+Adding a flow means adding such a folder and a conf profile; no stage changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pyspark.ml import PipelineModel
+from pyspark.sql import DataFrame, SparkSession
+
+if TYPE_CHECKING:
+    from pipelines.core.config import Config
+    from pipelines.core.delta import DeltaStore
+    from pipelines.core.recorder import FeaturesRecord, Recorder
+
+SPLITS = ("train", "validation", "test")
+LABEL = "label"  # the table's label column: int class id (binary, multiclass) or double (regression); null = none
+FEATURES = "features"  # the table's model input: array<float>
+VECTOR_COL = "features_vector"  # a preprocessing PipelineModel's final output (VectorUDT, never stored)
+
+
+@dataclass
+class FeatureSet:
+    """What a flow's featurize step built: the silver rows, the fitted preprocessing and the counts.
+
+    `counts` has rows_in and rows_out, and every row left out is counted under a reason, so that
+    rows_in == rows_out + the other counts. `cached` frames are unpersisted by the stage after writing;
+    `extra` carries what the flow's own statistics need (never read by the stages).
+    """
+
+    table: DataFrame
+    model: PipelineModel
+    counts: dict[str, Any]
+    classes: list[str] | None = None  # multiclass: class names in id order
+    input_shape: list[int] | None = None  # images: (height, width, channels)
+    params: dict[str, Any] = field(default_factory=dict)  # flow settings worth a run param
+    cached: list[DataFrame] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-split counts of the written table
+
+
+@dataclass
+class ScoringRows:
+    """Rows ready for the model: `input_column` feeds the pyfunc, `keep` columns go to gold as they are."""
+
+    rows: DataFrame
+    input_column: str
+    keep: list[str]
+    key: list[str]  # one gold row per key (within a partition)
+    rows_in: int
+    partition_by: str | None = None  # gold partition column (a date): replaced per value; None = whole table
+
+
+@dataclass
+class MonitorInputs:
+    """A scored window's raw inputs beside the model's training rows, for drift and realized metrics."""
+
+    batch: DataFrame  # the window's model inputs (raw columns)
+    numeric: list[str]
+    categorical: list[str]
+    labels: DataFrame | None  # key columns + `label`, where outcomes are known now
+    key: list[str]
+    window_filter: Any  # a Column selecting the window's rows of the gold table
+
+
+class Flow(Protocol):
+    """A flow: pure DataFrame steps driven by its config section (`cfg.flow`); the stages do the I/O."""
+
+    kind: str
+
+    def sources(self, cfg: Config) -> list[str]:
+        """Bronze datasets the features step reads (the first one is the fact table)."""
+
+    def head(self, cfg: Config) -> str:
+        """The training head the label calls for: binary, multiclass or regression."""
+
+    def featurize(self, spark: SparkSession, cfg: Config, frames: dict[str, DataFrame]) -> FeatureSet:
+        """Bronze frames (by dataset name) -> silver rows + fitted preprocessing + counts."""
+
+    def statistics(self, cfg: Config, features: FeatureSet, recorder: Recorder) -> dict[str, Any] | None:
+        """Describe the feature set (reports, plots) through the recorder; None when the flow has none."""
+
+    def model_input(self, cfg: Config, store: DeltaStore, record: FeaturesRecord, rows: DataFrame
+                    ) -> tuple[DataFrame, str]:
+        """Feature-table rows -> (rows with the served model's input column, that column)."""
+
+    def serving_meta(self, cfg: Config) -> dict[str, Any]:
+        """Extra pyfunc metadata the served model needs to read its input (e.g. image decoding)."""
+
+    def scoring_rows(self, cfg: Config, model: Any, frames: dict[str, DataFrame], dates: list[Any] | None
+                     ) -> ScoringRows:
+        """Source rows (bronze frames by dataset, or a stream's parsed rows as the fact frame) -> rows ready for
+        the model (`model` is the resolved registered version: its meta and preprocessing); `dates` selects
+        days where the flow has a date (None = every row)."""
+
+    def monitoring_inputs(self, cfg: Config, frames: dict[str, DataFrame], dates: list[Any]
+                          ) -> MonitorInputs | None:
+        """A window's inputs for drift monitoring; None when the flow has no drift monitor."""
+
+    def test_window(self, cfg: Config, table: DataFrame) -> list[Any] | None:
+        """The dates of the feature table's test split, which run-all scores and monitors; None when the rows
+        have no date (then the whole source table is scored and there is no drift window)."""
+
+
+_REGISTRY: dict[str, Callable[[], Flow]] = {}
+
+
+def register(kind: str) -> Callable[[type], type]:
+    """Class decorator: the flow class serves configs whose `flow.kind` is `kind`."""
+
+    def add(cls: type) -> type:
+        _REGISTRY[kind] = cls
+        cls.kind = kind
+        return cls
+
+    return add
+
+
+def get_flow(cfg: Config) -> Flow:
+    """The Flow for `cfg.flow.kind`, importing its package (pipelines.flows.<kind>) on first use."""
+    kind = cfg.flow.kind
+    if kind not in _REGISTRY:
+        importlib.import_module(f"pipelines.flows.{kind}")
+    return _REGISTRY[kind]()
