@@ -43,8 +43,8 @@ def digits(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> tup
 def test_profile_selects_the_flow() -> None:
     cfg = load_config("local", ["pipeline=digits"])
     assert (cfg.flow.kind, cfg.training.network.kind, cfg.features.output_table) == ("image", "cnn", "digit_features")
-    assert load_config("local", ["pipeline=tweets"]).flow == "text"
-    assert load_config("local").flow == "tabular"
+    assert load_config("local", ["pipeline=tweets"]).flow.kind == "text"
+    assert load_config("local").flow.kind == "tabular"
     with pytest.raises(ConfigError, match="unknown pipeline 'nope'"):
         load_config("local", ["pipeline=nope"])
     with pytest.raises(ConfigError, match=r"flow.split.*sum < 1"):
