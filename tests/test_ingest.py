@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 from pyspark.sql import SparkSession
 
 from jobs import ingest as ingest_job
 from jobs import land_demo as land_demo_job
-from pipelines.core.config import Config
+from pipelines.core.config import REPO_ROOT, Config
 from pipelines.core.delta import DeltaStore
 from pipelines.demo import load_nycflights13
 from pipelines.ingest import ingest, parse_batch, sniff
@@ -148,9 +150,20 @@ def test_unknown_source_is_clear_error(spark: SparkSession, store: DeltaStore,
         ingest(spark, make_cfg(), store, "r", ["nope"])
 
 
+def _other_sources() -> list[str]:
+    """--set items adding the tweets and digits profiles' sources to the flights profile: one ingest run then
+    covers every format land-demo writes."""
+    out = []
+    for profile in ("tweets", "digits"):
+        conf = yaml.safe_load((REPO_ROOT / "conf" / "pipelines" / profile / "ingest.yaml").read_text())
+        out += [x for name, src in conf["ingest"]["sources"].items()
+                for x in ("--set", f"ingest.sources.{name}={json.dumps(src)}")]
+    return out
+
+
 def test_land_demo_and_ingest_end_to_end(spark: SparkSession, store: DeltaStore,
                                          make_cfg: Callable[..., Config], workspace: Path) -> None:
-    overrides = ["--set", f"storage.workspace={workspace}", "--set", "demo.fraction=0.01"]
+    overrides = ["--set", f"storage.workspace={workspace}", "--set", "demo.fraction=0.01", *_other_sources()]
     assert land_demo_job.main(overrides) == 0 and ingest_job.main(overrides) == 0
     cfg = make_cfg("demo.fraction=0.01")
     flights = store.read(cfg.catalog.path("flights"))
