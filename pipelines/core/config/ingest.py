@@ -1,0 +1,68 @@
+"""The `ingest` section: landing sources, their parsing and the bronze tables they feed."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pipelines.core.config.base import Strict
+
+
+class SourceConf(Strict):
+    """One landing source: where its files are, how to parse them, which bronze table they feed.
+
+    csv and jsonl are parsed line by line against the declared `columns`; image reads files with Spark's
+    binaryFile source (recursive, `glob_filter`), decodes them to check they are images, and takes the label from
+    the parent folder's name.
+    """
+
+    path: str  # glob relative to the landing zone (csv, jsonl: files; image: a folder searched recursively)
+    format: Literal["csv", "jsonl", "image"] = "csv"
+    delimiter: str = ","
+    header: bool = True
+    null_values: list[str] = Field(default_factory=lambda: ["", "NA"])
+    timestamp_format: str = "ISO8601"  # pandas/strptime format, or ISO8601
+    columns: dict[str, str] = Field(default_factory=dict)  # ordered name -> Spark SQL type (csv, jsonl)
+    partition_by: list[str] = Field(default_factory=list)
+    table: str
+    glob_filter: str = "*"  # image: file names to read; others in the folder are counted as ignored
+    label_from_folder: bool = True  # image: label = name of the folder holding the file
+
+    @field_validator("columns")
+    @classmethod
+    def _known_types(cls, v: dict[str, str]) -> dict[str, str]:
+        allowed = {"string", "int", "bigint", "double", "float", "boolean", "date", "timestamp"}
+        bad = {k: t for k, t in v.items() if t not in allowed}
+        if bad:
+            raise ValueError(f"unsupported column types {bad}; allowed: {sorted(allowed)}")
+        return v
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_char(cls, v: str) -> str:
+        if len(v) != 1:
+            raise ValueError("delimiter must be exactly one character")
+        return v
+
+    @model_validator(mode="after")
+    def _columns_for_text(self) -> SourceConf:
+        if self.format in ("csv", "jsonl") and not self.columns:
+            raise ValueError(f"columns: a {self.format} source needs at least one declared column")
+        return self
+
+
+class IngestConf(Strict):
+    """Each pipeline profile declares its own sources (conf/pipelines/<name>/ingest.yaml)."""
+
+    sources: dict[str, SourceConf] = Field(default_factory=dict)
+    sniff_bytes: int = Field(default=65536, gt=0)
+    select: list[str] = Field(default_factory=list)  # sources a run ingests by default; empty = all
+
+    @field_validator("select")
+    @classmethod
+    def _known_sources(cls, v: list[str], info: Any) -> list[str]:
+        unknown = sorted(set(v) - set(info.data.get("sources", {})))
+        if unknown:
+            raise ValueError(f"unknown sources {unknown}; configured: {sorted(info.data.get('sources', {}))}")
+        return v

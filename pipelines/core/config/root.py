@@ -1,0 +1,56 @@
+"""The whole configuration: one model per section, and what is derived from them (workspace, catalog, MLflow)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from pipelines.core.config.base import Strict
+from pipelines.core.config.catalog import Catalog, CatalogEntryConf, build_catalog
+from pipelines.core.config.features import FeaturesConf
+from pipelines.core.config.flows import FlowConf
+from pipelines.core.config.ingest import IngestConf
+from pipelines.core.config.serving import MonitorConf, ScoringConf
+from pipelines.core.config.spark import SparkConf
+from pipelines.core.config.storage import DemoConf, MlflowConf, StorageConf
+from pipelines.core.config.training import TrainingConf
+
+DEFAULT_PIPELINE = "flights"
+
+
+class Config(Strict):
+    env: Literal["local", "standalone", "yarn"] = "local"
+    pipeline: str = DEFAULT_PIPELINE  # a profile folder conf/pipelines/<name>/
+    flow: FlowConf  # what the rows become: tabular | image | text (each profile declares its own)
+    spark: SparkConf = SparkConf()
+    storage: StorageConf = StorageConf()
+    mlflow: MlflowConf = MlflowConf()
+    demo: DemoConf = DemoConf()
+    ingest: IngestConf = IngestConf()
+    features: FeaturesConf = FeaturesConf()
+    training: TrainingConf = TrainingConf()
+    scoring: ScoringConf = ScoringConf()
+    monitor: MonitorConf = MonitorConf()
+    catalog_overrides: dict[str, CatalogEntryConf] = Field(default_factory=dict, alias="catalog")
+
+    @property
+    def workspace(self) -> str:
+        """Workspace root as an absolute local path or a URI (hdfs://, s3a://)."""
+        ws = self.storage.workspace
+        return ws if "://" in ws else str(Path(ws).expanduser().resolve())
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        """Every dataset by name (see catalog.py); validated when the config is loaded."""
+        return build_catalog(self)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.workspace}/mlflow.db"
+
+    @property
+    def artifact_root(self) -> str:
+        return self.mlflow.artifact_root or f"{self.workspace}/mlartifacts"
