@@ -22,7 +22,7 @@ from pipelines.flows.dispatch import run_features_for, run_score_for, run_train_
 from pipelines.ingest import run_ingest
 from pipelines.monitoring import run_monitor
 from pipelines.scoring import run_score
-from pipelines.training.job import TrainingInputError
+from pipelines.training.trainer import TrainingInputError
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:

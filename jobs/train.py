@@ -16,7 +16,7 @@ from jobs.common import BadInput, job_parser, run_job
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.flows.dispatch import run_train_for
-from pipelines.training.job import TrainingInputError
+from pipelines.training.trainer import TrainingInputError
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:

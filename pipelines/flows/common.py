@@ -152,11 +152,3 @@ def write_features(cfg: Config, store: DeltaStore, run_id: str, table: DataFrame
              counts["rows_out"], len(classes), result.vector_size, run_id)
     return result
 
-
-def flow_tags(run_id: str) -> tuple[list[str], list[int] | None]:
-    """(classes, input_shape) recorded by an image or text features run."""
-    tags = mlflow.get_run(run_id).data.tags
-    if "classes" not in tags:
-        raise LookupError(f"features run {run_id} records no classes: it is not an image or text features run")
-    shape = tags.get("input_shape")
-    return json.loads(tags["classes"]), json.loads(shape) if shape else None

@@ -28,14 +28,11 @@ def run_features_for(spark: SparkSession, cfg: Config, store: DeltaStore) -> str
 
 def run_train_for(spark: SparkSession, cfg: Config, store: DeltaStore, features_run_id: str | None = None,
                   resume: str | None = None) -> Any:
-    """The train job: the binary tabular trainer, or the multiclass trainer of the image and text flows."""
-    if cfg.flow == "tabular":
-        from pipelines.training.job import run_train
+    """The train job: the one trainer, given the configured flow."""
+    from pipelines.flows.base import get_flow
+    from pipelines.training.trainer import run_train
 
-        return run_train(spark, cfg, store, features_run_id=features_run_id, resume=resume)
-    from pipelines.training.classifier import run_train_classifier
-
-    return run_train_classifier(spark, cfg, store, features_run_id=features_run_id, resume=resume)
+    return run_train(spark, cfg, store, get_flow(cfg), features_run_id=features_run_id, resume=resume)
 
 
 def run_score_for(spark: SparkSession, cfg: Config, store: DeltaStore, alias: str | None = None,
