@@ -55,7 +55,8 @@ class Head:
         return metric, metric in LOWER_IS_BETTER
 
     # ---- worker side ------------------------------------------------------------------------------------------
-    def output_layer(self, x: Any, num_classes: int) -> Any:
+    def output_layer(self, x: Any, num_classes: int, label_scale: tuple[float, float] | None = None) -> Any:
+        """The output layer on top of `x`; `label_scale` = (mean, std) of the train labels (regression)."""
         raise NotImplementedError
 
     def loss(self) -> str:
@@ -153,7 +154,7 @@ class BinaryHead(_Classifier):
     promote_metric = "roc_auc"
     metric_names = ("roc_auc", "pr_auc", "log_loss", "accuracy", "f1", "precision", "recall")
 
-    def output_layer(self, x: Any, num_classes: int) -> Any:
+    def output_layer(self, x: Any, num_classes: int, label_scale: tuple[float, float] | None = None) -> Any:
         import tensorflow as tf
 
         return tf.keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
@@ -230,7 +231,7 @@ class MulticlassHead(_Classifier):
     promote_metric = "accuracy"
     metric_names = ("accuracy", "macro_f1", "weighted_f1", "log_loss")
 
-    def output_layer(self, x: Any, num_classes: int) -> Any:
+    def output_layer(self, x: Any, num_classes: int, label_scale: tuple[float, float] | None = None) -> Any:
         import tensorflow as tf
 
         return tf.keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
@@ -285,7 +286,11 @@ class MulticlassHead(_Classifier):
 
 
 class RegressionHead(Head):
-    """One linear output, mean squared error; no classes, no weights, no threshold."""
+    """One linear output, mean squared error; no classes, no weights, no threshold.
+
+    The linear unit predicts the standardized label and a fixed Rescaling layer (the train split's mean and
+    standard deviation) turns it into the label's own units, so targets of any scale train at the usual learning
+    rates and the saved model outputs values directly."""
 
     name = "regression"
     label_type = "double"
@@ -295,10 +300,12 @@ class RegressionHead(Head):
     metric_names = ("rmse", "mae", "r2")
     classified = False
 
-    def output_layer(self, x: Any, num_classes: int) -> Any:
+    def output_layer(self, x: Any, num_classes: int, label_scale: tuple[float, float] | None = None) -> Any:
         import tensorflow as tf
 
-        return tf.keras.layers.Dense(1, activation="linear", name="prediction")(x)
+        mean, std = label_scale or (0.0, 1.0)
+        z = tf.keras.layers.Dense(1, activation="linear", name="standardized")(x)
+        return tf.keras.layers.Rescaling(scale=std if std > 0 else 1.0, offset=mean, name="prediction")(z)
 
     def loss(self) -> str:
         return "mean_squared_error"

@@ -17,10 +17,12 @@ LEGACY_OPTIMIZERS = {"adam": "Adam", "sgd": "SGD"}
 
 
 def build_network(network: dict[str, Any], vector_size: int, head: str = "binary", num_classes: int = 2,
-                  input_shape: list[int] | tuple[int, ...] | None = None) -> Any:
+                  input_shape: list[int] | tuple[int, ...] | None = None,
+                  label_scale: tuple[float, float] | None = None) -> Any:
     """The network body of `network` topped by the output layer of `head` (binary: P(label = 1), shape (batch, 1);
-    multiclass: softmax over `num_classes`; regression: one linear value). kind mlp reads a float vector of
-    `vector_size`; kind cnn reads images of `input_shape` (height, width, channels).
+    multiclass: softmax over `num_classes`; regression: one value, in the label's units given `label_scale` =
+    (mean, std) of the train labels). kind mlp reads a float vector of `vector_size`; kind cnn reads images of
+    `input_shape` (height, width, channels).
     """
     import tensorflow as tf
 
@@ -32,7 +34,7 @@ def build_network(network: dict[str, Any], vector_size: int, head: str = "binary
             raise ValueError("training.network.kind cnn needs image features (height, width, channels); this "
                              "feature table has none: use kind mlp")
         x, inputs = _cnn(network["cnn"], tuple(input_shape))
-        return tf.keras.Model(inputs, out.output_layer(x, num_classes), name="cnn")
+        return tf.keras.Model(inputs, out.output_layer(x, num_classes, label_scale), name="cnn")
     if network["kind"] != "mlp":
         raise ValueError(f"training.network.kind {network['kind']!r} has no builder")
     mlp = network["mlp"]
@@ -45,7 +47,7 @@ def build_network(network: dict[str, Any], vector_size: int, head: str = "binary
         x = tf.keras.layers.Activation(mlp["activation"], name=f"act_{i}")(x)
         if mlp["dropout"] > 0:
             x = tf.keras.layers.Dropout(mlp["dropout"], name=f"dropout_{i}")(x)
-    return tf.keras.Model(inputs, out.output_layer(x, num_classes), name="mlp")
+    return tf.keras.Model(inputs, out.output_layer(x, num_classes, label_scale), name="mlp")
 
 
 def _cnn(cnn: dict[str, Any], shape: tuple[int, ...]) -> tuple[Any, Any]:

@@ -71,8 +71,14 @@ class TrainingData:
     """The labeled rows (split, label, features) of the pinned table version, persisted, and their counts."""
 
     rows: DataFrame
-    counts: dict[str, dict[str, Any]]  # split -> rows (+ positives for binary)
+    counts: dict[str, dict[str, Any]]  # split -> rows (+ positives for binary, label mean / std for regression)
     per_class: dict[int, int]  # train rows per class id (classifying heads)
+
+    @property
+    def label_scale(self) -> tuple[float, float] | None:
+        """(mean, std) of the train labels, for a regression head's output layer."""
+        train = self.counts["train"]
+        return (train["label_mean"], train["label_std"]) if "label_mean" in train else None
 
 
 @dataclass(frozen=True)
@@ -176,13 +182,17 @@ def load_training_data(store: DeltaStore, cfg: Config, record: FeaturesRecord, h
     if fraction < 1:
         data = data.sample(fraction=fraction, seed=cfg.training.seed)
     data = data.persist(StorageLevel.MEMORY_AND_DISK)
-    extra = [F.sum("label").alias("positives")] if head.name == "binary" else []
+    extra = {"binary": [F.sum("label").alias("positives")],
+             "regression": [F.avg("label").alias("label_mean"), F.stddev_pop("label").alias("label_std")]
+             }.get(head.name, [])
     rows = (data.groupBy("split")
             .agg(F.count("*").alias("rows"), F.min(F.size("features")).alias("min_len"),
                  F.max(F.size("features")).alias("max_len"), *extra)
             .collect())
     counts = {r["split"]: {"rows": int(r["rows"]), "min_len": int(r["min_len"]), "max_len": int(r["max_len"]),
-                           **({"positives": int(r["positives"] or 0)} if extra else {})} for r in rows}
+                           **{c: (int(r[c] or 0) if c == "positives" else float(r[c] or 0.0))
+                              for c in r.asDict() if c in ("positives", "label_mean", "label_std")}}
+              for r in rows}
     empty = [s for s in SPLITS if counts.get(s, {}).get("rows", 0) == 0]
     if empty:
         data.unpersist()
@@ -228,7 +238,7 @@ def _train_in_run(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Any
 
     with stage("train.fit") as s:
         results = fit(spark, cfg, data.rows, record.vector_size, weights, spe, vsteps, ckpt_dir, task.resume_dir,
-                      head.name, task.num_classes, task.input_shape)
+                      head.name, task.num_classes, task.input_shape, data.label_scale)
         r0 = results[0]
         s.add(workers=len(results), attempts=r0.attempt + 1, initial_epoch=r0.initial_epoch,
               epochs=r0.epochs_completed, identical_weights=len({r.weights_sha256 for r in results}) == 1)
@@ -238,7 +248,7 @@ def _train_in_run(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Any
         from pipelines.training.model import build_network
 
         model = build_network(tc.network.model_dump(mode="json"), record.vector_size, head.name, task.num_classes,
-                              task.input_shape)
+                              task.input_shape, data.label_scale)
         model.set_weights(r0.weights or [])
         evaluated = {split: predict_on_driver(model, data.rows.filter(F.col("split") == split), head,
                                               record.vector_size, tc.seed, EVAL_ROWS, task.input_shape)
@@ -303,7 +313,9 @@ def _log_inputs(cfg: Config, task: Task, data: TrainingData, weights: dict[int, 
                        "effective_batch_size": tc.batch_size * tc.num_workers, "early_stopping_monitor": es["monitor"],
                        **{f"class_weight.{names[k] if names else k}": round(v, 6) for k, v in (weights or {}).items()},
                        **{f"rows.{k}": v["rows"] for k, v in data.counts.items()},
-                       **{f"positives.{k}": v["positives"] for k, v in data.counts.items() if "positives" in v}})
+                       **{f"positives.{k}": v["positives"] for k, v in data.counts.items() if "positives" in v},
+                       **{f"label_{m}.{k}": round(v[f"label_{m}"], 6) for k, v in data.counts.items()
+                          for m in ("mean", "std") if f"label_{m}" in v}})
     mlflow.set_tags({"features_run_id": record.run_id, "feature_table_version": str(record.table_version),
                      "checkpoint_dir": ckpt_dir, "flow": record.flow, "head": task.head.name,
                      **({"resumed_from": task.resume_dir} if task.resume_dir else {})})
@@ -312,10 +324,12 @@ def _log_inputs(cfg: Config, task: Task, data: TrainingData, weights: dict[int, 
 
 def fit(spark: SparkSession, cfg: Config, data: DataFrame, vector_size: int, weights: dict[int, float] | None,
         spe: int, vsteps: int, ckpt_dir: str, resume_dir: str | None, head: str = "binary", num_classes: int = 2,
-        input_shape: tuple[int, ...] | None = None) -> list[WorkerResult]:
+        input_shape: tuple[int, ...] | None = None, label_scale: tuple[float, float] | None = None
+        ) -> list[WorkerResult]:
     """Distributed training: Petastorm caches of train and validation (deleted afterwards), then the barrier
     stage of the configured launcher; per-rank results ordered by rank. The workers build the network, loss and
-    metrics of `head` (with `num_classes` for multiclass) over vectors, or images of `input_shape`."""
+    metrics of `head` (with `num_classes` for multiclass, `label_scale` for regression) over vectors, or images of
+    `input_shape`."""
     tc = cfg.training
     ws = cfg.workspace.rstrip("/")
     cache = to_uri(f"{ws}/cache/petastorm")
@@ -329,7 +343,8 @@ def fit(spark: SparkSession, cfg: Config, data: DataFrame, vector_size: int, wei
             spec = WorkerSpec(backend=tc.backend, training=tc.model_dump(mode="json"), vector_size=vector_size,
                               steps_per_epoch=spe, validation_steps=vsteps, class_weight=weights,
                               train_data=train_conv, val_data=val_conv, checkpoint_dir=ckpt_dir,
-                              resume_from=resume_dir, head=head, num_classes=num_classes, input_shape=input_shape)
+                              resume_from=resume_dir, head=head, num_classes=num_classes, input_shape=input_shape,
+                              label_scale=label_scale)
             LOG.info("train: %d %s workers, %s head, %d steps/epoch of %d rows/worker, validation %d steps, "
                      "checkpoints %s", tc.num_workers, tc.backend, head, spe, tc.batch_size, vsteps, ckpt_dir)
             return make_launcher(spark, tc).run(spec)
@@ -376,15 +391,15 @@ def predict_on_driver(model: Any, df: DataFrame, head: Head, vector_size: int, s
 
 def _meta(cfg: Config, flow: Any, task: Task, run_id: str, threshold: float | None, val_m: dict[str, float],
           test_m: dict[str, float]) -> dict[str, Any]:
-    """meta.json of the pyfunc: head, what it reads (and how images are decode), threshold or classes, lineage
-    and metrics."""
+    """meta.json of the pyfunc: head, what it reads (and the flow's extra meta, e.g. how images are decoded),
+    threshold or classes, lineage and metrics."""
     record = task.record
     return {"head": task.head.name, "input": "image" if task.image else "features",
             "input_column": pyfunc.IMAGE_INPUT_COL if task.image else pyfunc.INPUT_COL,
             "vector_size": record.vector_size, "input_shape": list(task.input_shape) if task.input_shape else None,
             **({"threshold": threshold} if threshold is not None else {}),
             **({"classes": task.classes} if task.classes else {}),
-            **(flow.serving_meta(cfg) if task.image else {}),
+            **flow.serving_meta(cfg),
             "flow": record.flow, "features_run_id": record.run_id, "feature_table": record.table_path,
             "feature_table_version": record.table_version, "train_run_id": run_id,
             "result_type": task.head.result_type, "validation": val_m, "test": test_m}

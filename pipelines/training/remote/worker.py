@@ -65,7 +65,8 @@ def train_worker(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
     opt_conf = conf["optimizer"]
     lr = opt_conf["learning_rate"] * (size if opt_conf["scale_by_workers"] else 1)
     with dist.scope():
-        model = build_network(conf["network"], spec.vector_size, head.name, spec.num_classes, spec.input_shape)
+        model = build_network(conf["network"], spec.vector_size, head.name, spec.num_classes, spec.input_shape,
+                              spec.label_scale)
         optimizer = dist.wrap(make_optimizer(opt_conf, lr))
         model.compile(optimizer=optimizer, loss=head.loss(), metrics=head.keras_metrics())
         ckpt = checkpoints.load_latest(spec.checkpoint_dir)
