@@ -22,9 +22,10 @@ store = DeltaStore(spark, cfg.storage.engine)
 
 # COMMAND ----------
 
-from pipelines.training.job import run_train
+from pipelines.flows.base import get_flow
+from pipelines.training.trainer import run_train
 
-result = run_train(spark, cfg, store)
+result = run_train(spark, cfg, store, get_flow(cfg))
 print(f"{result.registered_model} v{result.version} -> {result.alias}; threshold {result.threshold:.3f}")
 {"test": result.test, "baseline_test": result.baseline_test}
 

@@ -11,8 +11,9 @@ from pipelines.core.config import Config, load_config
 from pipelines.core.delta import DeltaStore
 from pipelines.demo import land_demo
 from pipelines.features import run_features
+from pipelines.flows.base import get_flow
 from pipelines.ingest import ingest
-from pipelines.training.job import run_train
+from pipelines.training.trainer import run_train
 
 FAST_TRAINING = ["training.epochs=2", "training.batch_size=64", "training.optimizer.warmup_epochs=1",
                  "training.data.shuffle_buffer=500", "training.network.mlp.hidden_units=[16]",
@@ -32,5 +33,5 @@ def build_chain(spark: SparkSession, workspace: Path) -> Config:
     land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed)
     ingest(spark, cfg, store, "chain", FLIGHT_SOURCES)
     run_features(spark, cfg, store)
-    run_train(spark, cfg, store)
+    run_train(spark, cfg, store, get_flow(cfg))
     return cfg

@@ -22,7 +22,7 @@ from pipelines.core.delta import DeltaStore
 from pipelines.demo import land_demo
 from pipelines.flows.dispatch import run_features_for, run_score_for, run_train_for
 from pipelines.ingest import ingest
-from pipelines.training.job import TrainResult
+from pipelines.training.trainer import TrainResult
 
 FAST = ["training.epochs=12", "training.timeout_s=400", "features.stats.enabled=false",
         "training.baseline.reg_params=[0.01]"]

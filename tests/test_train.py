@@ -23,18 +23,14 @@ from jobs import train as train_job
 from pipelines.core.config import Config, ConfigError
 from pipelines.core.delta import DeltaStore
 from pipelines.core.tracking import job_run
+from pipelines.flows.base import get_flow
 from pipelines.training import checkpoints, pyfunc
 from pipelines.training.driver import TrainingFailed, TrainingTimeout, steps_per_epoch
-from pipelines.training.job import (
-    checkpoint_root,
-    class_weights,
-    fit,
-    load_training_data,
-    resolve_source,
-    run_train,
-)
+from pipelines.training.heads import get_head
 from pipelines.training.registry import CHALLENGER, CHAMPION, register_and_promote
+from pipelines.training.remote.task import WORKER_MODULE
 from pipelines.training.spec import WorkerResult, assign_ranks
+from pipelines.training.trainer import checkpoint_root, fit, load_training_data, resolve_source, run_train
 
 RAW = [f"x{i}" for i in range(6)]
 SMALL = ["training.epochs=4", "training.batch_size=64", "training.optimizer.warmup_epochs=1",
@@ -118,7 +114,7 @@ def test_two_workers_train_log_register(spark: SparkSession, features_cfg: Calla
                                        store: DeltaStore) -> None:
     cfg = features_cfg("training.baseline.enabled=true", "training.baseline.reg_params=[0.0]",
                        "training.baseline.elastic_net_params=[0.0]")
-    result = run_train(spark, cfg, store)
+    result = run_train(spark, cfg, store, get_flow(cfg))
 
     assert [w.rank for w in result.workers] == [0, 1] and {w.size for w in result.workers} == {2}
     assert len({w.weights_sha256 for w in result.workers}) == 1, "ranks ended with different weights"
@@ -167,18 +163,35 @@ def test_champion_moves_only_to_a_better_version(make_cfg: Callable[..., Config]
     assert str(client.get_model_version_by_alias("promo", CHALLENGER).version) == "2"
 
 
+def test_champion_moves_to_a_lower_error_when_lower_is_better(make_cfg: Callable[..., Config],
+                                                              tmp_path: Path) -> None:
+    from pipelines.core.tracking import configure_mlflow
+
+    configure_mlflow(make_cfg())
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="m", python_model=pyfunc.serving_code(str(tmp_path)), pip_requirements=[],
+                                       artifacts={"keras_model": str(tmp_path), "meta": str(tmp_path)})
+    first = register_and_promote("err", info.model_uri, "test_rmse", 10.0, lower_is_better=True)
+    worse = register_and_promote("err", info.model_uri, "test_rmse", 12.0, lower_is_better=True)
+    better = register_and_promote("err", info.model_uri, "test_rmse", 8.0, lower_is_better=True)
+    assert (first.alias, worse.alias, better.alias) == (CHAMPION, CHALLENGER, CHAMPION)
+    assert better.previous_value == 10.0
+
+
 def fit_only(spark: SparkSession, cfg: Config, store: DeltaStore, name: str) -> list[WorkerResult]:
     """Just the distributed fit of the job (data, Petastorm, launcher), checkpoints in <root>/<name>."""
     tc = cfg.training
     source = resolve_source(cfg, None)
-    data, counts = load_training_data(store, cfg, source)
+    head = get_head("binary")
+    data = load_training_data(store, cfg, source, head)
+    counts = data.counts
     try:
         spe = steps_per_epoch(counts["train"]["rows"], tc.batch_size, tc.num_workers, tc.max_steps_per_epoch)
         vsteps = steps_per_epoch(counts["validation"]["rows"], tc.batch_size, tc.num_workers, tc.max_steps_per_epoch)
-        return fit(spark, cfg, data, source, class_weights(counts["train"]), spe, vsteps,
+        return fit(spark, cfg, data.rows, source.vector_size, head.class_weights(data.per_class, 2), spe, vsteps,
                    f"{checkpoint_root(cfg)}/{name}", None)
     finally:
-        data.unpersist()
+        data.rows.unpersist()
 
 
 def test_spark_retry_resumes_from_checkpoint(spark: SparkSession, features_cfg: Callable[..., Config],
@@ -240,6 +253,6 @@ def test_timeout_cancels_the_job_group_and_its_processes(spark: SparkSession, fe
 
 
 def _training_processes(psutil: Any, since: float) -> list[int]:
-    """Training processes (python -m pipelines.training.remote) started after `since`, orphans included."""
+    """Training processes (python -m pipelines.training.remote.worker) started after `since`, orphans included."""
     return [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline", "create_time"])
-            if "pipelines.training.remote" in (p.info["cmdline"] or []) and p.info["create_time"] >= since]
+            if WORKER_MODULE in (p.info["cmdline"] or []) and p.info["create_time"] >= since]

@@ -1,6 +1,7 @@
-"""MLlib baseline on the same feature vectors: LogisticRegression (or GBT) tuned with TrainValidationSplit.
+"""MLlib baseline on the same feature vectors, tuned with TrainValidationSplit on the train split: binary
+LogisticRegression (or GBT), multinomial LogisticRegression, or LinearRegression for regression.
 
-The TF model is judged against it on the same test rows with the same metric code, and its threshold is
+The TF model is judged against it on the same test rows with the same metric code, and a binary threshold is
 chosen on the same validation split, so the comparison is like for like.
 """
 
@@ -28,11 +29,11 @@ WEIGHT = "class_weight"
 class BaselineResult:
     kind: str
     best_params: dict[str, Any]
-    threshold: float
     validation: dict[str, float]
     test: dict[str, float]
     test_labels: np.ndarray
-    test_probabilities: np.ndarray
+    test_scores: np.ndarray  # binary: P(1); multiclass: probabilities [rows, classes]; regression: values
+    threshold: float | None = None  # binary only
 
 
 def _estimator(conf: BaselineConf, seed: int) -> tuple[Any, list[Any]]:
@@ -68,24 +69,14 @@ def train_baseline(data: DataFrame, conf: BaselineConf, class_weight: dict[int, 
     threshold, _ = best_f1_threshold(val["label"].to_numpy(), val["p"].to_numpy())
     y, p = test["label"].to_numpy().astype(int), test["p"].to_numpy()
     return BaselineResult(
-        conf.kind, best_params, threshold,
+        conf.kind, best_params,
         binary_metrics(val["label"].to_numpy().astype(int), val["p"].to_numpy(), threshold),
-        binary_metrics(y, p, threshold), y, p,
+        binary_metrics(y, p, threshold), y, p, threshold,
     )
 
 
-@dataclass
-class MulticlassBaseline:
-    kind: str
-    best_params: dict[str, Any]
-    validation: dict[str, float]
-    test: dict[str, float]
-    test_labels: np.ndarray
-    test_probabilities: np.ndarray  # [rows, classes]
-
-
 def train_multiclass_baseline(data: DataFrame, conf: BaselineConf, class_weight: dict[int, float] | None,
-                              seed: int, classes: list[str]) -> MulticlassBaseline:
+                              seed: int, classes: list[str]) -> BaselineResult:
     """Multinomial logistic regression (the only MLlib kind here that gives class probabilities for any number
     of classes) tuned on accuracy with TrainValidationSplit on train; judged on validation and test."""
     from pyspark.ml.evaluation import MulticlassClassificationEvaluator
@@ -115,5 +106,35 @@ def train_multiclass_baseline(data: DataFrame, conf: BaselineConf, class_weight:
         y = part["label"].to_numpy().astype(int)
         proba = np.stack(part["p"].to_numpy()) if len(part) else np.zeros((0, len(classes)))
         out[split] = (y, proba, multiclass_metrics(y, proba, classes))
-    return MulticlassBaseline("logreg", best_params, out["validation"][2], out["test"][2], out["test"][0],
-                              out["test"][1])
+    return BaselineResult("logreg", best_params, out["validation"][2], out["test"][2], out["test"][0],
+                          out["test"][1])
+
+
+def train_regression_baseline(data: DataFrame, conf: BaselineConf, seed: int) -> BaselineResult:
+    """LinearRegression (regParam x elasticNetParam grid) tuned on RMSE with TrainValidationSplit on train; judged
+    on validation and test."""
+    from pyspark.ml.evaluation import RegressionEvaluator
+    from pyspark.ml.regression import LinearRegression
+
+    from pipelines.training.evaluate import regression_metrics
+
+    prepared = data.select("split", F.col("label").cast("double").alias("label"),
+                           array_to_vector("features").alias(VECTOR))
+    est = LinearRegression(featuresCol=VECTOR, labelCol="label", maxIter=conf.max_iter)
+    grid = (ParamGridBuilder().addGrid(est.regParam, conf.reg_params)
+            .addGrid(est.elasticNetParam, conf.elastic_net_params).build())
+    tvs = TrainValidationSplit(estimator=est, estimatorParamMaps=grid, trainRatio=conf.train_ratio,
+                               evaluator=RegressionEvaluator(labelCol="label", metricName="rmse"),
+                               parallelism=conf.parallelism, seed=seed)
+    model = tvs.fit(prepared.filter(F.col("split") == "train"))
+    best = model.bestModel
+    best_params = {p.name: best.getOrDefault(p) for p in grid[0]}
+    scored = (model.transform(prepared.filter(F.col("split").isin("validation", "test")))
+              .select("split", "label", "prediction").toPandas())
+    out = {}
+    for split in ("validation", "test"):
+        part = scored[scored["split"] == split]
+        y, pred = part["label"].to_numpy(dtype="float64"), part["prediction"].to_numpy(dtype="float64")
+        out[split] = (y, pred, regression_metrics(y, pred))
+    return BaselineResult("linreg", best_params, out["validation"][2], out["test"][2], out["test"][0],
+                          out["test"][1])

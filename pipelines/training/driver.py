@@ -28,7 +28,7 @@ from pyspark.sql import SparkSession
 
 from pipelines.core.config import TrainingConf
 from pipelines.core.logs import LOG
-from pipelines.training.remote import barrier_task
+from pipelines.training.remote.task import barrier_task
 from pipelines.training.spec import ABORT, ATTEMPT, ATTEMPT_NO, ERROR, PROGRESS, WorkerResult, WorkerSpec, assign_ranks
 
 
@@ -116,7 +116,8 @@ class ControlChannel:
             if scope == PROGRESS:
                 self.last_progress = value
                 shown = {k: round(v, 4) for k, v in value.items()
-                         if k in ("loss", "auc", "val_loss", "val_auc", "lr", "epoch_train_seconds")}
+                         if k in ("loss", "auc", "rmse", "val_loss", "val_auc", "val_accuracy", "val_rmse", "lr",
+                                  "epoch_train_seconds")}
                 LOG.info("train: epoch %d/%d (attempt %d) %s", value["epoch"] + 1, self.epochs,
                          value["attempt"], " ".join(f"{k}={v}" for k, v in shown.items()))
                 return None

@@ -1,5 +1,5 @@
-"""Evaluation helpers: the decision threshold chosen on validation (max F1), binary metrics, and the plots
-logged with the run. The same code judges the Keras model and the MLlib baseline."""
+"""Evaluation helpers: the decision threshold chosen on validation (max F1), binary, multiclass and regression
+metrics, and the plots logged with the run. The same code judges the Keras model and the MLlib baseline."""
 
 from __future__ import annotations
 
@@ -106,7 +106,8 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title
 
 
 def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
-    """Per-epoch training curves (loss and AUC, or accuracy for multiclass; train and validation)."""
+    """Per-epoch training curves (loss and AUC, or accuracy for multiclass, RMSE for regression; train and
+    validation)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,7 +115,7 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
 
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    second = "auc" if any("auc" in h for h in history) else "accuracy"
+    second = next((m for m in ("auc", "accuracy", "rmse") if any(m in h for h in history)), "accuracy")
     for ax, metric in zip(axes, ("loss", second), strict=True):
         for key in (metric, f"val_{metric}"):
             if all(key in h for h in history):
@@ -169,6 +170,47 @@ def plot_confusion_classes(y: np.ndarray, pred: np.ndarray, classes: list[str], 
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title(f"{title}\naccuracy {np.mean(y == pred):.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE and R^2 of predicted values."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    y, pred = np.asarray(y, dtype="float64"), np.asarray(pred, dtype="float64")
+    return {
+        "rmse": float(np.sqrt(mean_squared_error(y, pred))),
+        "mae": float(mean_absolute_error(y, pred)),
+        "r2": float(r2_score(y, pred)) if len(y) > 1 else float("nan"),
+        "rows": float(len(y)),
+    }
+
+
+def plot_regression(series: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
+    """Predicted against actual values (name -> (actual, predicted)) with the identity line, and the residuals'
+    histograms, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 4))
+    lo = min((float(np.min(np.r_[y, p])) for y, p in series.values() if len(y)), default=0.0)
+    hi = max((float(np.max(np.r_[y, p])) for y, p in series.values() if len(y)), default=1.0)
+    for name, (y, p) in series.items():
+        ax1.scatter(y, p, s=6, alpha=0.5, label=name)
+        ax2.hist(np.asarray(p) - np.asarray(y), bins=40, alpha=0.5, label=name)
+    ax1.plot([lo, hi], [lo, hi], linestyle="--", color="grey", linewidth=1)
+    ax1.set_xlabel("actual")
+    ax1.set_ylabel("predicted")
+    ax1.set_title(title, fontsize=10)
+    ax1.legend(fontsize=8)
+    ax2.set_xlabel("predicted - actual")
+    ax2.set_title("Residuals", fontsize=10)
+    ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

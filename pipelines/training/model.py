@@ -1,4 +1,5 @@
-"""The Keras network built from `training.network`, and the optimizer from `training.optimizer`.
+"""The Keras network built from `training.network` with the output layer of its head (heads.py), and the
+optimizer from `training.optimizer`.
 
 Used by the workers (training), the driver (the final model from rank 0's weights) and the benchmarks, so all
 three build the identical architecture. TensorFlow is imported inside the functions: the driver imports this
@@ -15,18 +16,25 @@ import numpy as np
 LEGACY_OPTIMIZERS = {"adam": "Adam", "sgd": "SGD"}
 
 
-def build_network(network: dict[str, Any], vector_size: int, num_classes: int = 2,
-                  input_shape: list[int] | tuple[int, ...] | None = None) -> Any:
-    """A classifier. Two classes: output P(label = 1), shape (batch, 1) (sigmoid); more: softmax over the classes.
-    kind mlp reads a float vector of `vector_size`; kind cnn reads images of `input_shape` (height, width, channels).
+def build_network(network: dict[str, Any], vector_size: int, head: str = "binary", num_classes: int = 2,
+                  input_shape: list[int] | tuple[int, ...] | None = None,
+                  label_scale: tuple[float, float] | None = None) -> Any:
+    """The network body of `network` topped by the output layer of `head` (binary: P(label = 1), shape (batch, 1);
+    multiclass: softmax over `num_classes`; regression: one value, in the label's units given `label_scale` =
+    (mean, std) of the train labels). kind mlp reads a float vector of `vector_size`; kind cnn reads images of
+    `input_shape` (height, width, channels).
     """
     import tensorflow as tf
 
+    from pipelines.training.heads import get_head
+
+    out = get_head(head)
     if network["kind"] == "cnn":
         if not input_shape or len(input_shape) != 3:
             raise ValueError("training.network.kind cnn needs image features (height, width, channels); this "
                              "feature table has none: use kind mlp")
-        return _cnn(network["cnn"], tuple(input_shape), num_classes)
+        x, inputs = _cnn(network["cnn"], tuple(input_shape))
+        return tf.keras.Model(inputs, out.output_layer(x, num_classes, label_scale), name="cnn")
     if network["kind"] != "mlp":
         raise ValueError(f"training.network.kind {network['kind']!r} has no builder")
     mlp = network["mlp"]
@@ -39,11 +47,12 @@ def build_network(network: dict[str, Any], vector_size: int, num_classes: int = 
         x = tf.keras.layers.Activation(mlp["activation"], name=f"act_{i}")(x)
         if mlp["dropout"] > 0:
             x = tf.keras.layers.Dropout(mlp["dropout"], name=f"dropout_{i}")(x)
-    return tf.keras.Model(inputs, _head(x, num_classes), name="mlp")
+    return tf.keras.Model(inputs, out.output_layer(x, num_classes, label_scale), name="mlp")
 
 
-def _cnn(cnn: dict[str, Any], shape: tuple[int, ...], num_classes: int) -> Any:
-    """Conv2D (same padding) + ReLU + 2x2 max-pool per block while the image is at least 2x2, then dense."""
+def _cnn(cnn: dict[str, Any], shape: tuple[int, ...]) -> tuple[Any, Any]:
+    """Conv2D (same padding) + ReLU + 2x2 max-pool per block while the image is at least 2x2, then dense; returns
+    (the last hidden layer, the input)."""
     import tensorflow as tf
 
     inputs = tf.keras.Input(shape=shape, name="image")
@@ -57,19 +66,7 @@ def _cnn(cnn: dict[str, Any], shape: tuple[int, ...], num_classes: int) -> Any:
     x = tf.keras.layers.Dense(cnn["dense_units"], activation="relu", name="dense")(x)
     if cnn["dropout"] > 0:
         x = tf.keras.layers.Dropout(cnn["dropout"], name="dropout")(x)
-    return tf.keras.Model(inputs, _head(x, num_classes), name="cnn")
-
-
-def _head(x: Any, num_classes: int) -> Any:
-    import tensorflow as tf
-
-    if num_classes == 2:
-        return tf.keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
-    return tf.keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
-
-
-def loss(num_classes: int) -> str:
-    return "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
+    return x, inputs
 
 
 def make_optimizer(optimizer: dict[str, Any], learning_rate: float) -> Any:
@@ -80,16 +77,6 @@ def make_optimizer(optimizer: dict[str, Any], learning_rate: float) -> Any:
     if optimizer["name"] == "sgd":
         return cls(learning_rate=learning_rate, momentum=optimizer["momentum"])
     return cls(learning_rate=learning_rate)
-
-
-def metrics(num_classes: int = 2) -> list[Any]:
-    """Training metrics; their names (auc, pr_auc, accuracy) are what early stopping and MLflow see."""
-    import tensorflow as tf
-
-    if num_classes != 2:
-        return [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    return [tf.keras.metrics.AUC(name="auc"), tf.keras.metrics.AUC(curve="PR", name="pr_auc"),
-            tf.keras.metrics.BinaryAccuracy(name="accuracy")]
 
 
 def weights_checksum(weights: list[np.ndarray]) -> str:

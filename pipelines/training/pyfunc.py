@@ -1,13 +1,14 @@
-"""Logging the scoring model (serving_model.py) to MLflow, and the helpers scoring uses to call it.
+"""Logging the scoring model (serving.py) to MLflow, and the helpers scoring uses to call it.
 
 Interface for scoring:
   - model: `models:/<mlflow.registered_model>@champion` (or @challenger, or a version);
-  - preprocessing: `load_preprocessing(model_uri)` -> the features run's fitted PipelineModel, shipped inside
-    the model (artifacts/preprocessing); apply it, turn its vector into `features` (array<float>);
-  - `spark_udf(spark, model_uri)` -> UDF over column `features` returning struct<probability double,
-    prediction int> (RESULT_TYPE); the threshold is inside the model (`model_meta(model_uri)["threshold"]`).
-The image and text flows log serving_classifier.py instead (`log_classifier`): content bytes or `features` in,
-struct<prediction int, label string, probability double> out (CLASSIFIER_RESULT_TYPE).
+  - preprocessing (features input): `load_preprocessing(model_uri)` -> the features run's fitted PipelineModel,
+    shipped inside the model (artifacts/preprocessing); apply it, turn its vector into `features` (array<float>);
+  - `spark_udf(spark, model_uri, result_type)` -> UDF over the model's input column returning its head's struct:
+    binary `probability double, prediction int` (RESULT_TYPE; the threshold is inside the model,
+    `model_meta(model_uri)["threshold"]`), multiclass `prediction int, label string, probability double`
+    (CLASSIFIER_RESULT_TYPE), regression `prediction double` (REGRESSION_RESULT_TYPE). Image models take the
+    encoded bytes in column `content` (IMAGE_INPUT_COL) instead of `features`.
 """
 
 from __future__ import annotations
@@ -21,38 +22,41 @@ from typing import Any
 
 import mlflow
 from mlflow.models import ModelSignature
-from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 from pipelines.core import files
+from pipelines.training.heads import HEADS, get_head
 
 MODEL_NAME = "model"  # artifact name of the pyfunc in the train run
 INPUT_COL = "features"
-RESULT_TYPE = "probability double, prediction int"
-SERVING_MODULE = "serving_model.py"  # in this package; read with pkgutil, so it also works from a code zip
-CLASSIFIER_MODULE = "serving_classifier.py"  # image and text flows
-CLASSIFIER_RESULT_TYPE = "prediction int, label string, probability double"
+IMAGE_INPUT_COL = "content"
+SERVING_MODULE = "serving.py"  # in this package; read with pkgutil, so it also works from a code zip
+RESULT_TYPE = HEADS["binary"].result_type
+CLASSIFIER_RESULT_TYPE = HEADS["multiclass"].result_type
+REGRESSION_RESULT_TYPE = HEADS["regression"].result_type
 
 
-def signature(threshold: float) -> ModelSignature:
-    """features: numeric array in; probability double, prediction int out; threshold param (default stored).
-
-    The input is declared as doubles: Spark's array<float> widens to it safely, and JSON requests to the model
-    server (whose numbers parse as float64) pass the signature check, which refuses float64 -> float32.
-    """
-    return ModelSignature(
-        inputs=Schema([ColSpec(Array("double"), INPUT_COL)]),
-        outputs=Schema([ColSpec("double", "probability"), ColSpec("integer", "prediction")]),
-        params=ParamSchema([ParamSpec("threshold", "double", float(threshold))]),
-    )
+def signature(meta: dict[str, Any]) -> ModelSignature:
+    """The signature of the model meta.json describes: its input column in, its head's columns out (and the
+    binary head's threshold param, default stored)."""
+    return get_head(meta["head"]).signature(meta["input_column"], meta["input"] == "image", meta.get("threshold"))
 
 
 def log_model(keras_model: Any, meta: dict[str, Any], preprocessing_dir: str | None) -> Any:
-    """Log the pyfunc (Keras model, meta.json with the threshold, preprocessing PipelineModel) in the active run."""
+    """Log the pyfunc (Keras model, meta.json, preprocessing PipelineModel for features input) in the active run.
+    Image models carry features/image.py in their code/ so they decode bytes exactly as the features job did."""
+    image = meta["input"] == "image"
     with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
         artifacts = _artifacts(tmp, keras_model, meta, preprocessing_dir)
+        code_paths = None
+        if image:
+            package = Path(tmp) / "code" / "features"
+            package.mkdir(parents=True)
+            (package / "__init__.py").write_text("")
+            serving_code(str(package), "image.py", "features")
+            code_paths = [str(package)]
         return mlflow.pyfunc.log_model(
-            name=MODEL_NAME, python_model=serving_code(tmp), artifacts=artifacts,
-            signature=signature(meta["threshold"]), pip_requirements=_requirements(),
+            name=MODEL_NAME, python_model=serving_code(tmp), artifacts=artifacts, code_paths=code_paths,
+            signature=signature(meta), pip_requirements=[*_requirements(), *(["pillow"] if image else [])],
         )
 
 
@@ -79,33 +83,6 @@ def serving_code(folder: str, module: str = SERVING_MODULE, package: str | None 
     return str(path)
 
 
-def classifier_signature(image: bool) -> ModelSignature:
-    """content (binary) or features (double array) in; prediction, label, probability out."""
-    column = ColSpec("binary", "content") if image else ColSpec(Array("double"), INPUT_COL)
-    return ModelSignature(inputs=Schema([column]),
-                          outputs=Schema([ColSpec("integer", "prediction"), ColSpec("string", "label"),
-                                          ColSpec("double", "probability")]))
-
-
-def log_classifier(keras_model: Any, meta: dict[str, Any], preprocessing_dir: str | None) -> Any:
-    """Log an image or text classifier pyfunc (serving_classifier.py) in the active run. Image models carry
-    features/image.py in their code/ so they decode bytes exactly as the features job did."""
-    with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
-        artifacts = _artifacts(tmp, keras_model, meta, preprocessing_dir)
-        code_paths = None
-        if meta["input"] == "image":
-            package = Path(tmp) / "code" / "features"
-            package.mkdir(parents=True)
-            (package / "__init__.py").write_text("")
-            serving_code(str(package), "image.py", "features")
-            code_paths = [str(package)]
-        return mlflow.pyfunc.log_model(
-            name=MODEL_NAME, python_model=serving_code(tmp, CLASSIFIER_MODULE), artifacts=artifacts,
-            code_paths=code_paths, signature=classifier_signature(meta["input"] == "image"),
-            pip_requirements=[*_requirements(), *(["pillow"] if meta["input"] == "image" else [])],
-        )
-
-
 def _requirements() -> list[str]:
     import mlflow as m
     import numpy
@@ -116,9 +93,9 @@ def _requirements() -> list[str]:
             f"pandas=={pandas.__version__}"]
 
 
-def spark_udf(spark: Any, model_uri: str) -> Any:
-    """The model as a Spark UDF over `features` with the explicit struct result type."""
-    return mlflow.pyfunc.spark_udf(spark, model_uri, result_type=RESULT_TYPE, env_manager="local")
+def spark_udf(spark: Any, model_uri: str, result_type: str = RESULT_TYPE) -> Any:
+    """The model as a Spark UDF over its input column with the explicit struct result type (binary by default)."""
+    return mlflow.pyfunc.spark_udf(spark, model_uri, result_type=result_type, env_manager="local")
 
 
 def _download(model_uri: str) -> Path:
@@ -126,7 +103,8 @@ def _download(model_uri: str) -> Path:
 
 
 def model_meta(model_uri: str) -> dict[str, Any]:
-    """meta.json of a logged model: threshold, vector_size, features run, table version, test metrics."""
+    """meta.json of a logged model: head, input, threshold or classes, vector_size, features run, table version,
+    metrics."""
     return json.loads((_download(model_uri) / "artifacts" / "meta.json").read_text())
 
 

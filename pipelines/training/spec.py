@@ -35,8 +35,10 @@ class WorkerSpec:
     control_port: int = 0
     local: bool = True  # Spark local mode: loopback addresses and interface
     iface: str | None = None
-    num_classes: int = 2  # 2: sigmoid + binary cross-entropy; more: softmax + sparse categorical
+    head: str = "binary"  # binary | multiclass | regression: output layer, loss, metrics (heads.py)
+    num_classes: int = 2  # multiclass: the softmax's width; binary 2; regression 1
     input_shape: tuple[int, ...] | None = None  # images: Petastorm's TransformSpec reshapes rows to it
+    label_scale: tuple[float, float] | None = None  # regression: (mean, std) of the train labels
 
 
 @dataclass

@@ -11,7 +11,7 @@ stream through the executors, never through the driver):
                        over the same rows already in memory as one float32 matrix (the load is timed apart).
   B' pyfunc.predict    the whole pyfunc (schema enforcement, np.stack of the arrays, Keras, threshold) on one pandas
                        DataFrame of the same rows, in this process: what each UDF batch runs, without Spark.
-  B" own predict       the same, the model's own predict (serving_model.FlightDelayModel) called directly: the
+  B" own predict       the same, the model's own predict (serving.ServingModel) called directly: the
                        pyfunc minus MLflow's input schema enforcement (which converts every row's array on its own).
   C  row-at-a-time     a plain F.udf(returnType=DoubleType()) calling Keras .predict on ONE row per call, the model
                        loaded lazily once per Python worker process. Very slow (Keras predict() costs tens of ms a
@@ -267,7 +267,7 @@ def raw_model(path: str, width: int, local_model: str, repeat: int, check: Any) 
     pyfunc.predict(frame.iloc[:10_000])  # warm-up
     with timed(t, "B2"):
         pyfunc.predict(frame)
-    inner = pyfunc.unwrap_python_model()  # serving_model.FlightDelayModel: np.stack, Keras, threshold
+    inner = pyfunc.unwrap_python_model()  # serving.ServingModel: np.stack, Keras, threshold
     with timed(t, "B3"):
         inner.predict(None, frame)
     return RawResult(best, runs, t, diff_a, diff_c)

@@ -36,17 +36,13 @@ from pipelines.core.config import Config, load_config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.logs import setup_logging
 from pipelines.core.session import get_spark
-from pipelines.training.job import (
-    TrainingInputError,
-    class_weights,
-    fit,
-    load_training_data,
-    resolve_source,
-)
+from pipelines.training.heads import get_head
+from pipelines.training.trainer import TrainingInputError, fit, load_training_data, resolve_source
 
 PETASTORM_CACHE_CONF = "petastorm.spark.converter.parentCacheDirUrl"
 BATCH = 256
 SHUFFLE = 10_000
+HEAD = get_head("binary")
 
 
 def scaling(spark: SparkSession, cfg: Config, store: DeltaStore, workers: int, batch: int, steps: int,
@@ -58,14 +54,14 @@ def scaling(spark: SparkSession, cfg: Config, store: DeltaStore, workers: int, b
         "training.optimizer.warmup_epochs=0", "training.early_stopping.patience=100", "training.max_attempts=1",
     ])
     source = resolve_source(run_cfg, None)
-    data, counts = load_training_data(store, run_cfg, source)
+    data = load_training_data(store, run_cfg, source, HEAD)
     try:
         start = time.perf_counter()
-        results = fit(spark, run_cfg, data, source, class_weights(counts["train"]), steps, max(1, steps // 4),
-                      f"{ckpt_root}/w{workers}", None)
+        results = fit(spark, run_cfg, data.rows, source.vector_size, HEAD.class_weights(data.per_class, 2), steps,
+                      max(1, steps // 4), f"{ckpt_root}/w{workers}", None)
         wall = time.perf_counter() - start
     finally:
-        data.unpersist()
+        data.rows.unpersist()
     timed = results[0].history[1:]
     seconds = sum(h["epoch_train_seconds"] for h in timed)
     samples = len(timed) * steps * batch * workers
@@ -83,17 +79,17 @@ def feeding(spark: SparkSession, cfg: Config, store: DeltaStore, steps: int) -> 
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from petastorm.spark import make_spark_converter
 
-    from pipelines.training.model import build_network, make_optimizer, metrics
+    from pipelines.training.model import build_network, make_optimizer
 
     source = resolve_source(cfg, None)
-    data, counts = load_training_data(store, cfg, source)
-    train = data.filter(F.col("split") == "train").select("features", "label")
-    weights = class_weights(counts["train"])
+    data = load_training_data(store, cfg, source, HEAD)
+    train = data.rows.filter(F.col("split") == "train").select("features", "label")
+    weights = HEAD.class_weights(data.per_class, 2) or {0: 1.0, 1: 1.0}
     ws = cfg.workspace.rstrip("/")
     spark.conf.set(PETASTORM_CACHE_CONF, f"file://{ws}/cache/petastorm")
     converter = make_spark_converter(train.repartition(4))
     pdf = train.toPandas()
-    data.unpersist()
+    data.rows.unpersist()
     x = np.stack(pdf["features"].to_numpy()).astype(np.float32)
     y = pdf["label"].to_numpy().astype(np.float32).reshape(-1, 1)
     w = np.where(y[:, 0] > 0.5, weights[1], weights[0]).astype(np.float32)
@@ -103,7 +99,7 @@ def feeding(spark: SparkSession, cfg: Config, store: DeltaStore, steps: int) -> 
         tf.keras.utils.set_random_seed(7)
         m = build_network(cfg.training.network.model_dump(mode="json"), n)
         m.compile(optimizer=make_optimizer(cfg.training.optimizer.model_dump(mode="json"), 0.001),
-                  loss="binary_crossentropy", metrics=metrics())
+                  loss=HEAD.loss(), metrics=HEAD.keras_metrics())
         return m
 
     def rate(ds: Any) -> float:

@@ -1,0 +1,173 @@
+"""Distribution backends behind one small interface, used on both remote sides:
+
+  - in the barrier task, `task_env(spec, slot, host, all_gather)`: the environment the training process gets
+    (Horovod's per-rank variables for gloo; TF_CONFIG for MultiWorkerMirroredStrategy, built from an allGather
+    of every task's host:port);
+  - in the training process, an instance: rank and size, the strategy scope, the optimizer wrapper, the dataset
+    distribution, the callbacks (broadcast, metric averaging, warm-up), a barrier for fault injection, shutdown.
+
+TensorFlow and Horovod's TensorFlow module are imported only in the training process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pipelines.training.spec import WorkerSpec
+
+
+class Backend(Protocol):
+    """A started backend inside the training process."""
+
+    rank: int
+    size: int
+
+    def scope(self) -> contextlib.AbstractContextManager[Any]: ...
+
+    def wrap(self, optimizer: Any) -> Any: ...
+
+    def dataset(self, ds: Any) -> Any: ...
+
+    def callbacks(self, lr: float, conf: dict[str, Any], steps_per_epoch: int) -> list[Any]: ...
+
+    def sync(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+class HorovodBackend:
+    """hvd.init() from the environment the barrier task set; DistributedOptimizer and Horovod's callbacks."""
+
+    @staticmethod
+    def task_env(spec: WorkerSpec, slot: Any, host: str, all_gather: Callable[[str], list[str]]) -> dict[str, str]:
+        """The variables Horovod's gloo launcher sets per rank (horovod/runner/gloo_run.py), for this slot."""
+        iface = spec.iface or ("lo" if spec.local else _iface_of(slot.hostname))
+        return {
+            "HOROVOD_GLOO_RENDEZVOUS_ADDR": spec.control_host,
+            "HOROVOD_GLOO_RENDEZVOUS_PORT": str(spec.control_port),
+            "HOROVOD_CONTROLLER": "gloo",
+            "HOROVOD_CPU_OPERATIONS": "gloo",
+            "HOROVOD_GLOO_IFACE": iface,
+            "NCCL_SOCKET_IFNAME": iface,
+            "HOROVOD_GLOO_TIMEOUT_SECONDS": str(spec.training["horovod"]["gloo_timeout_s"]),
+            "HOROVOD_HOSTNAME": slot.hostname,
+            "HOROVOD_RANK": str(slot.rank),
+            "HOROVOD_SIZE": str(slot.size),
+            "HOROVOD_LOCAL_RANK": str(slot.local_rank),
+            "HOROVOD_LOCAL_SIZE": str(slot.local_size),
+            "HOROVOD_CROSS_RANK": str(slot.cross_rank),
+            "HOROVOD_CROSS_SIZE": str(slot.cross_size),
+        }
+
+    def __init__(self, task: Any, conf: dict[str, Any]) -> None:
+        import horovod.tensorflow.keras as hvd
+
+        hvd.init()
+        self.hvd = hvd
+        self.rank, self.size = hvd.rank(), hvd.size()
+
+    def scope(self) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def wrap(self, optimizer: Any) -> Any:
+        return self.hvd.DistributedOptimizer(optimizer)
+
+    def dataset(self, ds: Any) -> Any:
+        return ds
+
+    def callbacks(self, lr: float, conf: dict[str, Any], steps_per_epoch: int) -> list[Any]:
+        """Broadcast rank 0's state, average epoch metrics over ranks, warm the learning rate up to lr."""
+        hvd = self.hvd
+        out = [hvd.callbacks.BroadcastGlobalVariablesCallback(0), hvd.callbacks.MetricAverageCallback()]
+        warmup = conf["optimizer"]["warmup_epochs"]
+        if warmup > 0 and self.size > 1:
+            out.append(hvd.callbacks.LearningRateWarmupCallback(
+                initial_lr=lr, warmup_epochs=warmup, steps_per_epoch=steps_per_epoch, verbose=0))
+        return out
+
+    def sync(self) -> None:
+        import tensorflow as tf
+
+        self.hvd.allreduce(tf.constant(0.0), name="fault_sync")
+
+    def shutdown(self) -> None:
+        self.hvd.shutdown()
+
+
+class MwmsBackend:
+    """tf.distribute.MultiWorkerMirroredStrategy over the TF_CONFIG the barrier task built (ring all-reduce)."""
+
+    @staticmethod
+    def task_env(spec: WorkerSpec, slot: Any, host: str, all_gather: Callable[[str], list[str]]) -> dict[str, str]:
+        """TF_CONFIG: every task's host and a free port of its own, ordered by rank (one allGather)."""
+        addresses = all_gather(json.dumps([slot.rank, f"{host}:{_free_port()}"]))
+        workers = [a for _, a in sorted(json.loads(x) for x in addresses)]
+        return {"TF_CONFIG": json.dumps({"cluster": {"worker": workers},
+                                         "task": {"type": "worker", "index": slot.rank}})}
+
+    def __init__(self, task: Any, conf: dict[str, Any]) -> None:
+        import tensorflow as tf
+
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.RING,
+            timeout_seconds=float(conf["horovod"]["gloo_timeout_s"]))
+        self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        self.rank, self.size = task.rank, task.size
+
+    def scope(self) -> contextlib.AbstractContextManager[Any]:
+        return self.strategy.scope()
+
+    def wrap(self, optimizer: Any) -> Any:
+        return optimizer
+
+    def dataset(self, ds: Any) -> Any:
+        """Each worker already reads its own Petastorm shard: distribute it as is, no auto-sharding."""
+        return self.strategy.distribute_datasets_from_function(lambda _ctx: ds)
+
+    def callbacks(self, lr: float, conf: dict[str, Any], steps_per_epoch: int) -> list[Any]:
+        from pipelines.training.callbacks import LinearWarmup
+
+        warmup = conf["optimizer"]["warmup_epochs"]
+        return [LinearWarmup(lr, self.size, warmup, steps_per_epoch)] if warmup > 0 and self.size > 1 else []
+
+    def sync(self) -> None:
+        """No barrier outside the strategy's collectives; fault injection does not wait here."""
+
+    def shutdown(self) -> None:
+        """The strategy has nothing to release; the process exits after writing its result."""
+
+
+BACKENDS: dict[str, type[HorovodBackend] | type[MwmsBackend]] = {"horovod": HorovodBackend, "tf-mwms": MwmsBackend}
+
+
+def backend_class(name: str) -> type[HorovodBackend] | type[MwmsBackend]:
+    """The backend called `name` (training.backend)."""
+    return BACKENDS[name]
+
+
+def start_backend(name: str, task: Any, conf: dict[str, Any]) -> Backend:
+    """Start the backend inside the training process (hvd.init(), or the strategy from TF_CONFIG)."""
+    return backend_class(name)(task, conf)
+
+
+def _iface_of(host: str) -> str:
+    """The network interface that holds `host`'s IPv4 address (gloo binds to it)."""
+    import psutil
+
+    ip = socket.gethostbyname(host)
+    for iface, addrs in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == ip for a in addrs):
+            return iface
+    from pipelines.training.remote.task import WorkerFailed
+
+    raise WorkerFailed(f"no network interface holds {host} ({ip}); set training.horovod.iface")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,149 @@
+"""The barrier task: what runs inside each Spark barrier task (the executor's Python worker).
+
+`barrier_task(spec)` is the function of the barrier stage. Per task it:
+  1. reads its partition and every task's address from BarrierTaskContext;
+  2. agrees on an attempt token (allGather of task ids) and lets rank 0 register the attempt with the driver,
+     which resets Horovod's rendezvous for a retried stage and answers the attempt number;
+  3. derives its Horovod slot (rank, local rank, ...) from the host assignment, asks the backend for the
+     process environment (Horovod's per-rank variables, or TF_CONFIG from an allGather of host:port), and picks
+     its GPUs from the task's resources;
+  4. starts the training process (`python -m pipelines.training.remote.worker`) with that environment and waits.
+
+The training process is a fresh process per attempt, because TensorFlow's thread pools, CUDA_VISIBLE_DEVICES and
+collective ops are fixed at start-up while Spark reuses its Python workers across tasks. It dies with its task
+(PR_SET_PDEATHSIG). A failure is reported to the driver (rank and traceback) before the task raises, so the
+driver can name the rank that failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from pipelines.training.remote.backends import backend_class
+from pipelines.training.spec import ABORT, ATTEMPT, ATTEMPT_NO, ERROR, WorkerResult, WorkerSpec, assign_ranks
+
+LOG_TAIL_LINES = 60
+WORKER_MODULE = "pipelines.training.remote.worker"  # `python -m` entry of the training process
+
+
+class WorkerFailed(RuntimeError):
+    """A training process ended without a result; the message names the rank and carries its traceback."""
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """Where a training process sits: its rank, the attempt, and the partition and host of its task."""
+
+    rank: int
+    size: int
+    local_rank: int
+    partition: int
+    attempt: int
+    token: str
+    host: str
+
+
+def put(spec: WorkerSpec, scope: str, key: str, value: Any) -> None:
+    """Send a message to the driver's control channel (its KV server)."""
+    from horovod.runner.http.http_client import put_data_into_kvstore
+
+    put_data_into_kvstore(spec.control_host, spec.control_port, scope, key, value)
+
+
+def get(spec: WorkerSpec, scope: str, key: str) -> Any:
+    """Read the driver's answer from its KV server (waits until it is there)."""
+    from horovod.runner.http.http_client import read_data_from_kvstore
+
+    return read_data_from_kvstore(spec.control_host, spec.control_port, scope, key)
+
+
+def barrier_task(spec: WorkerSpec) -> Callable[[Iterable[Any]], Iterator[WorkerResult]]:
+    """The mapPartitions function of the barrier stage: one call per rank, yields that rank's WorkerResult."""
+
+    def run(_: Iterable[Any]) -> Iterator[WorkerResult]:
+        from pyspark import BarrierTaskContext
+
+        ctx = BarrierTaskContext.get()
+        partition = ctx.partitionId()
+        hosts = ["127.0.0.1" if spec.local else t.address.rsplit(":", 1)[0] for t in ctx.getTaskInfos()]
+        token = min(ctx.allGather(str(ctx.taskAttemptId())), key=int)
+        if partition == 0:
+            put(spec, ATTEMPT, token, {"hosts": hosts})
+        ctx.barrier()
+        attempt = int(get(spec, ATTEMPT_NO, token))
+        if attempt == ABORT:
+            raise WorkerFailed(f"training attempts exhausted (max_attempts={spec.training['max_attempts']})")
+        slot = assign_ranks(hosts)[partition]
+        task = TaskInfo(slot.rank, slot.size, slot.local_rank, partition, attempt, token, hosts[partition])
+        env = _base_env(spec)
+        env.update(backend_class(spec.backend).task_env(spec, slot, task.host, ctx.allGather))
+        gpus = ctx.resources().get("gpu") if spec.training["gpus_per_worker"] > 0 else None
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus.addresses) if gpus else ""
+        yield _run_training_process(spec, task, env)
+
+    return run
+
+
+def _base_env(spec: WorkerSpec) -> dict[str, str]:
+    threads = str(spec.training["threads_per_worker"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOROVOD_", "TF_CONFIG"))}
+    env.update({"PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "PYTHONUNBUFFERED": "1",
+                "OMP_NUM_THREADS": threads, "TF_NUM_INTRAOP_THREADS": threads,
+                "TF_NUM_INTEROP_THREADS": threads})
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when the task's Python worker dies (Spark killed the task)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def _run_training_process(spec: WorkerSpec, task: TaskInfo, env: dict[str, str]) -> WorkerResult:
+    """Run the training process; return its result or raise WorkerFailed with its traceback."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"train-rank{task.rank}-"))
+    (workdir / "task.pkl").write_bytes(cloudpickle.dumps((spec, task)))
+    log_path = workdir / "worker.log"
+    proc = None
+    started = time.perf_counter()
+    try:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, str(workdir)], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            code = proc.wait()
+        result_path = workdir / "result.pkl"
+        if code == 0 and result_path.exists():
+            result: WorkerResult = cloudpickle.loads(result_path.read_bytes())
+            result.seconds["process"] = time.perf_counter() - started
+            return result
+        error = workdir / "error.txt"
+        detail = error.read_text() if error.exists() else _tail(log_path)
+        message = (f"rank {task.rank} (barrier task {task.partition}, attempt {task.attempt}, host {task.host}) "
+                   f"failed with exit code {code}:\n{detail}")
+        with contextlib.suppress(Exception):
+            put(spec, ERROR, f"{task.token}-{task.rank}", message)
+        raise WorkerFailed(message)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _tail(path: Path) -> str:
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    return "\n".join(lines[-LOG_TAIL_LINES:]) or "(no output)"

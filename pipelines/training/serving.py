@@ -1,0 +1,96 @@
+"""The scoring model as MLflow logs it (models-from-code: this file is copied into the model and run at load).
+
+One PythonModel for every head and input, configured by the model's meta.json:
+  - `input` "features": column `features`, float arrays of the training vector size (the output of the features
+    run's preprocessing PipelineModel, shipped inside the model);
+  - `input` "image": column `content` with the encoded image bytes (PNG, JPEG, ...). The model decodes, resizes
+    and normalizes them itself with features.image.decode_image (shipped in the model's code/) and the `decode`
+    settings, the function the features job used, so serving sees the training pixels and callers pass bytes,
+    never file paths. Bytes that do not decode as an image score as a marked row (prediction -1 or NaN,
+    probability NaN, label null): one bad row never fails a batch.
+Output by `head`:
+  - "binary": `probability` (double, P(label = 1)) and `prediction` (int, probability >= threshold). The threshold
+    was chosen on the validation split (max F1); the `threshold` param overrides it per call;
+  - "multiclass": `prediction` (int class id), `label` (the class name of `classes`) and `probability` (of it);
+  - "regression": `prediction` (double, the predicted value).
+Self-contained on purpose: only numpy, pandas, TensorFlow and MLflow (and features.image for images).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
+
+BATCH = {"features": 4096, "image": 1024}  # rows per Keras predict call
+
+
+class ServingModel(PythonModel):
+    """Keras network + what meta.json says about its input and output; artifacts: keras_model (.keras), meta
+    (json), preprocessing (features input)."""
+
+    def load_context(self, context: Any) -> None:
+        import tensorflow as tf
+
+        self.model = tf.keras.models.load_model(context.artifacts["keras_model"], compile=False)
+        with open(context.artifacts["meta"]) as f:
+            self.meta = json.load(f)
+        self.head = self.meta.get("head", "binary")
+        self.input = self.meta.get("input", "features")
+        self.classes = list(self.meta.get("classes") or [])
+        self.threshold = float(self.meta["threshold"]) if self.meta.get("threshold") is not None else 0.5
+        self.vector_size = int(self.meta["vector_size"])
+
+    def _inputs(self, model_input: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(model inputs, per-row validity); undecodable images get zeros and validity False."""
+        if self.input == "image":
+            from features.image import decode_image
+
+            d = self.meta["decode"]
+            shape = (d["height"], d["width"], d["channels"])
+            images, ok = [], []
+            for b in model_input["content"]:
+                try:
+                    images.append(decode_image(bytes(b), d["height"], d["width"], d["channels"], d["resample"],
+                                               d["normalize"]))
+                    ok.append(True)
+                except Exception:  # not an image: a row marked invalid, never a failed batch
+                    images.append(np.zeros(shape, dtype=np.float32))
+                    ok.append(False)
+            return np.stack(images), np.array(ok)
+        x = np.stack([np.asarray(v, dtype=np.float32) for v in model_input["features"]])
+        if x.ndim != 2 or x.shape[1] != self.vector_size:
+            raise ValueError(f"features: expected arrays of length {self.vector_size}, got shape {x.shape}")
+        return x, np.ones(len(x), dtype=bool)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if len(model_input) == 0:
+            return self._empty()
+        x, ok = self._inputs(model_input)
+        p = self.model.predict(x, batch_size=BATCH[self.input], verbose=0)
+        if self.head == "multiclass":
+            ids = np.where(ok, p.argmax(axis=1), -1)
+            return pd.DataFrame({"prediction": ids.astype("int32"),
+                                 "label": [self.classes[i] if i >= 0 else None for i in ids],
+                                 "probability": np.where(ok, p.max(axis=1), np.nan).astype("float64")})
+        values = np.where(ok, p.reshape(-1), np.nan).astype("float64")
+        if self.head == "regression":
+            return pd.DataFrame({"prediction": values})
+        threshold = float((params or {}).get("threshold", self.threshold))
+        return pd.DataFrame({"probability": values,
+                             "prediction": np.where(ok, values >= threshold, -1).astype("int32")})
+
+    def _empty(self) -> pd.DataFrame:
+        if self.head == "multiclass":
+            return pd.DataFrame({"prediction": pd.Series(dtype="int32"), "label": pd.Series(dtype="object"),
+                                 "probability": pd.Series(dtype="float64")})
+        if self.head == "regression":
+            return pd.DataFrame({"prediction": pd.Series(dtype="float64")})
+        return pd.DataFrame({"probability": pd.Series(dtype="float64"), "prediction": pd.Series(dtype="int32")})
+
+
+set_model(ServingModel())
