@@ -10,9 +10,9 @@ from pyspark.sql import SparkSession
 from pipelines.core.config import Config, load_config
 from pipelines.core.delta import DeltaStore
 from pipelines.demo import land_demo
-from pipelines.features import run_features
-from pipelines.flows.base import get_flow
+from pipelines.flows import get_flow
 from pipelines.ingest import ingest
+from pipelines.stages.featurize import run_features
 from pipelines.training.trainer import run_train
 
 FAST_TRAINING = ["training.epochs=2", "training.batch_size=64", "training.optimizer.warmup_epochs=1",
@@ -30,8 +30,9 @@ def build_chain(spark: SparkSession, workspace: Path) -> Config:
     """Land, ingest, featurize and train into `workspace`; return its Config (model registered as champion)."""
     cfg = chain_config(workspace)
     store = DeltaStore(spark)
-    land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed)
+    land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, ["flights"])
     ingest(spark, cfg, store, "chain", FLIGHT_SOURCES)
-    run_features(spark, cfg, store)
-    run_train(spark, cfg, store, get_flow(cfg))
+    flow = get_flow(cfg)
+    run_features(spark, cfg, store, flow)
+    run_train(spark, cfg, store, flow)
     return cfg

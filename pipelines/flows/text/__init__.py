@@ -11,13 +11,12 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from features.text import text_stages
 from pipelines.core.config import Config
 from pipelines.core.errors import BadInput
 from pipelines.core.logs import stage
 from pipelines.flows.base import FEATURES, VECTOR_COL, FeatureSet, ScoringRows, register
 from pipelines.flows.labels import LABEL_NAME, class_names, hash_split, with_labels
-from pipelines.flows.text.nodes import feature_table, prepare_text, text_params, text_report
+from pipelines.flows.text.nodes import feature_table, prepare_text, text_params, text_report, text_stages
 
 
 @register("text")
