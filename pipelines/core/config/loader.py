@@ -119,7 +119,32 @@ def _record(origin: dict[str, str], before: Any, over: dict, where: str, prefix:
             _record(origin, None, v, where, key + ".")
 
 
+_DISCRIMINATORS = ("kind", "by")  # the union tags of the schema (flow, label, group kind; split by)
+
+
+def _switched(before: Any, over: dict) -> list[list[str]]:
+    """Paths of mappings in `over` that pick another union member than `before` (a different `kind` or `by`):
+    they replace the old mapping instead of merging into it, so `flow.label={kind: regression, column: price}`
+    over a category label does not keep the category's `positive`."""
+    out: list[list[str]] = []
+    for k, v in over.items():
+        prev = before.get(k) if isinstance(before, dict) else None
+        if not isinstance(v, dict) or not isinstance(prev, dict):
+            continue
+        if any(d in v and d in prev and v[d] != prev[d] for d in _DISCRIMINATORS):
+            out.append([str(k)])
+        else:
+            out += [[str(k), *sub] for sub in _switched(prev, v)]
+    return out
+
+
 def _merge(merged: DictConfig, over: dict, origin: dict[str, str], where: str) -> DictConfig:
+    before = OmegaConf.to_container(merged, resolve=False)
+    for path in _switched(before, over):
+        node = merged
+        for part in path[:-1]:
+            node = node[part]
+        del node[path[-1]]
     _record(origin, OmegaConf.to_container(merged, resolve=False), over, where)
     try:
         return OmegaConf.merge(merged, OmegaConf.create(over))  # type: ignore[return-value]
