@@ -16,8 +16,9 @@ from pipelines.monitoring import run_monitor
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:
-    if cfg.flow != "tabular":
-        raise BadInput(f"monitor: drift monitoring covers the tabular flow; pipeline {cfg.pipeline!r} is {cfg.flow}")
+    if cfg.flow.kind != "tabular":
+        raise BadInput(f"monitor: drift monitoring covers the tabular flow; pipeline {cfg.pipeline!r} is "
+                       f"{cfg.flow.kind}")
     run_monitor(spark, cfg, store, parse_dates(args.date), args.alias, args.version)
     return 0
 

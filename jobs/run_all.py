@@ -26,18 +26,18 @@ from pipelines.training.job import TrainingInputError
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:
-    land_demo(cfg.landing, cfg.demo.fraction, cfg.demo.seed, cfg.demo.datasets)
+    land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, cfg.demo.datasets)
     run_ingest(spark, cfg, store)
     features_run_id = run_features_for(spark, cfg, store)
     try:
         run_train_for(spark, cfg, store, features_run_id=features_run_id)
     except TrainingInputError as e:
         raise BadInput(str(e)) from e
-    if cfg.flow != "tabular":
+    if cfg.flow.kind != "tabular":
         run_score_for(spark, cfg, store)
         return 0
-    table = store.read(cfg.table_path("silver", cfg.features.output_table))
-    dates = sorted(r[0] for r in table.filter(F.col("split") == "test").select(cfg.features.date_name)
+    table = store.read(cfg.catalog.path("features"))
+    dates = sorted(r[0] for r in table.filter(F.col("split") == "test").select(cfg.flow.date_name)
                    .distinct().collect())
     if not dates:
         raise BadInput("the test split is empty: nothing to score")

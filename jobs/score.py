@@ -22,9 +22,9 @@ from pipelines.streaming import run_stream
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:
-    if cfg.flow != "tabular":
+    if cfg.flow.kind != "tabular":
         if args.stream or args.date:
-            raise BadInput(f"the {cfg.flow} flow scores its whole bronze table: no --date or --stream")
+            raise BadInput(f"the {cfg.flow.kind} flow scores its whole bronze table: no --date or --stream")
         run_score_for(spark, cfg, store, args.alias, args.version)
     elif args.stream:
         run_stream(spark, cfg, store, args.trigger, args.timeout, args.alias, args.version)

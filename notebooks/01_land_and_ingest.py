@@ -22,7 +22,7 @@ store = DeltaStore(spark, cfg.storage.engine)
 
 from pipelines.demo import land_demo
 
-landed = land_demo(cfg.landing, cfg.demo.fraction, cfg.demo.seed)
+landed = land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed)
 landed
 
 # COMMAND ----------
@@ -36,5 +36,5 @@ assert all(r["rows_in"] == r["rows_ok"] + r["rows_quarantined"] for r in report.
 
 # COMMAND ----------
 
-flights = store.read(cfg.table_path("bronze", "flights"))
+flights = store.read(cfg.catalog.path("flights"))
 flights.groupBy("month").count().orderBy("month").show(12)

@@ -43,7 +43,7 @@ for name in ("label_balance.png", "histograms.png", "correlation.png"):
 
 from pyspark.sql import functions as F
 
-flights = store.read(cfg.table_path("bronze", "flights"))
+flights = store.read(cfg.catalog.path("flights"))
 (flights.groupBy("month")
  .agg(F.count("*").alias("flights"), F.avg((F.col("arr_delay") > 15).cast("double")).alias("late_rate"))
  .orderBy("month").show(12))

@@ -29,5 +29,5 @@ out
 
 # COMMAND ----------
 
-gold = store.read(cfg.table_path("gold", cfg.scoring.table))
+gold = store.read(cfg.catalog.path("predictions"))
 gold.groupBy("flight_date").agg({"probability": "avg", "prediction": "sum", "*": "count"}).orderBy("flight_date").show()

@@ -32,5 +32,5 @@ except DriftAlert as alert:
 
 # COMMAND ----------
 
-drift = store.read(cfg.table_path("gold", cfg.monitor.table))
+drift = store.read(cfg.catalog.path("drift"))
 drift.orderBy("window", "psi", ascending=False).select("window", "feature", "psi", "ks", "alert").show(30)

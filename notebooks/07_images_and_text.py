@@ -22,14 +22,14 @@ cfg = load_config(dbutils.widgets.get("env"), [f"pipeline={dbutils.widgets.get('
                                                f"training.epochs={dbutils.widgets.get('epochs')}"])
 spark = get_spark(cfg, "notebook")
 store = DeltaStore(spark, cfg.storage.engine)
-print(f"pipeline {cfg.pipeline}: flow {cfg.flow}, table {cfg.features.output_table}, model {cfg.mlflow.registered_model}")
+print(f"pipeline {cfg.pipeline}: flow {cfg.flow.kind}, table {cfg.features.output_table}, model {cfg.mlflow.registered_model}")
 
 # COMMAND ----------
 
 from pipelines.demo import land_demo
 from pipelines.ingest import run_ingest
 
-land_demo(cfg.landing, cfg.demo.fraction, cfg.demo.seed, cfg.demo.datasets)
+land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, cfg.demo.datasets)
 {r.source: {"ok": r.rows_ok, "quarantined": r.rows_quarantined} for r in run_ingest(spark, cfg, store)}
 
 # COMMAND ----------
@@ -37,7 +37,7 @@ land_demo(cfg.landing, cfg.demo.fraction, cfg.demo.seed, cfg.demo.datasets)
 from pipelines.flows.dispatch import run_features_for
 
 features_run_id = run_features_for(spark, cfg, store)
-table = store.read(cfg.table_path("silver", cfg.features.output_table))
+table = store.read(cfg.catalog.path("features"))
 table.groupBy("split", "label_name").count().orderBy("split", "label_name").toPandas()
 
 # COMMAND ----------
@@ -45,7 +45,7 @@ table.groupBy("split", "label_name").count().orderBy("split", "label_name").toPa
 import matplotlib.pyplot as plt
 import mlflow
 
-if cfg.flow == "image":
+if cfg.flow.kind == "image":
     grid = mlflow.artifacts.download_artifacts(f"runs:/{features_run_id}/plots/sample_grid.png")
     plt.figure(figsize=(6, 6))
     plt.imshow(plt.imread(grid))
@@ -63,5 +63,5 @@ print(f"{result.registered_model} v{result.version} -> {result.alias}")
 # COMMAND ----------
 
 scored = run_score_for(spark, cfg, store)
-store.read(cfg.table_path("gold", cfg.scoring.table)).filter("split = 'test'").groupBy("true_label", "predicted_label") \
+store.read(cfg.catalog.path("predictions")).filter("split = 'test'").groupBy("true_label", "predicted_label") \
     .count().orderBy("true_label", "predicted_label").toPandas().head(20)

@@ -1,7 +1,7 @@
 """features: bronze tables -> silver feature table, with one pyspark.ml PipelineModel fitted on train only.
 
 The stage functions (clean, enrich, assign_split, build_pipeline, to_feature_table) are pure DataFrame ->
-DataFrame steps driven by `cfg.features`, so scoring can re-apply the same cleaning, joins and fitted model to
+DataFrame steps driven by the tabular `cfg.flow`, so scoring can re-apply the same cleaning, joins and fitted model to
 new rows. `run_features` does the I/O at the edges: it reads bronze at pinned versions, writes the silver table
 (a new version per run), saves the PipelineModel under the workspace and records everything in one MLflow run.
 """
@@ -38,15 +38,18 @@ from pipelines.core.config import (
     Config,
     ConfigError,
     CyclicalGroup,
-    FeaturesConf,
+    DateRangeSplit,
+    HashSplit,
     NumericGroup,
+    TabularFlowConf,
 )
 from pipelines.core.delta import DeltaStore
 from pipelines.core.logs import LOG, stage
 
 JOB = "features"
 SPLITS = ("train", "validation", "test")
-EXCLUDED = "excluded"  # rows whose month is in no split
+EXCLUDED = "excluded"  # rows whose month (or date) is in no split
+LABEL = "label"  # the label column of the table
 FEATURES_COL = "features"  # array<float> in the table
 VECTOR_COL = "features_vector"  # the PipelineModel's final output (VectorUDT, never stored)
 ASSEMBLED_COL = "features__assembled"
@@ -86,31 +89,45 @@ def _cyclical_encoder() -> type:
 
 
 # ---- pure stage functions ------------------------------------------------------------------------------------
-def clean(facts: DataFrame, fc: FeaturesConf) -> DataFrame:
+def label_expr(fc: TabularFlowConf) -> Any:
+    """The label from `fc.label.column`: threshold -> 1 when above, category -> 1 when in `positive` (int);
+    regression -> the value (double); null when the column is null."""
+    lab = fc.label
+    src = F.col(lab.column)
+    if lab.kind == "threshold":
+        value = (src.cast("double") > lab.threshold).cast("int")
+    elif lab.kind == "category":
+        value = src.cast("string").isin(lab.positive).cast("int")
+    else:
+        value = src.cast("double")
+    return F.when(src.isNull(), None).otherwise(value)
+
+
+def clean(facts: DataFrame, fc: TabularFlowConf) -> DataFrame:
     """Fix types, add the date and the label, remove duplicates on the natural key.
 
     A row without an outcome (label column null: cancelled or diverted flight) keeps a null label; it is not
     dropped. Of duplicate rows the one with an outcome is kept, ties broken by a hash of the other columns, so
     the choice is deterministic.
     """
-    y, m, d = fc.date_columns
     out = facts
-    for c in (y, m, d):
+    for c in fc.date_columns:
         out = out.withColumn(c, F.col(c).cast("int"))
     for name, typ in out.dtypes:
         if typ == "string":
             trimmed = F.trim(F.col(name))
             out = out.withColumn(name, F.when(trimmed == "", None).otherwise(trimmed))
-    src = F.col(fc.label.column).cast("double")
-    out = (out.withColumn(fc.label.column, src)
-           .withColumn(fc.date_name, F.make_date(F.col(y), F.col(m), F.col(d)))
-           .withColumn(fc.label.name,
-                       F.when(src.isNull(), None).otherwise((src > fc.label.threshold).cast("int"))))
+    if fc.label.kind != "category":
+        out = out.withColumn(fc.label.column, F.col(fc.label.column).cast("double"))
+    if fc.date_columns:
+        y, m, d = fc.date_columns
+        out = out.withColumn(fc.date_name, F.make_date(F.col(y), F.col(m), F.col(d)))
+    out = out.withColumn(LABEL, label_expr(fc))
     if not fc.key:
         return out
     missing = [c for c in fc.key if c not in out.columns]
     if missing:
-        raise ConfigError(f"features.key: columns {missing} are not in {fc.source_table} ({out.columns})")
+        raise ConfigError(f"flow.key: columns {missing} are not in the fact table ({out.columns})")
     rest = sorted(c for c in out.columns if c not in fc.key)
     # Tie-break on a hash of the whole row: deterministic, and a 2-column sort instead of one over every column.
     order = [F.col(fc.label.column).isNull().asc(), F.xxhash64(*rest).asc()]
@@ -125,7 +142,7 @@ def dedupe_dimension(dim: DataFrame, keys: list[str]) -> DataFrame:
     return dim.withColumn("_dim_rank", F.row_number().over(w)).filter("_dim_rank = 1").drop("_dim_rank")
 
 
-def enrich(facts: DataFrame, dims: dict[str, DataFrame], fc: FeaturesConf) -> DataFrame:
+def enrich(facts: DataFrame, dims: dict[str, DataFrame], fc: TabularFlowConf) -> DataFrame:
     """Left-join every configured dimension (deduped on its key), add derived columns, cast the inputs.
 
     Every fact row is kept exactly once; unmatched rows get nulls (imputed by the pipeline) and
@@ -134,14 +151,14 @@ def enrich(facts: DataFrame, dims: dict[str, DataFrame], fc: FeaturesConf) -> Da
     out = facts
     for j in fc.joins:
         if j.table not in dims:
-            raise ConfigError(f"features.joins: no table {j.table!r} was read")
+            raise ConfigError(f"flow.joins: no table {j.table!r} was read")
         dim = dims[j.table]
         missing = [c for c in [*j.keys, *j.columns] if c not in dim.columns]
         if missing:
-            raise ConfigError(f"features.joins[{j.table}]: columns {missing} not in the table {dim.columns}")
+            raise ConfigError(f"flow.joins[{j.table}]: columns {missing} not in the table {dim.columns}")
         clash = [a for a in j.columns.values() if a in out.columns]
         if clash:
-            raise ConfigError(f"features.joins[{j.table}]: output names {clash} already exist; rename them")
+            raise ConfigError(f"flow.joins[{j.table}]: output names {clash} already exist; rename them")
         dim = dedupe_dimension(dim.select(*j.keys, *j.columns), j.keys).select(
             *j.keys, *[F.col(c).alias(a) for c, a in j.columns.items()], F.lit(True).alias(f"_has_{j.table}"))
         out = out.join(dim, on=j.keys, how="left")
@@ -150,40 +167,55 @@ def enrich(facts: DataFrame, dims: dict[str, DataFrame], fc: FeaturesConf) -> Da
     return cast_inputs(out, fc)
 
 
-def cast_inputs(df: DataFrame, fc: FeaturesConf) -> DataFrame:
+def cast_inputs(df: DataFrame, fc: TabularFlowConf) -> DataFrame:
     """Numeric, bucketized and cyclical inputs as double, categorical as string; key and date columns keep theirs."""
     fixed = {*fc.key, *fc.date_columns}
     kinds = {c: "string" if isinstance(g, CategoricalGroup) else "double" for g in fc.groups for c in g.columns}
     missing = [c for c in kinds if c not in df.columns]
     if missing:
-        raise ConfigError(f"features.groups: input columns {missing} do not exist (have {df.columns})")
+        raise ConfigError(f"flow.groups: input columns {missing} do not exist (have {df.columns})")
     return df.withColumns({c: F.col(c).cast(t) for c, t in kinds.items() if c not in fixed})
 
 
-def assign_split(df: DataFrame, fc: FeaturesConf) -> DataFrame:
-    """`split` = train / validation / test by the month of the date column; months in no split: 'excluded'."""
+def assign_split(df: DataFrame, fc: TabularFlowConf) -> DataFrame:
+    """`split` = train / validation / test by the month of the date column (months in no split: 'excluded'), by
+    inclusive date ranges (dates in none: 'excluded'), or by a seeded hash of the key."""
+    sp = fc.split
+    if isinstance(sp, HashSplit):
+        value = F.concat_ws("\u0001", *(F.col(c).cast("string") for c in fc.split_key))
+        u = (F.abs(F.xxhash64(value, F.lit(sp.seed))) % 1_000_000) / 1_000_000.0
+        return df.withColumn("split", F.when(u < sp.test, "test")
+                             .when(u < sp.test + sp.validation, "validation").otherwise("train"))
+    if isinstance(sp, DateRangeSplit):
+        day = F.col(fc.date_name).cast("date")
+        expr = F.when(F.lit(False), None)
+        for name in SPLITS:
+            bounds = getattr(sp, name)
+            if bounds:
+                expr = expr.when(day.between(F.lit(bounds[0]), F.lit(bounds[1])), name)
+        return df.withColumn("split", expr.otherwise(EXCLUDED))
     month = F.month(F.col(fc.date_name))
-    expr = F.when(month.isin(fc.split.train), "train")
-    expr = expr.when(month.isin(fc.split.validation), "validation").when(month.isin(fc.split.test), "test")
+    expr = F.when(month.isin(sp.train), "train")
+    expr = expr.when(month.isin(sp.validation), "validation").when(month.isin(sp.test), "test")
     return df.withColumn("split", expr.otherwise(EXCLUDED))
 
 
-def input_columns(fc: FeaturesConf) -> list[str]:
+def input_columns(fc: TabularFlowConf) -> list[str]:
     """The raw columns the pipeline reads, in config order, without repeats."""
     return list(dict.fromkeys(c for g in fc.groups for c in g.columns))
 
 
-def build_pipeline(fc: FeaturesConf) -> Pipeline:
+def build_pipeline(fc: TabularFlowConf) -> Pipeline:
     """The unfitted preprocessing Pipeline described by the feature groups; its output column is VECTOR_COL.
 
     Imputer (numeric and bucketized inputs) -> StringIndexer(keep) + OneHotEncoder -> QuantileDiscretizer
     (+ one-hot) -> CyclicalEncoder -> VectorAssembler -> StandardScaler -> optional UnivariateFeatureSelector.
     """
     if not fc.groups:
-        raise ConfigError("features.groups: no feature groups configured")
+        raise ConfigError("flow.groups: no feature groups configured")
     leaks = sorted(set(input_columns(fc)) & ({*fc.post_departure, fc.label.column}))
     if leaks:
-        raise ConfigError(f"features.groups: {leaks} are not known at prediction time")
+        raise ConfigError(f"flow.groups: {leaks} are not known at prediction time")
     stages: list[Any] = []
     assembled: list[str] = []
     to_impute = [c for g in fc.groups if isinstance(g, NumericGroup | BucketizedGroup) for c in g.columns]
@@ -224,7 +256,7 @@ def build_pipeline(fc: FeaturesConf) -> Pipeline:
         stages.append(StandardScaler(inputCol=out, outputCol=scaled, withMean=True, withStd=True))
         out = scaled
     if fc.selector.enabled:
-        sel = UnivariateFeatureSelector(featuresCol=out, outputCol=VECTOR_COL, labelCol=fc.label.name,
+        sel = UnivariateFeatureSelector(featuresCol=out, outputCol=VECTOR_COL, labelCol=LABEL,
                                         selectionMode=fc.selector.mode)
         stages.append(sel.setFeatureType("continuous").setLabelType("categorical")
                       .setSelectionThreshold(fc.selector.threshold))
@@ -251,16 +283,16 @@ def pipeline_inputs(pipeline: Pipeline | PipelineModel) -> set[str]:
     return reads
 
 
-def check_trainable(train: DataFrame, fc: FeaturesConf) -> None:
+def check_trainable(train: DataFrame, fc: TabularFlowConf) -> None:
     """Fail clearly (not with an Imputer stack trace) when the training rows cannot fit the pipeline."""
     numeric = [c for c in input_columns(fc) if dict(train.dtypes).get(c) != "string"]
     row = train.agg(F.count("*").alias("_rows"), *[F.count(c).alias(c) for c in numeric]).first()
     if not row["_rows"]:
-        raise ValueError("the train split has no labeled rows: check features.split and the source table")
+        raise ValueError("the train split has no labeled rows: check flow.split and the source table")
     empty = [c for c in numeric if row[c] == 0]
     if empty:
         raise ValueError(f"numeric inputs {empty} are null in every training row; drop them from "
-                         f"features.groups or fix the source")
+                         f"flow.groups or fix the source")
 
 
 def feature_names(model: PipelineModel, sample: DataFrame) -> list[str]:
@@ -287,19 +319,19 @@ def _pretty(raw: str) -> str:
     return raw.removesuffix(IMP).removesuffix(BKT)
 
 
-def to_feature_table(transformed: DataFrame, fc: FeaturesConf) -> DataFrame:
+def to_feature_table(transformed: DataFrame, fc: TabularFlowConf) -> DataFrame:
     """Table columns: natural key, date, split, label (int), features (array<float>), raw inputs, passthrough.
 
     The vector becomes a plain float array (Petastorm/TensorFlow read it directly); the raw inputs stay so
     that scoring can re-apply the PipelineModel to the same rows.
     """
-    head = [*fc.key, fc.date_name, "split", fc.label.name]
+    head = [*fc.key, *([fc.date_name] if fc.has_date else []), "split", LABEL]
     tail = [c for c in dict.fromkeys([*input_columns(fc), *fc.passthrough]) if c not in head]
     missing = [c for c in fc.passthrough if c not in transformed.columns]
     if missing:
-        raise ConfigError(f"features.passthrough: columns {missing} do not exist")
+        raise ConfigError(f"flow.passthrough: columns {missing} do not exist")
     return transformed.select(
-        *head[:-1], F.col(fc.label.name).cast("int").alias(fc.label.name),
+        *head[:-1], F.col(LABEL).cast("double" if fc.label.kind == "regression" else "int").alias(LABEL),
         vector_to_array(F.col(VECTOR_COL), "float32").alias(FEATURES_COL), *tail,
     )
 
@@ -308,13 +340,13 @@ def to_feature_table(transformed: DataFrame, fc: FeaturesConf) -> DataFrame:
 def read_bronze(store: DeltaStore, cfg: Config) -> tuple[dict[str, DataFrame], dict[str, int]]:
     """The source and join tables at their pinned versions (latest when unpinned): frames and versions."""
     fc = cfg.features
-    names = list(dict.fromkeys([fc.source_table, *(j.table for j in fc.joins)]))
+    names = list(dict.fromkeys([fc.source_table, *(j.table for j in cfg.flow.joins)]))
     unknown = sorted(set(fc.bronze_versions) - set(names))
     if unknown:
         raise ConfigError(f"features.bronze_versions: {unknown} are not read by this job (tables: {names})")
     frames, versions = {}, {}
     for name in names:
-        path = cfg.table_path("bronze", name)
+        path = cfg.catalog.path(name)
         latest = store.version(path)
         if latest is None:
             raise FileNotFoundError(f"no bronze table {name!r} at {path}: run ingest first")
@@ -353,9 +385,9 @@ class FeaturesResult:
     stats: dict[str, Any] | None = None
 
 
-def _split_counts(df: DataFrame, fc: FeaturesConf) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+def _split_counts(df: DataFrame, fc: TabularFlowConf) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
     """Per split: rows, labeled rows, positives, label rate; plus the matched rows of every join (one job)."""
-    label = F.col(fc.label.name)
+    label = F.col(LABEL)
     has = [f"_has_{j.table}" for j in fc.joins]
     rows = (df.groupBy("split")
             .agg(F.count("*").alias("rows"), F.count(label).alias("labeled"), F.sum(label).alias("positives"),
@@ -373,26 +405,27 @@ def _split_counts(df: DataFrame, fc: FeaturesConf) -> tuple[dict[str, dict[str, 
     return {s: splits[s] for s in (*SPLITS, EXCLUDED) if s in splits}, matched
 
 
-def check_dimensions(frames: dict[str, DataFrame], fc: FeaturesConf) -> dict[str, int]:
+def check_dimensions(frames: dict[str, DataFrame], fc: TabularFlowConf) -> dict[str, int]:
     """Duplicate keys per join table: logged (and deduped by `enrich`), or an error with on_duplicates: fail."""
     dups = {}
     for j in fc.joins:
         n = dups[j.table] = dimension_duplicates(frames[j.table].select(*j.keys), j.keys)
         if n and j.on_duplicates == "fail":
             raise ValueError(f"dimension {j.table} has {n} duplicate rows on key {j.keys}; "
-                             f"set on_duplicates: dedupe in features.joins to keep one row per key")
+                             f"set on_duplicates: dedupe in flow.joins to keep one row per key")
         if n:
             LOG.warning("dimension %s: %d duplicate rows on key %s; keeping one row per key", j.table, n, j.keys)
     return dups
 
 
-def prepare(frames: dict[str, DataFrame], fc: FeaturesConf) -> tuple[DataFrame, dict[str, Any], dict[str, Any]]:
+def prepare(frames: dict[str, DataFrame], fc: TabularFlowConf, source_table: str
+            ) -> tuple[DataFrame, dict[str, Any], dict[str, Any]]:
     """clean -> enrich -> assign_split on the bronze frames, persisted; returns (rows, counts, per-split counts).
 
     Raises when the joins changed the number of rows (they must not, whatever the dimension data).
     """
     with stage("features.clean") as s:
-        facts = frames[fc.source_table]
+        facts = frames[source_table]
         rows_in = facts.count()
         cleaned = clean(facts, fc).persist(StorageLevel.MEMORY_AND_DISK)
         rows = cleaned.count()
@@ -423,8 +456,8 @@ def run_features(spark: SparkSession, cfg: Config, store: DeltaStore) -> Feature
 
     from pipelines.core.tracking import job_run
 
-    fc = cfg.features
-    out_path = cfg.table_path("silver", fc.output_table)
+    fc, flow = cfg.features, cfg.flow
+    out_path = cfg.catalog.path("features")
     with job_run(cfg, JOB) as active:
         run_id = active.info.run_id
         with stage("features.read") as s:
@@ -433,20 +466,20 @@ def run_features(spark: SparkSession, cfg: Config, store: DeltaStore) -> Feature
         mlflow.log_params({"pipeline": fc.pipeline, "source_table": fc.source_table,
                            "output_table": fc.output_table,
                            **{f"bronze_version.{t}": v for t, v in versions.items()},
-                           "label": f"{fc.label.column} > {fc.label.threshold}",
-                           **{f"split.{s}": ",".join(map(str, getattr(fc.split, s))) for s in SPLITS},
-                           "scale": fc.scale, "selector": fc.selector.enabled})
+                           "label": _label_param(flow),
+                           **_split_params(flow),
+                           "scale": flow.scale, "selector": flow.selector.enabled})
         mlflow.set_tags({f"table_version.bronze.{t}": str(v) for t, v in versions.items()})
-        enriched, counts, splits = prepare(frames, fc)
+        enriched, counts, splits = prepare(frames, flow, fc.source_table)
         try:
             with stage("features.fit") as s:
-                train = enriched.filter((F.col("split") == "train") & F.col(fc.label.name).isNotNull())
-                check_trainable(train, fc)
-                model = build_pipeline(fc).fit(train)
+                train = enriched.filter((F.col("split") == "train") & F.col(LABEL).isNotNull())
+                check_trainable(train, flow)
+                model = build_pipeline(flow).fit(train)
                 names = feature_names(model, enriched)
                 s.add(stages=len(model.stages), vector_size=len(names))
             with stage("features.write") as s:
-                table = to_feature_table(model.transform(enriched), fc)
+                table = to_feature_table(model.transform(enriched), flow)
                 meta = {"run_id": run_id, "job": JOB, "pipeline": fc.pipeline,
                         "bronze_versions": json.dumps(versions, sort_keys=True)}
                 version = store.write(table, out_path, "overwrite", metadata=meta)
@@ -455,16 +488,32 @@ def run_features(spark: SparkSession, cfg: Config, store: DeltaStore) -> Feature
                     raise RuntimeError(f"wrote {written} rows to {out_path} but built {counts['rows_out']}")
                 s.add(table_version=version, rows=written)
             model_path = save_preprocessing(model, cfg, cfg.features.model_dir, run_id)
-            report = _log_stats(model, enriched, fc, splits) if fc.stats.enabled else None
+            report = _log_stats(model, enriched, cfg, splits) if fc.stats.enabled else None
         finally:
             enriched.unpersist()
         run = FeaturesRun(run_id, out_path, version, model_path, f"runs:/{run_id}/{MODEL_ARTIFACT}",
                           len(names), versions)
-        _log_outputs(run, fc, counts, splits, names)
+        _log_outputs(run, cfg, counts, splits, names)
     return FeaturesResult(run, counts, splits, names, report)
 
 
-def _log_stats(model: PipelineModel, enriched: DataFrame, fc: FeaturesConf, splits: dict[str, Any]
+def _label_param(flow: TabularFlowConf) -> str:
+    lab = flow.label
+    if lab.kind == "threshold":
+        return f"{lab.column} > {lab.threshold}"
+    if lab.kind == "category":
+        return f"{lab.column} in {lab.positive}"
+    return lab.column
+
+
+def _split_params(flow: TabularFlowConf) -> dict[str, str]:
+    sp = flow.split
+    if isinstance(sp, HashSplit):
+        return {"split.by": "hash", "split.validation": str(sp.validation), "split.test": str(sp.test)}
+    return {f"split.{s}": ",".join(map(str, getattr(sp, s))) for s in SPLITS}
+
+
+def _log_stats(model: PipelineModel, enriched: DataFrame, cfg: Config, splits: dict[str, Any]
                ) -> dict[str, Any]:
     """Describe the training split and log stats_report.json and plots/*.png to the active run."""
     import mlflow
@@ -472,20 +521,22 @@ def _log_stats(model: PipelineModel, enriched: DataFrame, fc: FeaturesConf, spli
     from pipelines import stats
 
     with stage("features.stats") as s:
-        report = stats.describe(model.transform(enriched.filter(F.col("split") == "train")), fc)
+        report = stats.describe(model.transform(enriched.filter(F.col("split") == "train")), cfg.flow,
+                                cfg.features.stats)
         with tempfile.TemporaryDirectory() as tmp:
-            plots = stats.plot(report, splits, Path(tmp), fc.stats.max_plot_columns)
+            plots = stats.plot(report, splits, Path(tmp), cfg.features.stats.max_plot_columns)
             mlflow.log_artifacts(tmp, "plots")
         mlflow.log_dict(report, "stats_report.json")
         s.add(columns=len(report["numeric"]), plots=len(plots))
     return report
 
 
-def _log_outputs(run: FeaturesRun, fc: FeaturesConf, counts: dict[str, Any], splits: dict[str, Any],
+def _log_outputs(run: FeaturesRun, cfg: Config, counts: dict[str, Any], splits: dict[str, Any],
                  names: list[str]) -> None:
     """Tags training looks up (table path and version, model location), metrics and the JSON reports."""
     import mlflow
 
+    fc = cfg.features
     mlflow.set_tags({"feature_table": fc.output_table, "feature_table_path": run.table_path,
                      "feature_table_version": str(run.table_version), "preprocessing_path": run.model_path,
                      "preprocessing_artifact": MODEL_ARTIFACT, "pipeline": fc.pipeline,
@@ -499,7 +550,8 @@ def _log_outputs(run: FeaturesRun, fc: FeaturesConf, counts: dict[str, Any], spl
     metrics.update({f"match_rate.{t}": m / max(counts["rows_out"], 1) for t, m in counts["matched"].items()})
     mlflow.log_metrics(metrics)
     mlflow.log_dict({"run": asdict(run), "counts": counts, "splits": splits,
-                     "config": fc.model_dump(mode="json")}, "features_report.json")
+                     "config": {**fc.model_dump(mode="json"), "flow": cfg.flow.model_dump(mode="json")}},
+                    "features_report.json")
     mlflow.log_dict({"feature_names": names}, "feature_names.json")
     LOG.info("features: table %s version %d, %d rows, vector size %d, run %s", run.table_path,
              run.table_version, counts["rows_out"], run.vector_size, run.run_id)
@@ -550,7 +602,7 @@ def latest_features_run(cfg: Config) -> FeaturesRun:
     from pipelines.core.tracking import configure_mlflow
 
     exp = configure_mlflow(cfg)
-    path = cfg.table_path("silver", cfg.features.output_table).replace("'", "\\'")
+    path = cfg.catalog.path("features").replace("'", "\\'")
     runs = mlflow.search_runs(
         experiment_ids=[exp], output_format="list", max_results=1, order_by=["attributes.start_time DESC"],
         filter_string=f"tags.job = '{JOB}' and attributes.status = 'FINISHED' and "

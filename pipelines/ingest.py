@@ -248,7 +248,7 @@ def ingest_source(
     """Ingest the new files of one source; write bronze and quarantine; return per-file counts."""
     result = SourceResult(name)
     with stage(f"ingest.{name}") as s:
-        landed = list_files(cfg.landing, src.path)
+        landed = list_files(cfg.catalog.landing, src.path)
         if src.format == "image":
             landed, ignored = split_by_filter(landed, src.glob_filter)
             result.ignored_files = len(ignored)
@@ -317,7 +317,7 @@ def _ingest_readable(
             good = good.repartition(*src.partition_by)
         else:
             good = good.repartition(max(1, math.ceil(rows_ok / cfg.storage.max_records_per_file)))
-        table = cfg.table_path("bronze", src.table)
+        table = cfg.catalog.path(src.table)
         result.table_version = store.write(good, table, "append", src.partition_by, metadata={"run_id": run_id})
         written = store.read(table, result.table_version).filter(F.col("_run_id") == run_id).count()
         if written != rows_ok:
@@ -328,7 +328,7 @@ def _ingest_readable(
                        F.lit(run_id).alias("run_id"), F.lit(now).alias("quarantined_at"))
                .coalesce(1))
         if result.rows_quarantined:
-            store.write(bad, cfg.table_path("quarantine", "rows"), "append", ["source"], metadata={"run_id": run_id})
+            store.write(bad, cfg.catalog.path("quarantine_rows"), "append", ["source"], metadata={"run_id": run_id})
     finally:
         parsed.unpersist()
 
@@ -340,15 +340,15 @@ def write_ingest_log(spark: SparkSession, cfg: Config, store: DeltaStore, run_id
     rows = [(run_id, r.source, f.file, f.size, f.mtime_ms, f.status, f.reason, f.rows_in, f.rows_ok,
              f.rows_quarantined, now) for r in results for f in r.files]
     if not rows:
-        return store.version(cfg.table_path("bronze", "_ingest_log"))
+        return store.version(cfg.catalog.path("ingest_log"))
     bad_files = [row for row in rows if row[5] == "quarantined"]
     if bad_files:
         qf = spark.createDataFrame(bad_files, LOG_SCHEMA).select(
             "source", F.col("file").alias("source_file"), "size", "reason", "run_id",
             F.col("ingested_at").alias("quarantined_at"))
-        store.write(qf.coalesce(1), cfg.table_path("quarantine", "files"), "append", metadata={"run_id": run_id})
+        store.write(qf.coalesce(1), cfg.catalog.path("quarantine_files"), "append", metadata={"run_id": run_id})
     df = spark.createDataFrame(rows, LOG_SCHEMA).coalesce(1)
-    return store.write(df, cfg.table_path("bronze", "_ingest_log"), "append", metadata={"run_id": run_id})
+    return store.write(df, cfg.catalog.path("ingest_log"), "append", metadata={"run_id": run_id})
 
 
 def rollback_unlogged(cfg: Config, store: DeltaStore, run_id: str, sources: list[str] | None = None
@@ -360,12 +360,12 @@ def rollback_unlogged(cfg: Config, store: DeltaStore, run_id: str, sources: list
     rows of an unlogged run are rolled back (one commit per table) and their files are ingested afresh. A run
     that MLflow still shows as RUNNING may be in flight: that is an error naming it, never a rollback.
     """
-    log_path = cfg.table_path("bronze", "_ingest_log")
+    log_path = cfg.catalog.path("ingest_log")
     logged = ({r[0] for r in store.read(log_path).select("run_id").distinct().collect()}
               if store.exists(log_path) else set())
-    tables = {cfg.table_path("bronze", s.table): "_run_id" for name, s in cfg.ingest.sources.items()
+    tables = {cfg.catalog.path(s.table): "_run_id" for name, s in cfg.ingest.sources.items()
               if not sources or name in sources}
-    tables |= {cfg.table_path("quarantine", t): "run_id" for t in ("rows", "files")}
+    tables |= {cfg.catalog.path(t): "run_id" for t in ("quarantine_rows", "quarantine_files")}
     rolled: dict[str, int] = {}
     for path, column in tables.items():
         table = store.read(path) if store.exists(path) else None
@@ -405,7 +405,7 @@ def ingest(spark: SparkSession, cfg: Config, store: DeltaStore, run_id: str,
     if unknown:
         raise ValueError(f"unknown sources {unknown}; configured: {sorted(cfg.ingest.sources)}")
     rollback_unlogged(cfg, store, run_id, sources)
-    seen = ingested_files(store, cfg.table_path("bronze", "_ingest_log"))
+    seen = ingested_files(store, cfg.catalog.path("ingest_log"))
     results = [ingest_source(spark, cfg, store, name, src, run_id, seen)
                for name, src in cfg.ingest.sources.items() if not sources or name in sources]
     write_ingest_log(spark, cfg, store, run_id, results)
@@ -435,13 +435,13 @@ def run_ingest(spark: SparkSession, cfg: Config, store: DeltaStore, sources: lis
     with job_run(cfg, "ingest") as run:
         results = ingest(spark, cfg, store, run.info.run_id, sources)
         mlflow.log_params({"sources": ",".join(r.source for r in results), "storage.engine": store.engine,
-                           "landing": cfg.landing})
+                           "landing": cfg.catalog.landing})
         for r in results:
             mlflow.log_metrics({f"{r.source}.rows_in": r.rows_in, f"{r.source}.rows_ok": r.rows_ok,
                                 f"{r.source}.rows_quarantined": r.rows_quarantined,
                                 f"{r.source}.files_new": len(r.files),
                                 f"{r.source}.files_quarantined": r.files_quarantined})
-            version = store.version(cfg.table_path("bronze", cfg.ingest.sources[r.source].table))
+            version = store.version(cfg.catalog.path(cfg.ingest.sources[r.source].table))
             mlflow.set_tag(f"table_version.bronze.{r.source}", "none" if version is None else str(version))
         mlflow.log_metrics({"rows_in": sum(r.rows_in for r in results),
                             "rows_ok": sum(r.rows_ok for r in results),

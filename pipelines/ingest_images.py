@@ -85,7 +85,7 @@ def ingest_image_files(spark: SparkSession, cfg: Config, store: DeltaStore, name
         if good_bytes or any(r is None for r in status.values()):
             out = (good.withColumn("_source_file", F.col("path")).withColumn("_run_id", F.lit(run_id))
                    .coalesce(max(1, math.ceil(good_bytes / TARGET_FILE_BYTES))))
-            version = store.write(out, cfg.table_path("bronze", src.table), "append", metadata={"run_id": run_id})
+            version = store.write(out, cfg.catalog.path(src.table), "append", metadata={"run_id": run_id})
         for uri, reason in status.items():
             if reason:
                 LOG.warning("quarantined image %s: %s", uri, reason)

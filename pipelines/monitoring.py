@@ -39,8 +39,8 @@ DRIFT_SCHEMA = ("window string, feature string, kind string, psi double, ks doub
 
 def monitored_columns(cfg: Config) -> tuple[list[str], list[str]]:
     """(numeric, categorical) model inputs to watch: monitor.features, else every numeric/categorical input."""
-    numeric = [c for g in cfg.features.groups if isinstance(g, NumericGroup) for c in g.columns]
-    categorical = [c for g in cfg.features.groups if isinstance(g, CategoricalGroup) for c in g.columns]
+    numeric = [c for g in cfg.flow.groups if isinstance(g, NumericGroup) for c in g.columns]
+    categorical = [c for g in cfg.flow.groups if isinstance(g, CategoricalGroup) for c in g.columns]
     if cfg.monitor.features is not None:
         unknown = sorted(set(cfg.monitor.features) - set(numeric) - set(categorical))
         if unknown:
@@ -134,11 +134,11 @@ def monitor_window(spark: SparkSession, cfg: Config, store: DeltaStore, dates: l
 
     from pipelines.training.pyfunc import RESULT_TYPE
 
-    fc = cfg.features
+    fc = cfg.flow
     window = f"{min(dates).isoformat()}..{max(dates).isoformat()}"
     model = resolve_model(cfg, alias, version)
-    scored_all = store.read(cfg.table_path("gold", cfg.scoring.table)) if store.exists(
-        cfg.table_path("gold", cfg.scoring.table)) else None
+    scored_all = store.read(cfg.catalog.path("predictions")) if store.exists(
+        cfg.catalog.path("predictions")) else None
     if scored_all is None:
         raise BadInput("no predictions table: run `spark-submit.sh score` first")
     scored = scored_all.filter(F.col(fc.date_name).isin(dates))
@@ -147,7 +147,7 @@ def monitor_window(spark: SparkSession, cfg: Config, store: DeltaStore, dates: l
     numeric, categorical = monitored_columns(cfg)
     with stage("monitor.inputs") as s:
         frames, _ = read_bronze(store, cfg)
-        facts = frames[fc.source_table].filter(date_column(cfg).isin(dates))
+        facts = frames[cfg.features.source_table].filter(date_column(cfg).isin(dates))
         batch = enrich(clean(facts, fc), {j.table: frames[j.table] for j in fc.joins}, fc).cache()
         ref = reference_frame(spark, store, model, cfg.monitor.reference_sample_rows).cache()
         results = drift_report(ref, batch, numeric, categorical, cfg.monitor.bins)
@@ -160,7 +160,7 @@ def monitor_window(spark: SparkSession, cfg: Config, store: DeltaStore, dates: l
         s.add(psi=f"{pred.psi:.4f}", ks=f"{pred.ks:.4f}", ref_mean=f"{pred.ref_mean:.4f}",
               batch_mean=f"{pred.cur_mean:.4f}")
     with stage("monitor.realized") as s:
-        labels = clean(facts, fc).select(*fc.key, F.col(fc.label.name).alias("label"))
+        labels = clean(facts, fc).select(*fc.key, F.col("label"))
         realized = realized_metrics(scored, labels, fc.key)
         s.add(**{k: f"{v:.4f}" for k, v in realized.items()})
     alerts = [d for d in results if is_alert(d, cfg)]
@@ -168,7 +168,7 @@ def monitor_window(spark: SparkSession, cfg: Config, store: DeltaStore, dates: l
     rows = [(window, d.feature, d.kind, float(d.psi), None if d.ks is None else float(d.ks), int(d.ref_count),
              int(d.cur_count), d.ref_mean, d.cur_mean, d in alerts, model.name, model.version, now) for d in results]
     table_version = store.write(spark.createDataFrame(rows, DRIFT_SCHEMA).coalesce(1),
-                                cfg.table_path("gold", cfg.monitor.table), "overwrite", ["window"],
+                                cfg.catalog.path("drift"), "overwrite", ["window"],
                                 replace_partitions=[{"window": window}])
     report = {"window": window, "model": f"{model.name}/{model.version}", "alerts": [d.feature for d in alerts],
               "features": [asdict(d) for d in results], "realized": realized,

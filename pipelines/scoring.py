@@ -61,7 +61,9 @@ def resolve_model(cfg: Config, alias: str | None = None, version: int | None = N
 
 
 def date_column(cfg: Config) -> Column:
-    y, m, d = cfg.features.date_columns
+    if not cfg.flow.date_columns:
+        return F.col(cfg.flow.date_name).cast("date")
+    y, m, d = cfg.flow.date_columns
     return F.make_date(F.col(y).cast("int"), F.col(m).cast("int"), F.col(d).cast("int"))
 
 
@@ -75,7 +77,7 @@ def lineage_columns(model: ResolvedModel, input_version: int) -> list[Column]:
 def predict(enriched: DataFrame, preprocessing: PipelineModel, udf: Any, model: ResolvedModel,
             cfg: Config, input_version: int) -> DataFrame:
     """Preprocess, score, and shape the gold rows: key, date, probability, prediction, model and data lineage."""
-    fc = cfg.features
+    fc = cfg.flow
     missing = sorted(c for c in pipeline_inputs(preprocessing) if c not in enriched.columns)
     if missing:
         raise BadInput(f"input rows lack the model's input columns {missing}")
@@ -113,25 +115,25 @@ def score_dates(spark: SparkSession, cfg: Config, store: DeltaStore, dates: list
     `model` when the caller resolved it already)."""
     if not dates:
         raise BadInput("no dates to score")
-    fc = cfg.features
+    fc, source = cfg.flow, cfg.features.source_table
     with stage("score.resolve") as s:
         model = model or resolve_model(cfg, alias, version)
         s.add(model=f"{model.name}/{model.version}", asked=model.asked)
     frames, versions = read_bronze(store, cfg)
-    facts = frames[fc.source_table].filter(date_column(cfg).isin(dates))
+    facts = frames[source].filter(date_column(cfg).isin(dates))
     with stage("score.predict") as s:
         rows_in = facts.count()
         if rows_in == 0:
-            raise BadInput(f"no {fc.source_table} rows scheduled on {', '.join(map(str, dates))}")
+            raise BadInput(f"no {source} rows scheduled on {', '.join(map(str, dates))}")
         enriched = enrich(clean(facts, fc), {j.table: frames[j.table] for j in fc.joins}, fc)
         preprocessing, udf = load_model_parts(spark, cfg, model)
         check_signature(enriched, preprocessing, model)
-        gold = predict(enriched, preprocessing, udf, model, cfg, versions[fc.source_table]).cache()
+        gold = predict(enriched, preprocessing, udf, model, cfg, versions[source]).cache()
         rows_out = gold.count()
         positives = gold.filter("prediction = 1").count()
         s.add(rows_in=rows_in, rows_scored=rows_out, duplicates_removed=rows_in - rows_out, predicted_late=positives)
     try:
-        path = cfg.table_path("gold", cfg.scoring.table)
+        path = cfg.catalog.path("predictions")
         table_version = store.write(gold, path, "overwrite", [fc.date_name],
                                     replace_partitions=[{fc.date_name: d.isoformat()} for d in dates],
                                     metadata={"model": f"{model.name}/{model.version}"})
@@ -140,7 +142,7 @@ def score_dates(spark: SparkSession, cfg: Config, store: DeltaStore, dates: list
     return {"model_name": model.name, "model_version": model.version, "model_uri": model.uri,
             "dates": [d.isoformat() for d in dates], "rows_in": rows_in, "rows_scored": rows_out,
             "predicted_late": positives, "gold_version": table_version,
-            "input_table_version": versions[fc.source_table]}
+            "input_table_version": versions[source]}
 
 
 def run_score(spark: SparkSession, cfg: Config, store: DeltaStore, dates: list[date],

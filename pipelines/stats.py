@@ -19,7 +19,7 @@ from pyspark.ml.stat import ChiSquareTest, Correlation, Summarizer
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.core.config import BucketizedGroup, CategoricalGroup, FeaturesConf, NumericGroup
+from pipelines.core.config import BucketizedGroup, CategoricalGroup, NumericGroup, StatsConf, TabularFlowConf
 from pipelines.features import BKT, IDX, IMP
 
 METRICS = ("mean", "variance", "min", "max", "count", "numNonZeros")
@@ -33,12 +33,12 @@ def _num(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def numeric_columns(fc: FeaturesConf) -> list[str]:
+def numeric_columns(fc: TabularFlowConf) -> list[str]:
     """Raw numeric inputs described by the report (numeric groups), in config order."""
     return list(dict.fromkeys(c for g in fc.groups if isinstance(g, NumericGroup) for c in g.columns))
 
 
-def categorical_columns(fc: FeaturesConf) -> dict[str, str]:
+def categorical_columns(fc: TabularFlowConf) -> dict[str, str]:
     """Categorical input -> the pipeline column holding its category index (indexer or bucket index)."""
     out = {c: c + IDX for g in fc.groups if isinstance(g, CategoricalGroup) for c in g.columns}
     out.update({f"{c}_bucket": c + BKT for g in fc.groups if isinstance(g, BucketizedGroup)
@@ -46,9 +46,9 @@ def categorical_columns(fc: FeaturesConf) -> dict[str, str]:
     return out
 
 
-def describe(transformed: DataFrame, fc: FeaturesConf) -> dict[str, Any]:
+def describe(transformed: DataFrame, fc: TabularFlowConf, sc: StatsConf) -> dict[str, Any]:
     """The report for `transformed` = the fitted PipelineModel applied to the training split (all its rows)."""
-    label = fc.label.name
+    label = "label"
     numeric = numeric_columns(fc)
     cats = {k: v for k, v in categorical_columns(fc).items() if v in transformed.columns}
     raw_cats = [c for g in fc.groups if isinstance(g, CategoricalGroup) for c in g.columns]
@@ -56,14 +56,14 @@ def describe(transformed: DataFrame, fc: FeaturesConf) -> dict[str, Any]:
     needed = list(dict.fromkeys([label, *numeric, *imputed, *raw_cats, *cats.values()]))
     data = transformed.select(*needed).persist(StorageLevel.MEMORY_AND_DISK)  # several passes below
     try:
-        return _describe(data, fc, numeric, imputed, raw_cats, cats)
+        return _describe(data, fc, sc, numeric, imputed, raw_cats, cats)
     finally:
         data.unpersist()
 
 
-def _describe(transformed: DataFrame, fc: FeaturesConf, numeric: list[str], imputed: list[str],
+def _describe(transformed: DataFrame, fc: TabularFlowConf, sc: StatsConf, numeric: list[str], imputed: list[str],
               raw_cats: list[str], cats: dict[str, str]) -> dict[str, Any]:
-    label = fc.label.name
+    label = "label"
     report: dict[str, Any] = {"label": label, "rows": 0, "numeric": {}, "label_balance": {}}
 
     # Null fractions, skewness, kurtosis of the raw values; label balance: one aggregation.
@@ -97,10 +97,10 @@ def _describe(transformed: DataFrame, fc: FeaturesConf, numeric: list[str], impu
     report["correlation"] = {"columns": names}
     m = Correlation.corr(corr_in, "_corr", "pearson").first()[0].toArray()
     report["correlation"]["pearson"] = [[_num(v) for v in r] for r in m]
-    if fc.stats.spearman:
+    if sc.spearman:
         # Spearman ranks every column with a global sort; a fixed-seed sample keeps it cheap and repeatable.
-        fraction = min(1.0, fc.stats.spearman_max_rows / max(labeled, 1))
-        sample = corr_in.sample(fraction=fraction, seed=fc.stats.seed) if fraction < 1 else corr_in
+        fraction = min(1.0, sc.spearman_max_rows / max(labeled, 1))
+        sample = corr_in.sample(fraction=fraction, seed=sc.seed) if fraction < 1 else corr_in
         m = Correlation.corr(sample, "_corr", "spearman").first()[0].toArray()
         report["correlation"]["spearman"] = [[_num(v) for v in r] for r in m]
         report["correlation"]["spearman_fraction"] = fraction
@@ -112,7 +112,7 @@ def _describe(transformed: DataFrame, fc: FeaturesConf, numeric: list[str], impu
                                             "degrees_of_freedom": int(r["degreesOfFreedom"])}
             for r in chi
         }
-    report["histograms"] = histograms(transformed, numeric, report["numeric"], fc.stats.histogram_bins)
+    report["histograms"] = histograms(transformed, numeric, report["numeric"], sc.histogram_bins)
     return report
 
 

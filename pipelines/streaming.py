@@ -52,7 +52,7 @@ class BatchScorer:
         self.batches: list[dict[str, Any]] = []
 
     def __call__(self, lines: DataFrame, batch_id: int) -> None:
-        fc, cfg = self.cfg.features, self.cfg
+        fc, cfg = self.cfg.flow, self.cfg
         with stage(f"stream.batch{batch_id}") as s:
             files = [r[0] for r in lines.select("_source_file").distinct().collect()]
             headers, bad_files = {}, []
@@ -73,7 +73,7 @@ class BatchScorer:
                 bad = bad.withColumn("quarantined_at", F.lit(datetime.now(UTC)))
                 n_bad = bad.count()
                 if n_bad:
-                    store_path = cfg.table_path("quarantine", "rows")
+                    store_path = cfg.catalog.path("quarantine_rows")
                     self.store.write(bad.coalesce(1), store_path, "append", ["source"])
                 facts = parsed.filter("_kind = 'ok'").drop("_raw", "_kind", "_reason")
                 dims = {j.table: self.frames[j.table] for j in fc.joins}
@@ -81,7 +81,7 @@ class BatchScorer:
                 check_signature(enriched, self.preprocessing, self.model)
                 gold = predict(enriched, self.preprocessing, self.udf, self.model, cfg, -1).cache()
                 n = gold.count()
-                version = upsert_partitions(self.store, cfg.table_path("gold", cfg.scoring.table), gold, fc.key,
+                version = upsert_partitions(self.store, cfg.catalog.path("predictions"), gold, fc.key,
                                             fc.date_name)
                 gold.unpersist()
             finally:
@@ -89,6 +89,17 @@ class BatchScorer:
             self.batches.append({"batch_id": batch_id, "files": len(files), "rows_scored": n,
                                  "rows_quarantined": n_bad, "gold_version": version})
             s.add(files=len(files), rows_scored=n, rows_quarantined=n_bad, gold_version=version)
+
+
+def stream_path(cfg: Config) -> str:
+    """The landing glob the stream watches: scoring.stream_path, else the files of the source table's source."""
+    if cfg.scoring.stream_path:
+        return cfg.scoring.stream_path
+    table = cfg.features.source_table
+    paths = [s.path for s in cfg.ingest.sources.values() if s.table == table]
+    if not paths:
+        raise ValueError(f"scoring.stream_path: unset, and no ingest source feeds {table!r}")
+    return paths[0]
 
 
 def start_stream(spark: SparkSession, cfg: Config, store: DeltaStore, trigger: str = "available-now",
@@ -99,7 +110,7 @@ def start_stream(spark: SparkSession, cfg: Config, store: DeltaStore, trigger: s
     checkpoint = cfg.scoring.stream_checkpoint or f"{cfg.workspace}/checkpoints/stream-score"
     lines = (spark.readStream.format("text")
              .option("maxFilesPerTrigger", cfg.scoring.stream_max_files_per_trigger)
-             .load(f"{cfg.landing}/{cfg.scoring.stream_path}")
+             .load(f"{cfg.catalog.landing}/{stream_path(cfg)}")
              .select(F.col("value").cast("binary").alias("_raw"),
                      F.regexp_replace(F.col("_metadata.file_path"), "^file:/(?!/)", "file:///").alias("_source_file")))
     writer = lines.writeStream.foreachBatch(scorer).option("checkpointLocation", checkpoint)
@@ -109,7 +120,7 @@ def start_stream(spark: SparkSession, cfg: Config, store: DeltaStore, trigger: s
         writer = writer.trigger(processingTime=f"{cfg.scoring.stream_trigger_seconds} seconds")
     else:
         raise ValueError(f"trigger must be available-now or processing-time, got {trigger!r}")
-    LOG.info("stream: scoring %s/%s with %s/%s, checkpoint %s", cfg.landing, cfg.scoring.stream_path,
+    LOG.info("stream: scoring %s/%s with %s/%s, checkpoint %s", cfg.catalog.landing, stream_path(cfg),
              model.name, model.version, checkpoint)
     return writer.queryName("stream-score").start(), scorer
 

@@ -29,7 +29,7 @@ def build_chain(spark: SparkSession, workspace: Path) -> Config:
     """Land, ingest, featurize and train into `workspace`; return its Config (model registered as champion)."""
     cfg = chain_config(workspace)
     store = DeltaStore(spark)
-    land_demo(cfg.landing, cfg.demo.fraction, cfg.demo.seed)
+    land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed)
     ingest(spark, cfg, store, "chain", FLIGHT_SOURCES)
     run_features(spark, cfg, store)
     run_train(spark, cfg, store)

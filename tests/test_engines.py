@@ -37,19 +37,19 @@ def test_run_all_on_embedded_engine_then_both_engines_continue(spark: SparkSessi
     assert dry.returncode == 0 and "--jars" not in dry.stdout and "delta" not in dry.stdout.lower()  # no Delta jars
 
     # Counted independently of Spark: landed data lines vs bronze (read with delta-rs), gold vs the test split.
-    landed = sum(len(f.read_text().splitlines()) - 1 for f in (Path(cfg.landing) / "flights").glob("*.csv"))
-    bronze = {s: cfg.table_path("bronze", cfg.ingest.sources[s].table) for s in FLIGHT_SOURCES}
+    landed = sum(len(f.read_text().splitlines()) - 1 for f in (Path(cfg.catalog.landing) / "flights").glob("*.csv"))
+    bronze = {s: cfg.catalog.path(cfg.ingest.sources[s].table) for s in FLIGHT_SOURCES}
     assert len(to_pandas(bronze["flights"])) == landed > 0
-    date = cfg.features.date_name
-    silver = to_pandas(cfg.table_path("silver", cfg.features.output_table), columns=["split", date])
+    date = cfg.flow.date_name
+    silver = to_pandas(cfg.catalog.path("features"), columns=["split", date])
     test_dates = sorted(silver[silver["split"] == "test"][date].astype(str).unique())
-    gold_path = cfg.table_path("gold", cfg.scoring.table)
+    gold_path = cfg.catalog.path("predictions")
     gold = to_pandas(gold_path)
-    key = cfg.features.key
+    key = cfg.flow.key
     assert sorted(gold[date].astype(str).unique()) == test_dates and len(test_dates) > 0
     assert len(gold) == len(gold.drop_duplicates(key)) > 0
-    log_path = cfg.table_path("bronze", "_ingest_log")
-    tables = [*bronze.values(), log_path, gold_path, cfg.table_path("gold", cfg.monitor.table)]
+    log_path = cfg.catalog.path("ingest_log")
+    tables = [*bronze.values(), log_path, gold_path, cfg.catalog.path("drift")]
     embedded, ds = DeltaStore(spark, "embedded"), DeltaStore(spark, "delta-spark")
     assert set(_versions(embedded, tables).values()) == {0}  # one commit each
     assert _versions(ds, tables) == _versions(embedded, tables)

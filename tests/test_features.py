@@ -123,7 +123,7 @@ def _dims(spark: SparkSession) -> dict[str, DataFrame]:
 
 
 def test_clean_labels_dedupes_and_keeps_rows_without_outcome(spark: SparkSession, cfg: Config) -> None:
-    out = clean(_flights(spark), cfg.features)
+    out = clean(_flights(spark), cfg.flow)
     rows = {(r.carrier, r.flight): r for r in out.collect()}
     assert out.count() == 5  # one duplicate removed
     assert rows[("UA", 1)].arr_delay == 20.0 and rows[("UA", 1)].label == 1  # the copy with an outcome kept
@@ -135,7 +135,7 @@ def test_clean_labels_dedupes_and_keeps_rows_without_outcome(spark: SparkSession
 
 
 def test_enrich_keeps_every_flight_once(spark: SparkSession, cfg: Config) -> None:
-    fc = cfg.features
+    fc = cfg.flow
     cleaned = clean(_flights(spark), fc)
     dims = _dims(spark)
     assert dimension_duplicates(dims["weather"], ["origin", "year", "month", "day", "hour"]) == 1
@@ -155,37 +155,37 @@ def test_enrich_keeps_every_flight_once(spark: SparkSession, cfg: Config) -> Non
 
 
 def test_split_by_month_is_configurable(spark: SparkSession, make_cfg: Callable[..., Config]) -> None:
-    df = clean(_flights(spark), make_cfg().features)
-    got = {(r.month, r.split) for r in assign_split(df, make_cfg().features).collect()}
+    df = clean(_flights(spark), make_cfg().flow)
+    got = {(r.month, r.split) for r in assign_split(df, make_cfg().flow).collect()}
     assert got == {(1, "train"), (10, "validation"), (12, "test")}
-    fc = make_cfg("features.split.train=[1]", "features.split.validation=[12]", "features.split.test=[]").features
+    fc = make_cfg("flow.split.train=[1]", "flow.split.validation=[12]", "flow.split.test=[]").flow
     got = {(r.month, r.split) for r in assign_split(df, fc).collect()}
     assert got == {(1, "train"), (10, "excluded"), (12, "validation")}
     with pytest.raises(ConfigError, match="more than one split"):
-        make_cfg("features.split.test=[1]")
+        make_cfg("flow.split.test=[1]")
 
 
 # ---- the pipeline ------------------------------------------------------------------------------------------
 def test_no_post_departure_column_is_a_pipeline_input(cfg: Config) -> None:
-    fc = cfg.features
+    fc = cfg.flow
     inputs = pipeline_inputs(build_pipeline(fc))
     assert inputs == set(input_columns(fc))
-    assert not inputs & {"arr_time", "arr_delay", "dep_time", "dep_delay", "air_time", fc.label.name}
+    assert not inputs & {"arr_time", "arr_delay", "dep_time", "dep_delay", "air_time", "label"}
     assert set(fc.post_departure) >= {"arr_time", "arr_delay", "dep_time", "dep_delay", "air_time"}
 
 
 def test_config_refuses_leaking_inputs(make_cfg: Callable[..., Config]) -> None:
     with pytest.raises(ConfigError, match="not known at prediction time"):
-        make_cfg("features.groups=[{kind: numeric, columns: [distance, dep_delay]}]")
+        make_cfg("flow.groups=[{kind: numeric, columns: [distance, dep_delay]}]")
     with pytest.raises(ConfigError, match="not known at prediction time"):
-        make_cfg("features.derived.late=arr_time - sched_arr_time",
-                 "features.groups=[{kind: numeric, columns: [late]}]")
+        make_cfg("flow.derived.late=arr_time - sched_arr_time",
+                 "flow.groups=[{kind: numeric, columns: [late]}]")
     with pytest.raises(ConfigError, match="unknown kind"):
-        make_cfg("features.groups=[{kind: text, columns: [name]}]")
+        make_cfg("flow.groups=[{kind: text, columns: [name]}]")
 
 
 def test_pipeline_fits_on_train_and_handles_unseen_values(spark: SparkSession, cfg: Config) -> None:
-    fc = cfg.features
+    fc = cfg.flow
     built = assign_split(enrich(clean(_flights(spark), fc), _dims(spark), fc), fc)
     df = spark.createDataFrame(built.orderBy("carrier", "flight").collect(), built.schema)  # no re-computation
     train = df.filter("split = 'train' and label is not null")
@@ -201,10 +201,10 @@ def test_pipeline_fits_on_train_and_handles_unseen_values(spark: SparkSession, c
 
 
 def test_selector_is_optional_and_names_follow_it(spark: SparkSession, make_cfg: Callable[..., Config]) -> None:
-    fc = make_cfg("features.groups=[{kind: numeric, columns: [distance, seats, temp]}, "
+    fc = make_cfg("flow.groups=[{kind: numeric, columns: [distance, seats, temp]}, "
                   "{kind: categorical, columns: [carrier]}]",
-                  "features.selector.enabled=true", "features.selector.mode=numTopFeatures",
-                  "features.selector.threshold=3").features
+                  "flow.selector.enabled=true", "flow.selector.mode=numTopFeatures",
+                  "flow.selector.threshold=3").flow
     built = enrich(clean(_flights(spark), fc), _dims(spark), fc)
     df = spark.createDataFrame(built.collect(), built.schema)
     model = build_pipeline(fc).fit(df.filter("label is not null"))
@@ -230,16 +230,16 @@ def e2e(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     ws = tmp_path_factory.mktemp("features_e2e")
     cfg = load_config("local", [f"storage.workspace={ws}"])
     store = DeltaStore(spark)
-    land_demo(cfg.landing, 0.02)
+    land_demo(cfg.catalog.landing, 0.02)
     ingest(spark, cfg, store, run_id="t", sources=["flights", "weather", "planes", "airlines"])
     return cfg, store, run_features(spark, cfg, store)
 
 
 def test_job_writes_feature_table(e2e: tuple[Config, DeltaStore, FeaturesResult]) -> None:
     cfg, store, res = e2e
-    fc = cfg.features
+    fc = cfg.flow
     table = read_feature_table(store, res.run)
-    bronze = store.read(cfg.table_path("bronze", "flights"), res.run.bronze_versions["flights"])
+    bronze = store.read(cfg.catalog.path("flights"), res.run.bronze_versions["flights"])
     assert table.count() == bronze.count() == res.counts["rows_out"]
     dtypes = dict(table.dtypes)
     assert dtypes[FEATURES_COL] == "array<float>" and dtypes["label"] == "int" and dtypes["split"] == "string"
@@ -274,7 +274,7 @@ def test_job_records_mlflow_run_and_model(spark: SparkSession, e2e: tuple[Config
     assert plots == {"plots/histograms.png", "plots/correlation.png", "plots/label_balance.png"}
     # Scoring path: the logged model re-applied to the table's raw columns gives the stored features.
     model = load_preprocessing(found)
-    table = read_feature_table(store, found).orderBy(*cfg.features.key).limit(200)
+    table = read_feature_table(store, found).orderBy(*cfg.flow.key).limit(200)
     again = model.transform(table).select(vector_to_array(VECTOR_COL, "float32").alias("v"), FEATURES_COL)
     for r in again.collect():
         assert r.v == pytest.approx(list(r[FEATURES_COL]), abs=1e-5)
@@ -289,7 +289,7 @@ def test_stats_report_keys_and_values(e2e: tuple[Config, DeltaStore, FeaturesRes
     assert {"rows", "numeric", "label_balance", "null_fraction", "correlation", "chi_square", "histograms"} <= set(rep)
     assert rep["rows"] == res.splits["train"]["rows"]
     numeric = rep["numeric"]
-    assert set(numeric) == {c for g in cfg.features.groups if g.kind == "numeric" for c in g.columns}
+    assert set(numeric) == {c for g in cfg.flow.groups if g.kind == "numeric" for c in g.columns}
     for c, m in numeric.items():
         assert {"mean", "variance", "min", "max", "count", "numNonZeros", "skewness", "kurtosis"} <= set(m)
         assert m["min"] <= m["mean"] <= m["max"] and m["variance"] >= 0 and 0 <= m["null_fraction"] < 1, c
@@ -307,7 +307,7 @@ def test_stats_report_keys_and_values(e2e: tuple[Config, DeltaStore, FeaturesRes
 
 def test_bronze_versions_are_pinned(spark: SparkSession, e2e: tuple[Config, DeltaStore, FeaturesResult]) -> None:
     cfg, store, _ = e2e
-    path = cfg.table_path("bronze", "flights")
+    path = cfg.catalog.path("flights")
     v0 = store.read(path, 0)
     extra = v0.limit(5).withColumn("flight", F.col("flight") + 100000)
     store.write(extra, path, "append", ["year", "month"])

@@ -34,7 +34,7 @@ def digits(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> tup
     ws = tmp_path_factory.mktemp("digits")
     cfg = load_config("local", [f"storage.workspace={ws}", "pipeline=digits", *FAST])
     store = DeltaStore(spark)
-    land_demo(cfg.landing, cfg.demo.fraction, cfg.demo.seed, cfg.demo.datasets)
+    land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, cfg.demo.datasets)
     ingest(spark, cfg, store, "t")
     run_features_for(spark, cfg, store)
     return cfg, run_train_for(spark, cfg, store)
@@ -42,13 +42,13 @@ def digits(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> tup
 
 def test_profile_selects_the_flow() -> None:
     cfg = load_config("local", ["pipeline=digits"])
-    assert (cfg.flow, cfg.training.network.kind, cfg.features.output_table) == ("image", "cnn", "digit_features")
-    assert load_config("local", ["pipeline=tweets"]).flow == "text"
-    assert load_config("local").flow == "tabular"
+    assert (cfg.flow.kind, cfg.training.network.kind, cfg.features.output_table) == ("image", "cnn", "digit_features")
+    assert load_config("local", ["pipeline=tweets"]).flow.kind == "text"
+    assert load_config("local").flow.kind == "tabular"
     with pytest.raises(ConfigError, match="unknown pipeline 'nope'"):
         load_config("local", ["pipeline=nope"])
-    with pytest.raises(ConfigError, match=r"image.split.*sum < 1"):
-        load_config("local", ["pipeline=digits", "image.split.test=0.5", "image.split.validation=0.5"])
+    with pytest.raises(ConfigError, match=r"flow.split.*sum < 1"):
+        load_config("local", ["pipeline=digits", "flow.split.test=0.5", "flow.split.validation=0.5"])
 
 
 def test_cnn_trains_with_two_workers(digits: tuple[Config, TrainResult]) -> None:
@@ -71,7 +71,7 @@ def test_pyfunc_scores_image_bytes(digits: tuple[Config, TrainResult]) -> None:
     marked row, not a failure."""
     cfg, result = digits
     model = mlflow.pyfunc.load_model(result.model_uri)
-    files = sorted((Path(cfg.landing) / "digits" / "0").glob("digit_*.png"))[:5]
+    files = sorted((Path(cfg.catalog.landing) / "digits" / "0").glob("digit_*.png"))[:5]
     out = model.predict(pd.DataFrame({"content": [f.read_bytes() for f in files] + [b"not an image"]}))
     assert out["label"].tolist()[:5].count("0") >= 4 and out["prediction"].iloc[:5].between(0, 9).all()
     assert out["prediction"].iloc[-1] == -1 and out["label"].iloc[-1] is None and np.isnan(out["probability"].iloc[-1])
@@ -88,17 +88,17 @@ def test_score_image_bytes_into_gold(spark: SparkSession, digits: tuple[Config, 
     out = run_score_for(spark, cfg, store)
     assert out["rows_in"] == out["rows_scored"] == 1797 and out["model_version"] == "1"
     assert out["accuracy_test"] == pytest.approx(result.test["accuracy"])  # serving path == training evaluation
-    gold = store.read(cfg.table_path("gold", "digit_predictions"))
+    gold = store.read(cfg.catalog.path("predictions"))
     assert gold.count() == 1797 and gold.filter(F.col("prediction") < 0).count() == 0
     again = run_score_for(spark, cfg, store)
     assert again["gold_version"] == out["gold_version"] + 1
-    assert store.read(cfg.table_path("gold", "digit_predictions")).count() == 1797  # replaced, not appended
+    assert store.read(cfg.catalog.path("predictions")).count() == 1797  # replaced, not appended
 
 
 def test_text_flow_end_to_end_through_spark_submit(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
-    sets = [f"--set={s}" for s in ["pipeline=tweets", "demo.fraction=0.3", *FAST, "text.num_features=1024",
-                                   "text.word2vec_size=16", "training.epochs=6"]]
+    sets = [f"--set={s}" for s in ["pipeline=tweets", "demo.fraction=0.3", *FAST, "flow.num_features=1024",
+                                   "flow.word2vec_size=16", "training.epochs=6"]]
     env = {**os.environ, "PIPELINE_HOME": str(ws)}
     res = subprocess.run([str(REPO_ROOT / "spark-submit.sh"), "run-all", *sets], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=1200)
@@ -119,7 +119,7 @@ def test_text_flow_end_to_end_through_spark_submit(tmp_path: Path) -> None:
     score = client.search_runs([exp.experiment_id], "tags.job = 'score'")[0].data.metrics
     assert score["rows_in"] == 6228 == score["rows_scored"]
     assert score["accuracy_test"] == pytest.approx(train["test_accuracy"])  # the serving path gives the same
-    assert not (Path(cfg.landing) / "flights").exists()  # the profile lands only what its flow needs
+    assert not (Path(cfg.catalog.landing) / "flights").exists()  # the profile lands only what its flow needs
 
 
 def test_hash_split_of_paths_ignores_where_the_landing_zone_is(spark: SparkSession) -> None:

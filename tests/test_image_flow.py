@@ -60,12 +60,12 @@ def test_prepare_images_counts(spark: SparkSession) -> None:
 
 
 def _known_file(cfg: Config) -> Path:
-    return Path(cfg.landing) / "digits" / "3" / "digit_0003.png"
+    return Path(cfg.catalog.landing) / "digits" / "3" / "digit_0003.png"
 
 
 def test_digits_end_to_end(spark: SparkSession, make_cfg: Callable[..., Config], store: DeltaStore) -> None:
     cfg = make_cfg("pipeline=digits")
-    land_digits(cfg.landing)
+    land_digits(cfg.catalog.landing)
     ingest(spark, cfg, store, "t", ["digits"])
     result = run_image_features(spark, cfg, store)
 
@@ -99,7 +99,7 @@ def test_digits_end_to_end(spark: SparkSession, make_cfg: Callable[..., Config],
     assert sum(c["rows"] for c in stats["per_class"].values()) == 1797
     assert {c: d["original_sizes"] for c, d in stats["per_class"].items()} == {
         c: {"8x8": d["rows"]} for c, d in stats["per_class"].items()}
-    assert all(len(v) == cfg.image.grid_per_class for v in stats["sample_grid"].values())
+    assert all(len(v) == cfg.flow.grid_per_class for v in stats["sample_grid"].values())
     assert stats["sample_grid"]["3"][0].endswith("/3/digit_0003.png")  # the smallest path of class 3
     assert latest_features_run(cfg).run_id == result.run_id
 

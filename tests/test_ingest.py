@@ -40,7 +40,7 @@ UNREADABLE = {
 
 
 def _land(cfg: Config) -> Path:
-    folder = Path(cfg.landing) / "t"
+    folder = Path(cfg.catalog.landing) / "t"
     folder.mkdir(parents=True)
     (folder / "mixed.csv").write_bytes(HEADER + GOOD[0] + b"".join(BAD) + GOOD[1] + b"\n" + GOOD[2])
     for name, (data, _) in UNREADABLE.items():
@@ -81,26 +81,26 @@ def test_quarantine_counts_and_rerun(spark: SparkSession, store: DeltaStore,
     assert result.rows_in == result.rows_ok + result.rows_quarantined
     assert result.files_quarantined == len(UNREADABLE)
 
-    bronze = store.read(cfg.table_path("bronze", "t"))
+    bronze = store.read(cfg.catalog.path("t"))
     assert sorted(r.id for r in bronze.collect()) == [1, 2, 9]
-    rows = {r.raw_line: r for r in store.read(cfg.table_path("quarantine", "rows")).collect()}
+    rows = {r.raw_line: r for r in store.read(cfg.catalog.path("quarantine_rows")).collect()}
     assert len(rows) == len(BAD)
     for line, reason in BAD.items():
         raw = line.decode("utf-8", "replace").rstrip("\n")
         assert rows[raw].reason.startswith(reason) and rows[raw].source_file.endswith("/t/mixed.csv")
-    files = {Path(r.source_file).name: r.reason for r in store.read(cfg.table_path("quarantine", "files")).collect()}
+    files = {Path(r.source_file).name: r.reason for r in store.read(cfg.catalog.path("quarantine_files")).collect()}
     assert {n: files[n].split(":")[0] for n in UNREADABLE} == {n: r for n, (_, r) in UNREADABLE.items()}
 
-    versions = {t: store.version(cfg.table_path(*t)) for t in [("bronze", "t"), ("quarantine", "rows")]}
+    versions = {t: store.version(cfg.catalog.path(t)) for t in ["t", "quarantine_rows"]}
     (again,) = ingest(spark, cfg, store, "run-2", ["t"])
     assert again.files == [] and again.skipped_files == 1 + len(UNREADABLE)
-    assert {t: store.version(cfg.table_path(*t)) for t in versions} == versions
-    assert store.read(cfg.table_path("bronze", "t")).count() == 3
+    assert {t: store.version(cfg.catalog.path(t)) for t in versions} == versions
+    assert store.read(cfg.catalog.path("t")).count() == 3
 
     (folder / "late.csv").write_bytes(HEADER + b"11,2.0,2013-01-11,2013-01-11T10:00:00Z,late\n")
     (late,) = ingest(spark, cfg, store, "run-3", ["t"])
     assert [Path(f.file).name for f in late.files] == ["late.csv"] and late.rows_ok == 1
-    assert sorted(r.id for r in store.read(cfg.table_path("bronze", "t")).collect()) == [1, 2, 9, 11]
+    assert sorted(r.id for r in store.read(cfg.catalog.path("t")).collect()) == [1, 2, 9, 11]
 
 
 def test_run_that_died_before_its_log_is_rolled_back(spark: SparkSession, store: DeltaStore,
@@ -126,7 +126,7 @@ def test_run_that_died_before_its_log_is_rolled_back(spark: SparkSession, store:
         m.setattr(ingest_module, "write_ingest_log", driver_lost)
         with pytest.raises(RuntimeError, match="driver lost"):
             ingest(spark, cfg, store, died, ["t"])
-    bronze, rows = cfg.table_path("bronze", "t"), cfg.table_path("quarantine", "rows")
+    bronze, rows = cfg.catalog.path("t"), cfg.catalog.path("quarantine_rows")
     assert store.read(bronze).count() == 3 and store.read(rows).count() == len(BAD)  # committed, not logged
     with pytest.raises(BadInput, match=f"ingest run.*{died}.*RUNNING"):
         ingest(spark, cfg, store, "run-2", ["t"])
@@ -153,14 +153,14 @@ def test_land_demo_and_ingest_end_to_end(spark: SparkSession, store: DeltaStore,
     overrides = ["--set", f"storage.workspace={workspace}", "--set", "demo.fraction=0.01"]
     assert land_demo_job.main(overrides) == 0 and ingest_job.main(overrides) == 0
     cfg = make_cfg("demo.fraction=0.01")
-    flights = store.read(cfg.table_path("bronze", "flights"))
+    flights = store.read(cfg.catalog.path("flights"))
     expected = round(len(load_nycflights13("flights")) * 0.01)
     assert flights.count() == expected
     assert sorted(r.month for r in flights.select("month").distinct().collect()) == list(range(1, 13))
-    assert store.read(cfg.table_path("bronze", "airlines")).count() == 16
-    assert store.read(cfg.table_path("bronze", "weather")).count() == 26115
-    assert not store.exists(cfg.table_path("quarantine", "rows"))
-    files = list(Path(cfg.table_path("bronze", "flights")).rglob("*.parquet"))
+    assert store.read(cfg.catalog.path("airlines")).count() == 16
+    assert store.read(cfg.catalog.path("weather")).count() == 26115
+    assert not store.exists(cfg.catalog.path("quarantine_rows"))
+    files = list(Path(cfg.catalog.path("flights")).rglob("*.parquet"))
     assert len(files) == 12  # one file per month partition: no small-files problem
     assert all(f.parent.name.startswith("month=") for f in files)
 
@@ -175,8 +175,8 @@ def test_land_demo_and_ingest_end_to_end(spark: SparkSession, store: DeltaStore,
     assert run["tags.table_version.bronze.flights"] == "0"
 
     assert land_demo_job.main(overrides) == 0 and ingest_job.main(overrides) == 0  # re-run: nothing new
-    assert store.read(cfg.table_path("bronze", "flights")).count() == expected
-    assert store.version(cfg.table_path("bronze", "flights")) == 0
+    assert store.read(cfg.catalog.path("flights")).count() == expected
+    assert store.version(cfg.catalog.path("flights")) == 0
 
 
 TWEETS = ("ingest.sources.tw={path: tw/*.jsonl, format: jsonl, header: false, table: tw, "
@@ -185,7 +185,7 @@ TWEETS = ("ingest.sources.tw={path: tw/*.jsonl, format: jsonl, header: false, ta
 
 def test_jsonl_source(spark: SparkSession, store: DeltaStore, make_cfg: Callable[..., Config]) -> None:
     cfg = make_cfg(TWEETS)
-    folder = Path(cfg.landing) / "tw"
+    folder = Path(cfg.catalog.landing) / "tw"
     folder.mkdir(parents=True)
     lines = [
         '{"id": 1, "text": "line one\\nline two, with comma", "at": "2016-01-01T10:00:00Z", "flag": true}',
@@ -198,12 +198,12 @@ def test_jsonl_source(spark: SparkSession, store: DeltaStore, make_cfg: Callable
     (folder / "broken.jsonl").write_text("this is not json\n")
     (result,) = ingest(spark, cfg, store, "run-j", ["tw"])
     assert (result.rows_in, result.rows_ok, result.rows_quarantined, result.files_quarantined) == (5, 2, 3, 1)
-    rows = sorted(store.read(cfg.table_path("bronze", "tw")).collect(), key=lambda r: r.id)
+    rows = sorted(store.read(cfg.catalog.path("tw")).collect(), key=lambda r: r.id)
     assert [(r.id, r.text, r.flag) for r in rows] == [(1, "line one\nline two, with comma", True), (2, None, None)]
-    reasons = sorted(r.reason for r in store.read(cfg.table_path("quarantine", "rows")).collect())
+    reasons = sorted(r.reason for r in store.read(cfg.catalog.path("quarantine_rows")).collect())
     assert reasons[0].startswith("JSON line is not an object") and reasons[1].startswith("invalid JSON")
     assert reasons[2] == "unparsable bigint in column id: 'x3'"
-    (bad_file,) = store.read(cfg.table_path("quarantine", "files")).collect()
+    (bad_file,) = store.read(cfg.catalog.path("quarantine_files")).collect()
     assert bad_file.reason.startswith("not JSON lines") and bad_file.source_file.endswith("broken.jsonl")
 
 
@@ -213,7 +213,7 @@ def test_image_source(spark: SparkSession, store: DeltaStore, make_cfg: Callable
     from pipelines.demo import _png, digit_extras
 
     cfg = make_cfg("ingest.sources.img={path: img/**, format: image, glob_filter: '*.png', table: img}")
-    root = Path(cfg.landing) / "img"
+    root = Path(cfg.catalog.landing) / "img"
     pngs = {"0/a.png": _png(np.zeros((8, 8), np.uint8)), "0/b.png": _png(np.full((8, 8), 255, np.uint8)),
             "9/c.png": _png(np.eye(8, dtype=np.uint8) * 200)}
     for rel, data in {**pngs, **digit_extras(pngs["0/a.png"])}.items():
@@ -222,15 +222,15 @@ def test_image_source(spark: SparkSession, store: DeltaStore, make_cfg: Callable
     (result,) = ingest(spark, cfg, store, "run-i", ["img"])
     assert (result.rows_ok, result.files_quarantined, result.ignored_files) == (3, 3, 2)
     assert result.rows_in == result.rows_ok + result.rows_quarantined
-    rows = sorted(store.read(cfg.table_path("bronze", "img")).collect(), key=lambda r: r.path)
+    rows = sorted(store.read(cfg.catalog.path("img")).collect(), key=lambda r: r.path)
     assert [(r.label, r.width, r.height, r.mode) for r in rows] == [("0", 8, 8, "L"), ("0", 8, 8, "L"),
                                                                   ("9", 8, 8, "L")]
     assert rows[2].content == pngs["9/c.png"]  # bytes stored unchanged
-    reasons = {Path(r.source_file).name: r.reason for r in store.read(cfg.table_path("quarantine", "files")).collect()}
+    reasons = {Path(r.source_file).name: r.reason for r in store.read(cfg.catalog.path("quarantine_files")).collect()}
     assert sorted(reasons) == ["digit_empty.png", "digit_not_really.png", "digit_truncated.png"]
     assert reasons["digit_empty.png"] == "empty file"
     assert reasons["digit_truncated.png"].startswith("not a decodable image: ")
     assert reasons["digit_not_really.png"] == ("not a decodable image: UnidentifiedImageError: "
                                                "cannot identify image file")
     (again,) = ingest(spark, cfg, store, "run-i2", ["img"])
-    assert again.files == [] and store.read(cfg.table_path("bronze", "img")).count() == 3
+    assert again.files == [] and store.read(cfg.catalog.path("img")).count() == 3

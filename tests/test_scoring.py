@@ -31,7 +31,7 @@ def chain(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Conf
 
 
 def _gold(store: DeltaStore, cfg: Config) -> pd.DataFrame:
-    return store.read(cfg.table_path("gold", cfg.scoring.table)).toPandas()
+    return store.read(cfg.catalog.path("predictions")).toPandas()
 
 
 def _args(cfg: Config, *extra: str) -> list[str]:
@@ -43,7 +43,7 @@ def test_score_replaces_only_its_dates(spark: SparkSession, chain: Config) -> No
     first = run_score(spark, chain, store, [D1, D2])
     run_score(spark, chain, store, [D3])
     before = _gold(store, chain)
-    key = chain.features.key
+    key = chain.flow.key
     assert first["rows_scored"] > 0 and len(before) == len(before.drop_duplicates(key))
     assert sorted(before["flight_date"].astype(str).unique()) == ["2013-12-03", "2013-12-04", "2013-12-10"]
     assert before["probability"].between(0, 1).all() and set(before["prediction"]) <= {0, 1}
@@ -67,8 +67,8 @@ def test_probabilities_equal_model_predict(spark: SparkSession, chain: Config) -
     model = resolve_model(chain)
     preprocessing, _ = load_model_parts(spark, chain, model)
     frames, _ = read_bronze(store, chain)
-    fc = chain.features
-    facts = frames[fc.source_table].filter(date_column(chain) == F.lit(D2))
+    fc = chain.flow
+    facts = frames[chain.features.source_table].filter(date_column(chain) == F.lit(D2))
     enriched = enrich(clean(facts, fc), {j.table: frames[j.table] for j in fc.joins}, fc)
     from pyspark.ml.functions import vector_to_array
 
@@ -84,7 +84,7 @@ def test_probabilities_equal_model_predict(spark: SparkSession, chain: Config) -
 
 def test_unknown_alias_or_version_writes_nothing(spark: SparkSession, chain: Config) -> None:
     store = DeltaStore(spark)
-    path = chain.table_path("gold", chain.scoring.table)
+    path = chain.catalog.path("predictions")
     version = store.version(path)
     assert score_job.main(_args(chain, "--date", "2013-12-20", "--alias", "nope")) == 3
     assert score_job.main(_args(chain, "--date", "2013-12-20", "--version", "99")) == 3
@@ -96,9 +96,9 @@ def test_unknown_alias_or_version_writes_nothing(spark: SparkSession, chain: Con
 
 def test_unseen_categories_and_missing_weather(spark: SparkSession, chain: Config) -> None:
     store = DeltaStore(spark)
-    fc = chain.features
+    fc = chain.flow
     frames, versions = read_bronze(store, chain)
-    facts = (frames[fc.source_table].filter(date_column(chain) == F.lit(D1)).limit(5)
+    facts = (frames[chain.features.source_table].filter(date_column(chain) == F.lit(D1)).limit(5)
              .withColumn("carrier", F.lit("ZZ")).withColumn("dest", F.lit("NOWHERE")))
     dims = {j.table: frames[j.table] for j in fc.joins}
     dims["weather"] = dims["weather"].limit(0)  # no weather at all for these flights
@@ -111,7 +111,7 @@ def test_unseen_categories_and_missing_weather(spark: SparkSession, chain: Confi
 
 def test_drift_detects_a_shifted_feature(spark: SparkSession, chain: Config) -> None:
     store = DeltaStore(spark)
-    fc = chain.features
+    fc = chain.flow
     model = resolve_model(chain)
     ref = reference_frame(spark, store, model, 100_000)
     frames, _ = read_bronze(store, chain)
@@ -130,11 +130,11 @@ def test_monitor_job_writes_drift_and_exits_on_alert(spark: SparkSession, chain:
     calm = ["--set", "monitor.psi_threshold=100", "--set", "monitor.ks_threshold=1",
             "--set", "monitor.prediction_psi_threshold=100"]
     assert monitor_job.main(_args(chain, *calm, *window)) == 0
-    drift = store.read(chain.table_path("gold", chain.monitor.table)).toPandas()
+    drift = store.read(chain.catalog.path("drift")).toPandas()
     assert "__prediction__" in set(drift["feature"]) and {"distance", "carrier", "temp"} <= set(drift["feature"])
     assert not drift["alert"].any() and (drift["cur_count"] > 0).all()
     assert monitor_job.main(_args(chain, "--set", "monitor.psi_threshold=0.000001", *window)) == 4
-    again = store.read(chain.table_path("gold", chain.monitor.table)).toPandas()
+    again = store.read(chain.catalog.path("drift")).toPandas()
     assert len(again) == len(drift) and again["alert"].any()  # the window's rows replaced, not duplicated
     mlflow.set_tracking_uri(chain_config(Path(chain.workspace)).tracking_uri)
     runs = mlflow.search_runs(experiment_names=[chain.mlflow.experiment], filter_string="tags.job = 'monitor'",
@@ -149,9 +149,9 @@ def test_streaming_scores_every_row_exactly_once_across_restart(spark: SparkSess
     cfg = chain_config(Path(chain.workspace), "scoring.stream_path=incoming/*.csv",
                        "scoring.table=stream_predictions")
     store = DeltaStore(spark)
-    month = Path(cfg.landing) / "flights" / "flights_2013_12.csv"
+    month = Path(cfg.catalog.landing) / "flights" / "flights_2013_12.csv"
     header, *lines = month.read_text().splitlines()
-    incoming = Path(cfg.landing) / "incoming"
+    incoming = Path(cfg.catalog.landing) / "incoming"
     incoming.mkdir()
     early = [ln for ln in lines if ",12,1," in ln[:12] or ",12,2," in ln[:12]]
     late = [ln for ln in lines if ",12,3," in ln[:12]]
@@ -163,13 +163,13 @@ def test_streaming_scores_every_row_exactly_once_across_restart(spark: SparkSess
     second = run_stream(spark, cfg, store)  # restart from the checkpoint: only the new file
     assert sum(b["rows_scored"] for b in second) == len(late)
     assert run_stream(spark, cfg, store) == []  # nothing new
-    path = cfg.table_path("gold", cfg.scoring.table)
+    path = cfg.catalog.path("predictions")
     gold = store.read(path).toPandas()
-    key = cfg.features.key
+    key = cfg.flow.key
     assert len(gold) == len(early) + len(late) == len(gold.drop_duplicates(key))
 
     replay = store.read(path).filter("flight_date = date'2013-12-03'")  # a batch Spark would replay
-    upsert_partitions(store, path, replay, key, cfg.features.date_name)
+    upsert_partitions(store, path, replay, key, cfg.flow.date_name)
     assert store.read(path).count() == len(gold)
 
 

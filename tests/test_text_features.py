@@ -104,8 +104,8 @@ def test_text_features_end_to_end(spark: SparkSession, make_cfg: Callable[..., C
     from pipelines.flows.text import run_features
     from pipelines.ingest import ingest
 
-    cfg = make_cfg("pipeline=tweets", "features.stats.enabled=false", "text.num_features=256", "text.word2vec_size=8")
-    land_tweets(cfg.landing)
+    cfg = make_cfg("pipeline=tweets", "features.stats.enabled=false", "flow.num_features=256", "flow.word2vec_size=8")
+    land_tweets(cfg.catalog.landing)
     ingest(spark, cfg, store, "t", ["tweets"])
     start = time.perf_counter()
     result = run_features(spark, cfg, store)

@@ -65,7 +65,7 @@ def make_features_run(spark: SparkSession, cfg: Config, store: DeltaStore, rows:
     key = ["year", "month", "day", "carrier", "flight", "origin", "sched_dep_time"]
     table = model.transform(df).select(*key, "flight_date", "split", F.col("label").cast("int"),
                                        vector_to_array("features_vector", "float32").alias("features"), *RAW)
-    path = cfg.table_path("silver", cfg.features.output_table)
+    path = cfg.catalog.path("features")
     version = store.write(table, path, "overwrite")
     with job_run(cfg, "features") as run:
         model_path = f"{cfg.workspace}/models/preprocessing/{run.info.run_id}"

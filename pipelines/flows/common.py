@@ -59,13 +59,13 @@ def read_source(store: DeltaStore, cfg: Config) -> tuple[DataFrame, int]:
     The image and text flows read no other table (joins are a tabular-flow matter), so pinning another is an error.
     """
     name = cfg.features.source_table
-    path = cfg.table_path("bronze", name)
+    path = cfg.catalog.path(name)
     latest = store.version(path)
     if latest is None:
         raise FileNotFoundError(f"no bronze table {name!r} at {path}: run ingest first")
     unknown = sorted(set(cfg.features.bronze_versions) - {name})
     if unknown:
-        raise ConfigError(f"features.bronze_versions: {unknown} are not read by the {cfg.flow} flow "
+        raise ConfigError(f"features.bronze_versions: {unknown} are not read by the {cfg.flow.kind} flow "
                           f"(it reads {name!r})")
     version = cfg.features.bronze_versions.get(name, latest)
     if version > latest:
@@ -118,7 +118,7 @@ def write_features(cfg: Config, store: DeltaStore, run_id: str, table: DataFrame
     """Write the silver table (one new version), save and log the fitted PipelineModel, tag the run the way
     training looks features runs up; the rows read back must equal the rows built."""
     fc = cfg.features
-    out_path = cfg.table_path("silver", fc.output_table)
+    out_path = cfg.catalog.path("features")
     with stage("features.write") as s:
         meta = {"run_id": run_id, "job": "features", "pipeline": fc.pipeline,
                 "bronze_versions": json.dumps({fc.source_table: bronze_version})}
@@ -137,10 +137,10 @@ def write_features(cfg: Config, store: DeltaStore, run_id: str, table: DataFrame
                           splits)
     mlflow.set_tags({"feature_table": fc.output_table, "feature_table_path": out_path,
                      "feature_table_version": str(version), "preprocessing_path": model_path,
-                     "preprocessing_artifact": MODEL_ARTIFACT, "pipeline": fc.pipeline, "flow": cfg.flow,
+                     "preprocessing_artifact": MODEL_ARTIFACT, "pipeline": fc.pipeline, "flow": cfg.flow.kind,
                      "vector_size": str(result.vector_size), "classes": json.dumps(classes),
                      **({"input_shape": json.dumps(input_shape)} if input_shape else {})})
-    mlflow.log_params({"pipeline": fc.pipeline, "flow": cfg.flow, "source_table": fc.source_table,
+    mlflow.log_params({"pipeline": fc.pipeline, "flow": cfg.flow.kind, "source_table": fc.source_table,
                        "output_table": fc.output_table, f"bronze_version.{fc.source_table}": bronze_version,
                        "classes": json.dumps(classes)[:500]})
     mlflow.log_metrics({"vector_size": result.vector_size, "num_classes": len(classes),

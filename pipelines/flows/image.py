@@ -125,7 +125,7 @@ def with_original_size(images: DataFrame, content_column: str) -> DataFrame:
 
 def run_features(spark: SparkSession, cfg: Config, store: DeltaStore) -> FlowFeatures:
     """Bronze images -> dedupe, label, split -> decode (fitted PipelineModel) -> silver, as one MLflow run."""
-    conf, fc = cfg.image, cfg.features
+    conf, fc = cfg.flow, cfg.features
     shape = [conf.height, conf.width, conf.channels]
     with job_run(cfg, JOB) as active:
         run_id = active.info.run_id

@@ -32,15 +32,15 @@ PRED = "_prediction"
 def model_inputs(rows: DataFrame, cfg: Config, model: ResolvedModel) -> tuple[DataFrame, str, str]:
     """(rows with the model's input column, that column, the key) for the flow and the model's input kind."""
     kind = model.meta.get("input")
-    if cfg.flow == "image":
+    if cfg.flow.kind == "image":
         if kind != "image":
             raise BadInput(f"model {model.name}{model.asked} reads {kind!r}, not image bytes")
-        c = cfg.image
+        c = cfg.flow
         out = rows.withColumn(LABEL_NAME, F.col(c.label_column).cast("string"))
         return hash_split(out, c.key, c.split), c.content_column, c.key
     if kind != "features":
         raise BadInput(f"model {model.name}{model.asked} reads {kind!r}, not text feature vectors")
-    c = cfg.text
+    c = cfg.flow
     if c.text_column not in rows.columns:
         raise BadInput(f"input rows lack the text column {c.text_column!r}")
     ensure_features_package()
@@ -70,11 +70,11 @@ def score(spark: SparkSession, cfg: Config, store: DeltaStore, alias: str | None
     configure_mlflow(cfg)
     model = resolve_model(cfg, alias, version)  # a missing model fails before a run is opened (exit 3)
     with job_run(cfg, "score"), stage("score.predict") as s:
-        bronze = cfg.table_path("bronze", cfg.features.source_table)
+        bronze = cfg.catalog.path(cfg.features.source_table)
         input_version = store.version(bronze)
         if input_version is None:
             raise BadInput(f"no bronze table {bronze}: run ingest first")
-        key = cfg.image.key if cfg.flow == "image" else cfg.text.key
+        key = cfg.flow.key
         raw = store.read(bronze, input_version)
         rows_in = raw.count()
         rows = raw.dropDuplicates([key])
@@ -83,7 +83,7 @@ def score(spark: SparkSession, cfg: Config, store: DeltaStore, alias: str | None
         gold = predict(rows, cfg, model, udf, input_version).cache()
         try:
             out = _summary(gold, rows_in)
-            path = cfg.table_path("gold", cfg.scoring.table)
+            path = cfg.catalog.path("predictions")
             out["gold_version"] = store.write(gold, path, "overwrite",
                                               metadata={"model": f"{model.name}/{model.version}"})
         finally:

@@ -1,7 +1,7 @@
 """The text flow's features job: bronze tweets -> cleaned, labelled, hash-split rows -> text PipelineModel (fitted
 on train) -> silver table of array<float> features, recorded as one MLflow run like the tabular features run.
 
-`prepare_text` is pure DataFrame work driven by `cfg.text` (scoring can reuse it); `run_features` does the I/O.
+`prepare_text` is pure DataFrame work driven by `cfg.flow` (scoring can reuse it); `run_features` does the I/O.
 Rows that cannot be used are never dropped silently: each is counted under one reason, and the counts must add
 up to the rows read.
 """
@@ -115,7 +115,7 @@ def _params(conf: TextFlowConf) -> dict[str, Any]:
 def run_features(spark: SparkSession, cfg: Config, store: DeltaStore) -> FlowFeatures:
     """Read bronze tweets -> prepare -> fit the text stages on train -> write silver, as one MLflow run."""
     ensure_features_package()
-    conf = cfg.text
+    conf = cfg.flow
     with job_run(cfg, JOB) as active:
         run_id = active.info.run_id
         with stage("features.text.read") as s:

@@ -92,7 +92,7 @@ def _train(spark: SparkSession, cfg: Config, store: DeltaStore, data: DataFrame,
     spe = steps_per_epoch(counts["train"]["rows"], tc.batch_size, n, tc.max_steps_per_epoch)
     vsteps = steps_per_epoch(counts["validation"]["rows"], tc.batch_size, n, tc.max_steps_per_epoch)
     ckpt_dir = f"{checkpoint_root(cfg)}/{run_id}"
-    mlflow.log_params({**_flat("training.", tc.model_dump(mode="json")), "flow": cfg.flow,
+    mlflow.log_params({**_flat("training.", tc.model_dump(mode="json")), "flow": cfg.flow.kind,
                        "features_run_id": source.run_id, "feature_table": source.table_path,
                        "feature_table_version": source.table_version, "vector_size": source.vector_size,
                        "num_classes": k, "input_shape": str(list(input_shape) if input_shape else None),
@@ -101,7 +101,7 @@ def _train(spark: SparkSession, cfg: Config, store: DeltaStore, data: DataFrame,
                        **{f"class_weight.{classes[i]}": round(w, 6) for i, w in (weights or {}).items()},
                        **{f"rows.{s}": v["rows"] for s, v in counts.items()}})
     mlflow.set_tags({"features_run_id": source.run_id, "feature_table_version": str(source.table_version),
-                     "checkpoint_dir": ckpt_dir, "flow": cfg.flow})
+                     "checkpoint_dir": ckpt_dir, "flow": cfg.flow.kind})
     mlflow.log_dict(cfg.model_dump(mode="json"), "config.json")
 
     with stage("train.fit") as s:
@@ -139,7 +139,7 @@ def _train(spark: SparkSession, cfg: Config, store: DeltaStore, data: DataFrame,
         metric = tc.promote_metric if tc.promote_metric in test_m else "accuracy"
         promo = register_and_promote(cfg.mlflow.registered_model, info.model_uri, f"test_{metric}", test_m[metric],
                                      {"train_run_id": run_id, "features_run_id": source.run_id,
-                                      "feature_table_version": str(source.table_version), "flow": cfg.flow})
+                                      "feature_table_version": str(source.table_version), "flow": cfg.flow.kind})
         mlflow.set_tags({"registered_model": promo.name, "registered_version": promo.version,
                          "alias": promo.alias})
         s.add(model=promo.name, version=promo.version, alias=promo.alias)
@@ -153,12 +153,12 @@ def _train(spark: SparkSession, cfg: Config, store: DeltaStore, data: DataFrame,
 def _meta(cfg: Config, source: Any, classes: list[str], input_shape: tuple[int, ...] | None, run_id: str,
           val_m: dict[str, float], test_m: dict[str, float]) -> dict[str, Any]:
     """meta.json of the pyfunc: what it reads, how images are decoded, the classes, lineage and metrics."""
-    ic = cfg.image
+    ic = cfg.flow
     return {"input": "image" if input_shape else "features", "classes": classes,
             "vector_size": source.vector_size, "input_shape": list(input_shape) if input_shape else None,
             "decode": {"height": ic.height, "width": ic.width, "channels": ic.channels, "resample": ic.resample,
                        "normalize": ic.normalize} if input_shape else None,
-            "flow": cfg.flow, "features_run_id": source.run_id, "feature_table": source.table_path,
+            "flow": cfg.flow.kind, "features_run_id": source.run_id, "feature_table": source.table_path,
             "feature_table_version": source.table_version, "train_run_id": run_id,
             "result_type": pyfunc.CLASSIFIER_RESULT_TYPE, "validation": val_m, "test": test_m}
 
@@ -174,10 +174,10 @@ def _check_pyfunc(spark: SparkSession, cfg: Config, store: DeltaStore, model_uri
     images), must give the Keras model's classes and probabilities; returns the largest probability gap."""
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=pyfunc.CLASSIFIER_RESULT_TYPE, env_manager="local")
     if input_shape:  # the images' bytes from bronze, joined by key to test rows of the trained table version
-        key, content = cfg.image.key, cfg.image.content_column
+        key, content = cfg.flow.key, cfg.flow.content_column
         test = (store.read(source.table_path, source.table_version).filter(F.col("split") == "test")
                 .select(key, "features").limit(PARITY_ROWS))
-        bronze = cfg.table_path("bronze", cfg.features.source_table)
+        bronze = cfg.catalog.path(cfg.features.source_table)
         images = store.read(bronze, source.bronze_versions.get(cfg.features.source_table)).select(key, content)
         rows = test.join(images, key).select("features", udf(content).alias("out")).toPandas()
     else:

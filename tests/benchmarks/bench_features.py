@@ -45,11 +45,11 @@ def build_workspace(store: DeltaStore, src: Config, ws: Path, k: int, stats: boo
     """Scratch workspace with bronze flights x k and the dimension tables; returns its config."""
     cfg = load_config("local", [f"storage.workspace={ws}", f"features.stats.enabled={str(stats).lower()}"])
     fc = src.features
-    flights = store.read(src.table_path("bronze", fc.source_table))
-    store.write(replicate(flights, k), cfg.table_path("bronze", fc.source_table), "overwrite",
+    flights = store.read(src.catalog.path(fc.source_table))
+    store.write(replicate(flights, k), cfg.catalog.path(fc.source_table), "overwrite",
                 src.ingest.sources[fc.source_table].partition_by)
-    for j in fc.joins:
-        store.write(store.read(src.table_path("bronze", j.table)).coalesce(1), cfg.table_path("bronze", j.table),
+    for j in src.flow.joins:
+        store.write(store.read(src.catalog.path(j.table)).coalesce(1), cfg.catalog.path(j.table),
                     "overwrite")
     return cfg
 
@@ -57,7 +57,7 @@ def build_workspace(store: DeltaStore, src: Config, ws: Path, k: int, stats: boo
 def baseline(spark: SparkSession, store: DeltaStore, cfg: Config, out: Path) -> tuple[float, int]:
     """Seconds for read bronze flights -> write Parquet, and the rows written."""
     start = time.perf_counter()
-    store.read(cfg.table_path("bronze", cfg.features.source_table)).write.mode("overwrite").parquet(str(out))
+    store.read(cfg.catalog.path(cfg.features.source_table)).write.mode("overwrite").parquet(str(out))
     seconds = time.perf_counter() - start
     return seconds, spark.read.parquet(str(out)).count()
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     rows = []
     try:
-        store.read(src.table_path("bronze", src.features.source_table)).count()  # warm the JVM and the file cache
+        store.read(src.catalog.path(src.features.source_table)).count()  # warm the JVM and the file cache
         for k in scales:
             ws = scratch / f"x{k}"
             cfg = build_workspace(store, src, ws, k, args.stats)

@@ -119,33 +119,39 @@ def _record(origin: dict[str, str], before: Any, over: dict, where: str, prefix:
             _record(origin, None, v, where, key + ".")
 
 
-_DISCRIMINATORS = ("kind", "by")  # the union tags of the schema (flow, label, group kind; split by)
+TAGS = ("kind", "by")  # discriminators of the config's unions (flow, label, split, groups)
 
 
-def _switched(before: Any, over: dict) -> list[list[str]]:
-    """Paths of mappings in `over` that pick another union member than `before` (a different `kind` or `by`):
-    they replace the old mapping instead of merging into it, so `flow.label={kind: regression, column: price}`
-    over a category label does not keep the category's `positive`."""
-    out: list[list[str]] = []
+def _replaced(before: Any, over: dict, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Mappings that `over` switches to another union member (a different `kind` or `by`): those are replaced,
+    not merged, so `--set flow.label={kind: regression, column: price}` leaves no threshold behind."""
+    out = []
     for k, v in over.items():
         prev = before.get(k) if isinstance(before, dict) else None
-        if not isinstance(v, dict) or not isinstance(prev, dict):
+        if not (isinstance(v, dict) and isinstance(prev, dict)):
             continue
-        if any(d in v and d in prev and v[d] != prev[d] for d in _DISCRIMINATORS):
-            out.append([str(k)])
+        if any(t in v and t in prev and v[t] != prev[t] for t in TAGS):
+            out.append((*path, k))
         else:
-            out += [[str(k), *sub] for sub in _switched(prev, v)]
+            out.extend(_replaced(prev, v, (*path, k)))
     return out
 
 
 def _merge(merged: DictConfig, over: dict, origin: dict[str, str], where: str) -> DictConfig:
     before = OmegaConf.to_container(merged, resolve=False)
-    for path in _switched(before, over):
+    for path in _replaced(before, over):
         node = merged
         for part in path[:-1]:
             node = node[part]
         del node[path[-1]]
-    _record(origin, OmegaConf.to_container(merged, resolve=False), over, where)
+        node = before
+        for part in path[:-1]:
+            node = node[part]
+        del node[path[-1]]
+        prefix = ".".join(path)
+        for key in [k for k in origin if k == prefix or k.startswith(prefix + ".")]:
+            del origin[key]
+    _record(origin, before, over, where)
     try:
         return OmegaConf.merge(merged, OmegaConf.create(over))  # type: ignore[return-value]
     except OmegaConfBaseException as e:
@@ -231,15 +237,22 @@ def _walk(data: Any, loc: tuple) -> tuple[str, str]:
     a note naming the list item it is in when that item has a name (a feature group)."""
     parts: list[str] = []
     node, note = data, ""
-    for p in loc:
+    skipped: Any = None
+    for i, p in enumerate(loc):
+        if isinstance(node, dict) and node is not skipped and isinstance(p, str) and p in [node.get(t) for t in TAGS]:
+            # The union member pydantic validated against (before the member's fields), unless it is also a key
+            # that the rest of the location continues into (training.network: kind mlp, and a section mlp).
+            nxt = loc[i + 1] if i + 1 < len(loc) else None
+            inner = node.get(p)
+            if p not in node or (nxt in node and not (isinstance(inner, dict) and nxt in inner)):
+                skipped = node
+                continue
         if isinstance(node, dict) and p in node:
             node = node[p]
         elif isinstance(node, list) and isinstance(p, int) and 0 <= p < len(node):
             node = node[p]
             if isinstance(node, dict) and "name" in node:
                 note = f"{node.get('kind', '')} group {node['name']!r}".strip()
-        elif isinstance(node, dict) and isinstance(p, str) and p in (node.get("kind"), node.get("by")):
-            continue  # the union member pydantic validated against
         else:
             node = None
         parts.append(str(p))
