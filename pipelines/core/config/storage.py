@@ -25,4 +25,5 @@ class MlflowConf(Strict):
 class DemoConf(Strict):
     fraction: float = Field(default=1.0, gt=0, le=1)
     seed: int = 7
-    datasets: list[Literal["flights", "digits", "tweets"]] = Field(default_factory=list)  # empty = all
+    # land-demo's data sets; empty: flights, digits and tweets (diamonds, the "your own data" example, when named)
+    datasets: list[Literal["flights", "digits", "tweets", "diamonds"]] = Field(default_factory=list)
