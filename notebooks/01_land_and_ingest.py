@@ -7,23 +7,18 @@
 
 # COMMAND ----------
 
-from pipelines.core.config import load_config
-from pipelines.core.delta import DeltaStore
-from pipelines.core.notebook import get_dbutils
-from pipelines.core.session import get_spark
+from pipelines.core.notebook import get_dbutils, open_notebook
 
 dbutils = get_dbutils()
-dbutils.widgets.text("env", "local")
 dbutils.widgets.text("fraction", "0.02")
-cfg = load_config(dbutils.widgets.get("env"), [f"demo.fraction={dbutils.widgets.get('fraction')}"])
-spark = get_spark(cfg, "notebook")
-store = DeltaStore(spark, cfg.storage.engine)
+nb = open_notebook(dbutils, [f"demo.fraction={dbutils.widgets.get('fraction')}"])
+cfg, spark, store, flow = nb.cfg, nb.spark, nb.store, nb.flow
 
 # COMMAND ----------
 
 from pipelines.demo import land_demo
 
-landed = land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed)
+landed = land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, cfg.demo.datasets)
 landed
 
 # COMMAND ----------

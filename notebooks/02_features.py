@@ -6,28 +6,21 @@
 
 # COMMAND ----------
 
-from pipelines.core.config import load_config
-from pipelines.core.delta import DeltaStore
-from pipelines.core.notebook import get_dbutils
-from pipelines.core.session import get_spark
+from pipelines.core.notebook import get_dbutils, open_notebook
 
 dbutils = get_dbutils()
-dbutils.widgets.text("env", "local")
 dbutils.widgets.text("stats", "true")
-cfg = load_config(dbutils.widgets.get("env"), [f"features.stats.enabled={dbutils.widgets.get('stats')}"])
-spark = get_spark(cfg, "notebook")
-store = DeltaStore(spark, cfg.storage.engine)
+nb = open_notebook(dbutils, [f"features.stats.enabled={dbutils.widgets.get('stats')}"])
+cfg, spark, store, flow = nb.cfg, nb.spark, nb.store, nb.flow
 
 # COMMAND ----------
 
-from pipelines.features import run_features
+from pipelines.stages.featurize import run_features
 
-result = run_features(spark, cfg, store)
+result = run_features(spark, cfg, store, flow)
 print(f"table version {result.run.table_version}, vector size {result.run.vector_size}, run {result.run.run_id}")
 result.splits
 
 # COMMAND ----------
 
-from pipelines.features import read_feature_table
-
-read_feature_table(store, result.run).groupBy("split").count().show()
+store.read(result.run.table_path, result.run.table_version).groupBy("split").count().show()

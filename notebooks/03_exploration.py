@@ -9,24 +9,19 @@
 
 import json
 
-from pipelines.core.config import load_config
-from pipelines.core.delta import DeltaStore
-from pipelines.core.notebook import get_dbutils
-from pipelines.core.session import get_spark
+from pipelines.core.notebook import get_dbutils, open_notebook
 
 dbutils = get_dbutils()
-dbutils.widgets.text("env", "local")
-cfg = load_config(dbutils.widgets.get("env"))
-spark = get_spark(cfg, "notebook")
-store = DeltaStore(spark, cfg.storage.engine)
+nb = open_notebook(dbutils, [])
+cfg, spark, store, flow = nb.cfg, nb.spark, nb.store, nb.flow
 
 # COMMAND ----------
 
 import mlflow
 
-from pipelines.features import latest_features_run
+from pipelines.core.recorder import latest_features_record
 
-run = latest_features_run(cfg)
+run = latest_features_record(cfg)
 report = mlflow.artifacts.load_dict(f"runs:/{run.run_id}/stats_report.json")
 print(json.dumps({k: report[k] for k in ("rows", "label_balance") if k in report}, indent=2))
 {name: {k: round(v, 3) for k, v in stats.items() if isinstance(v, float)} for name, stats in report["numeric"].items()}
@@ -43,7 +38,7 @@ for name in ("label_balance.png", "histograms.png", "correlation.png"):
 
 from pyspark.sql import functions as F
 
-flights = store.read(cfg.catalog.path("flights"))
+flights = store.read(cfg.catalog.path(cfg.features.source_table))
 (flights.groupBy("month")
  .agg(F.count("*").alias("flights"), F.avg((F.col("arr_delay") > 15).cast("double")).alias("late_rate"))
  .orderBy("month").show(12))

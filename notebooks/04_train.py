@@ -6,26 +6,19 @@
 
 # COMMAND ----------
 
-from pipelines.core.config import load_config
-from pipelines.core.delta import DeltaStore
-from pipelines.core.notebook import get_dbutils
-from pipelines.core.session import get_spark
+from pipelines.core.notebook import get_dbutils, open_notebook
 
 dbutils = get_dbutils()
-dbutils.widgets.text("env", "local")
 dbutils.widgets.text("epochs", "12")
 dbutils.widgets.text("num_workers", "2")
-cfg = load_config(dbutils.widgets.get("env"), [f"training.epochs={dbutils.widgets.get('epochs')}",
-                                               f"training.num_workers={dbutils.widgets.get('num_workers')}"])
-spark = get_spark(cfg, "notebook")
-store = DeltaStore(spark, cfg.storage.engine)
+nb = open_notebook(dbutils, [f"training.epochs={dbutils.widgets.get('epochs')}", f"training.num_workers={dbutils.widgets.get('num_workers')}"])
+cfg, spark, store, flow = nb.cfg, nb.spark, nb.store, nb.flow
 
 # COMMAND ----------
 
-from pipelines.flows.base import get_flow
 from pipelines.training.trainer import run_train
 
-result = run_train(spark, cfg, store, get_flow(cfg))
+result = run_train(spark, cfg, store, flow)
 print(f"{result.registered_model} v{result.version} -> {result.alias}; threshold {result.threshold:.3f}")
 {"test": result.test, "baseline_test": result.baseline_test}
 

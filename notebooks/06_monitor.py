@@ -6,26 +6,21 @@
 
 # COMMAND ----------
 
-from pipelines.core.config import load_config
-from pipelines.core.delta import DeltaStore
 from pipelines.core.errors import DriftAlert
-from pipelines.core.notebook import get_dbutils
-from pipelines.core.session import get_spark
+from pipelines.core.notebook import get_dbutils, open_notebook
 
 dbutils = get_dbutils()
-dbutils.widgets.text("env", "local")
 dbutils.widgets.text("dates", "2013-12-01:2013-12-07")
-cfg = load_config(dbutils.widgets.get("env"))
-spark = get_spark(cfg, "notebook")
-store = DeltaStore(spark, cfg.storage.engine)
+nb = open_notebook(dbutils, [])
+cfg, spark, store, flow = nb.cfg, nb.spark, nb.store, nb.flow
 
 # COMMAND ----------
 
 from jobs.common import parse_dates
-from pipelines.monitoring import run_monitor
+from pipelines.stages.monitor import run_monitor
 
 try:
-    report = run_monitor(spark, cfg, store, parse_dates(dbutils.widgets.get("dates")))
+    report = run_monitor(spark, cfg, store, flow, parse_dates(dbutils.widgets.get("dates")))
     print("no drift alert")
 except DriftAlert as alert:
     print(f"DRIFT ALERT: {alert}")

@@ -7,22 +7,15 @@
 
 # COMMAND ----------
 
-from pipelines.core.config import load_config
-from pipelines.core.delta import DeltaStore
-from pipelines.core.notebook import get_dbutils
-from pipelines.core.session import get_spark
+from pipelines.core.notebook import get_dbutils, open_notebook
 
 dbutils = get_dbutils()
-dbutils.widgets.text("env", "local")
 dbutils.widgets.dropdown("pipeline", "digits", ["digits", "tweets"])
 dbutils.widgets.text("fraction", "1.0")
 dbutils.widgets.text("epochs", "60")
-cfg = load_config(dbutils.widgets.get("env"), [f"pipeline={dbutils.widgets.get('pipeline')}",
-                                               f"demo.fraction={dbutils.widgets.get('fraction')}",
-                                               f"training.epochs={dbutils.widgets.get('epochs')}"])
-spark = get_spark(cfg, "notebook")
-store = DeltaStore(spark, cfg.storage.engine)
-print(f"pipeline {cfg.pipeline}: flow {cfg.flow.kind}, table {cfg.features.output_table}, model {cfg.mlflow.registered_model}")
+nb = open_notebook(dbutils, [f"demo.fraction={dbutils.widgets.get('fraction')}",
+                             f"training.epochs={dbutils.widgets.get('epochs')}"])
+cfg, spark, store, flow = nb.cfg, nb.spark, nb.store, nb.flow
 
 # COMMAND ----------
 
@@ -34,10 +27,10 @@ land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, cfg.demo.datase
 
 # COMMAND ----------
 
-from pipelines.flows.dispatch import run_features_for
+from pipelines.stages.featurize import run_features
 
-features_run_id = run_features_for(spark, cfg, store)
-table = store.read(cfg.catalog.path("features"))
+features = run_features(spark, cfg, store, flow)
+table = store.read(features.run.table_path, features.run.table_version)
 table.groupBy("split", "label_name").count().orderBy("split", "label_name").toPandas()
 
 # COMMAND ----------
@@ -45,23 +38,24 @@ table.groupBy("split", "label_name").count().orderBy("split", "label_name").toPa
 import matplotlib.pyplot as plt
 import mlflow
 
-if cfg.flow.kind == "image":
-    grid = mlflow.artifacts.download_artifacts(f"runs:/{features_run_id}/plots/sample_grid.png")
+for art in mlflow.artifacts.list_artifacts(run_id=features.run.run_id, artifact_path="plots"):  # the flow's plots
+    png = mlflow.artifacts.download_artifacts(run_id=features.run.run_id, artifact_path=art.path)
     plt.figure(figsize=(6, 6))
-    plt.imshow(plt.imread(grid))
+    plt.imshow(plt.imread(png))
     plt.axis("off")
     plt.show()
 
 # COMMAND ----------
 
-from pipelines.flows.dispatch import run_score_for, run_train_for
+from pipelines.stages.score import run_score
+from pipelines.training.trainer import run_train
 
-result = run_train_for(spark, cfg, store, features_run_id=features_run_id)
+result = run_train(spark, cfg, store, flow, features_run_id=features.run.run_id)
 print(f"{result.registered_model} v{result.version} -> {result.alias}")
 {"keras_test_accuracy": result.test["accuracy"], "mllib_baseline_test_accuracy": (result.baseline_test or {}).get("accuracy")}
 
 # COMMAND ----------
 
-scored = run_score_for(spark, cfg, store)
+scored = run_score(spark, cfg, store, flow)
 store.read(cfg.catalog.path("predictions")).filter("split = 'test'").groupBy("true_label", "predicted_label") \
     .count().orderBy("true_label", "predicted_label").toPandas().head(20)

@@ -146,7 +146,7 @@ def test_label_and_split_unions() -> None:
     with pytest.raises(ConfigError, match="more than one split"):
         load_config("local", ["flow.split.test=[9]"])
     with pytest.raises(ConfigError, match=r"flow\.groups: .*not known at prediction time: \['arr_delay'\]"):
-        load_config("local", ["flow.post_departure=[]", "flow.groups=[{kind: numeric, columns: [arr_delay]}]"])
+        load_config("local", ["flow.unknown_at_prediction=[]", "flow.groups=[{kind: numeric, columns: [arr_delay]}]"])
 
 
 def test_profile_inherits_nothing_from_flights() -> None:

@@ -55,7 +55,7 @@ def test_profile_loads_with_only_its_own_source_and_a_plain_flow() -> None:
 
     flow = cfg.flow
     assert flow.kind == "tabular" and flow.key == ["diamond_id"]
-    assert flow.joins == [] and flow.derived == {} and flow.post_departure == [] and flow.passthrough == []
+    assert flow.joins == [] and flow.derived == {} and flow.unknown_at_prediction == [] and flow.passthrough == []
     assert flow.date_columns == [] and not flow.has_date  # no date: the whole table is scored
     assert isinstance(flow.split, HashSplit) and flow.split_key == ["diamond_id"]
     assert flow.label == CategoryLabel(column="cut", positive=["Ideal", "Premium"])

@@ -8,7 +8,6 @@ WIDGET_<NAME> environment variables (how the tests and a scheduler pass paramete
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,22 +73,22 @@ class Notebook:
         return self.dbutils.widgets.get(name)
 
 
-def open_notebook(widgets: dict[str, str] | None = None,
-                  overrides: Callable[[Callable[[str], str]], list[str]] | None = None) -> Notebook:
-    """The shared preamble of the notebooks: text widgets `env` (default local), `pipeline` (default: the config's
-    default) and `widgets` with their defaults; the config of env + pipeline + `overrides(widget)`; the session
-    from the one session factory; the Delta store; the pipeline's flow."""
+def open_notebook(dbutils: Any, overrides: list[str] | tuple[str, ...] = ()) -> Notebook:
+    """The shared preamble of the notebooks: widgets `env` (default local) and `pipeline` (default: the config's
+    default) beside the notebook's own; the config of env + pipeline + `overrides`; the session from the one
+    session factory; the Delta store; the pipeline's flow."""
     from pipelines.core.config import load_config
     from pipelines.core.delta import DeltaStore
     from pipelines.core.session import get_spark
     from pipelines.flows import get_flow
 
-    dbutils = get_dbutils()
-    for name, default in {"env": "local", "pipeline": "", **(widgets or {})}.items():
-        dbutils.widgets.text(name, default)
-    get = dbutils.widgets.get
-    pipeline = [f"pipeline={get('pipeline')}"] if get("pipeline") else []
-    cfg = load_config(get("env"), [*pipeline, *(overrides(get) if overrides else [])])
+    for name, default in (("env", "local"), ("pipeline", "")):
+        try:
+            dbutils.widgets.get(name)
+        except Exception:  # not defined by the notebook: a text widget with the default
+            dbutils.widgets.text(name, default)
+    pipeline = dbutils.widgets.get("pipeline")
+    cfg = load_config(dbutils.widgets.get("env"), [*([f"pipeline={pipeline}"] if pipeline else []), *overrides])
     spark = get_spark(cfg, "notebook")
     return Notebook(dbutils, cfg, spark, DeltaStore(spark, cfg.storage.engine, cfg.storage.max_records_per_file),
                     get_flow(cfg))

@@ -72,7 +72,7 @@ def build_catalog(cfg: Config) -> Catalog:
     for src in cfg.ingest.sources.values():
         derived.append((src.table, "bronze", src.table, tuple(src.partition_by)))
     flow = cfg.flow
-    date_part = (flow.date_name,) if flow.kind == "tabular" and flow.has_date else ()
+    date_part = (flow.date_name,) if getattr(flow, "has_date", False) else ()  # image, text: no dates
     derived += [
         ("features", "silver", cfg.features.output_table, ()),
         ("predictions", "gold", cfg.scoring.table, date_part),

@@ -207,10 +207,10 @@ class TabularFlowConf(Strict):
     date_columns: list[str] = Field(default_factory=list)  # year, month, day columns -> date_name (or none)
     date_name: str = "date"
     label: TabularLabel
-    split: TabularSplit = MonthSplit()
+    split: TabularSplit  # required: month, date_range or hash (no default that assumes dates)
     joins: list[JoinConf] = Field(default_factory=list)
     derived: dict[str, str] = Field(default_factory=dict)  # name -> Spark SQL expression, after the joins
-    post_departure: list[str] = Field(default_factory=list)  # unknown at prediction time: never inputs
+    unknown_at_prediction: list[str] = Field(default_factory=list)  # unknown at prediction time: never inputs
     groups: list[FeatureGroup] = Field(default_factory=list)
     passthrough: list[str] = Field(default_factory=list)  # extra columns copied to the table, never inputs
     scale: bool = True
@@ -228,7 +228,7 @@ class TabularFlowConf(Strict):
     def _no_leakage(cls, v: list[Any], info: Any) -> list[Any]:
         """A feature input must be known at prediction time: the label column and post-departure columns (or
         derived columns that use them) are refused here."""
-        banned = set(info.data.get("post_departure", []))
+        banned = set(info.data.get("unknown_at_prediction", []))
         if "label" in info.data:
             banned.add(info.data["label"].column)
         derived = info.data.get("derived", {})

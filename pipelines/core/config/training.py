@@ -62,7 +62,7 @@ class OptimizerConf(Strict):
 class EarlyStoppingConf(Strict):
     """Stop when the validation metric has not improved by `min_delta` for `patience` epochs."""
 
-    monitor: Literal["val_auc", "val_loss", "val_pr_auc", "val_accuracy"] = "val_auc"  # multiclass: no auc
+    monitor: Literal["val_auc", "val_loss", "val_pr_auc", "val_accuracy", "val_rmse", "val_mae"] = "val_auc"
     patience: int = Field(default=3, ge=1)
     min_delta: float = Field(default=0.0001, ge=0)
 
@@ -127,7 +127,7 @@ class TrainingConf(Strict):
     timeout_s: int = Field(default=3600, gt=0)
     checkpoint_dir: str | None = None  # default: <workspace>/checkpoints; one folder per MLflow run
     keep_checkpoints: int = Field(default=3, ge=1)
-    promote_metric: Literal["roc_auc", "pr_auc", "accuracy", "macro_f1"] = "roc_auc"  # test metric: champion
+    promote_metric: Literal["roc_auc", "pr_auc", "accuracy", "macro_f1", "rmse", "mae", "r2"] = "roc_auc"
     data: TrainDataConf = TrainDataConf()
     network: NetworkConf = NetworkConf()
     optimizer: OptimizerConf = OptimizerConf()

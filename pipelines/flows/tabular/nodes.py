@@ -169,7 +169,7 @@ def build_pipeline(tf: Any) -> Pipeline:
     """
     if not tf.groups:
         raise ConfigError("flow.groups: no feature groups configured")
-    leaks = sorted(set(input_columns(tf)) & ({*tf.post_departure, tf.label.column}))
+    leaks = sorted(set(input_columns(tf)) & ({*tf.unknown_at_prediction, tf.label.column}))
     if leaks:
         raise ConfigError(f"flow.groups: {leaks} are not known at prediction time")
     stages: list[Any] = []
