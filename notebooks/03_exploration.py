@@ -12,6 +12,7 @@ import json
 from pipelines.core.notebook import get_dbutils, open_notebook
 
 dbutils = get_dbutils()
+dbutils.widgets.text("top", "5")
 nb = open_notebook(dbutils, [])
 cfg, spark, store, flow = nb.cfg, nb.spark, nb.store, nb.flow
 
@@ -42,4 +43,5 @@ flights = store.read(cfg.catalog.path(cfg.features.source_table))
 (flights.groupBy("month")
  .agg(F.count("*").alias("flights"), F.avg((F.col("arr_delay") > 15).cast("double")).alias("late_rate"))
  .orderBy("month").show(12))
-flights.groupBy("carrier").agg(F.avg("arr_delay").alias("mean_arr_delay")).orderBy(F.desc("mean_arr_delay")).show(5)
+flights.groupBy("carrier").agg(F.avg("arr_delay").alias("mean_arr_delay")).orderBy(F.desc("mean_arr_delay")).show(
+    int(dbutils.widgets.get("top")))

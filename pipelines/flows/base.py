@@ -109,6 +109,27 @@ class Flow(Protocol):
         have no date (then the whole source table is scored and there is no drift window)."""
 
 
+class ClassifiedTableFlow:
+    """Defaults shared by flows that read one bronze table, train a multiclass model on its rows and have no
+    dates (so no drift window): the image and text flows override only what differs."""
+
+    def sources(self, cfg: Config) -> list[str]:
+        return [cfg.features.source_table]
+
+    def head(self, cfg: Config) -> str:
+        return "multiclass"
+
+    def model_input(self, cfg: Config, store: DeltaStore, record: FeaturesRecord, rows: DataFrame
+                    ) -> tuple[DataFrame, str]:
+        return rows, FEATURES
+
+    def monitoring_inputs(self, cfg: Config, frames: dict[str, DataFrame], dates: list[Any]) -> None:
+        return None
+
+    def test_window(self, cfg: Config, table: DataFrame) -> None:
+        return None
+
+
 _REGISTRY: dict[str, Callable[[], Flow]] = {}
 
 

@@ -27,7 +27,7 @@ from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.files import to_uri
 from pipelines.core.logs import LOG, stage
-from pipelines.core.recorder import FeaturesRecord, features_record, latest_features_record
+from pipelines.core.recorder import FeaturesRecord, features_record, flat, latest_features_record
 from pipelines.core.tracking import configure_mlflow, git_commit, job_run
 from pipelines.training import checkpoints, pyfunc
 from pipelines.training.data import ParquetCache
@@ -217,14 +217,6 @@ def class_weights(cfg: Config, task: Task, data: TrainingData) -> dict[int, floa
     return task.head.class_weights(data.per_class, task.num_classes) if cfg.training.class_weights else None
 
 
-def _flat(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flat(key + ".", v) if isinstance(v, dict) else {key: v})
-    return out
-
-
 def _train_in_run(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Any, task: Task, data: TrainingData,
                   run_id: str) -> TrainResult:
     """The job's steps inside its MLflow run."""
@@ -302,7 +294,7 @@ def _log_inputs(cfg: Config, task: Task, data: TrainingData, weights: dict[int, 
     tc, record = cfg.training, task.record
     es = task.head.early_stopping(tc.early_stopping.model_dump(mode="json"))
     names = task.classes
-    mlflow.log_params({**_flat("training.", tc.model_dump(mode="json")), "flow": record.flow,
+    mlflow.log_params({**flat("training.", tc.model_dump(mode="json")), "flow": record.flow,
                        "head": task.head.name, "features_run_id": record.run_id, "feature_table": record.table_path,
                        "feature_table_version": record.table_version, "vector_size": record.vector_size,
                        **({"num_classes": task.num_classes,
@@ -430,7 +422,7 @@ def _baseline(cfg: Config, task: Task, data: DataFrame, weights: dict[int, float
     conf = cfg.training.baseline
     with job_run(cfg, f"{JOB}.baseline", nested=True):
         result = task.head.baseline(data, conf, weights, cfg.training.seed, task.classes)
-        mlflow.log_params({"kind": result.kind, **_flat("grid.", conf.model_dump(mode="json")),
+        mlflow.log_params({"kind": result.kind, **flat("grid.", conf.model_dump(mode="json")),
                            **{f"best.{k}": v for k, v in result.best_params.items()}})
         mlflow.log_metrics({**({"threshold": result.threshold} if result.threshold is not None else {}),
                             **{f"validation_{k}": v for k, v in result.validation.items()},

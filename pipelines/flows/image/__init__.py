@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 from pipelines.core.config import Config
 from pipelines.core.errors import BadInput
 from pipelines.core.logs import LOG, stage
-from pipelines.flows.base import FEATURES, LABEL, FeatureSet, ScoringRows, register
+from pipelines.flows.base import FEATURES, LABEL, ClassifiedTableFlow, FeatureSet, ScoringRows, register
 from pipelines.flows.image.nodes import (
     PIXELS,
     SIZE,
@@ -26,14 +26,8 @@ from pipelines.flows.labels import LABEL_NAME, class_names, hash_split
 
 
 @register("image")
-class ImageFlow:
+class ImageFlow(ClassifiedTableFlow):
     kind = "image"
-
-    def sources(self, cfg: Config) -> list[str]:
-        return [cfg.features.source_table]
-
-    def head(self, cfg: Config) -> str:
-        return "multiclass"
 
     def featurize(self, spark: Any, cfg: Config, frames: dict[str, DataFrame]) -> FeatureSet:
         """Dedupe, label, split -> decode (fitted PipelineModel); undecodable images are counted and left out."""
@@ -101,9 +95,3 @@ class ImageFlow:
         rows = raw.dropDuplicates([c.key]).withColumn(LABEL_NAME, F.col(c.label_column).cast("string"))
         return ScoringRows(hash_split(rows, c.key, c.split).withColumnRenamed(LABEL_NAME, "true_label"),
                            c.content_column, [c.key, "split", "true_label"], [c.key], rows_in)
-
-    def monitoring_inputs(self, cfg: Config, frames: dict[str, DataFrame], dates: list[Any]) -> None:
-        return None
-
-    def test_window(self, cfg: Config, table: DataFrame) -> None:
-        return None

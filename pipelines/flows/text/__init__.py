@@ -14,20 +14,14 @@ from pyspark.sql import functions as F
 from pipelines.core.config import Config
 from pipelines.core.errors import BadInput
 from pipelines.core.logs import stage
-from pipelines.flows.base import FEATURES, VECTOR_COL, FeatureSet, ScoringRows, register
+from pipelines.flows.base import FEATURES, VECTOR_COL, ClassifiedTableFlow, FeatureSet, ScoringRows, register
 from pipelines.flows.labels import LABEL_NAME, class_names, hash_split, with_labels
 from pipelines.flows.text.nodes import feature_table, prepare_text, text_params, text_report, text_stages
 
 
 @register("text")
-class TextFlow:
+class TextFlow(ClassifiedTableFlow):
     kind = "text"
-
-    def sources(self, cfg: Config) -> list[str]:
-        return [cfg.features.source_table]
-
-    def head(self, cfg: Config) -> str:
-        return "multiclass"
 
     def featurize(self, spark: Any, cfg: Config, frames: dict[str, DataFrame]) -> FeatureSet:
         conf = cfg.flow
@@ -52,9 +46,6 @@ class TextFlow:
             s.add(word2vec_vocabulary=report["word2vec_vocabulary"])
         return report
 
-    def model_input(self, cfg: Config, store: Any, record: Any, rows: DataFrame) -> tuple[DataFrame, str]:
-        return rows, FEATURES
-
     def serving_meta(self, cfg: Config) -> dict[str, Any]:
         return {"input": "features"}
 
@@ -77,9 +68,3 @@ class TextFlow:
         out = (vectors.withColumn(FEATURES, vector_to_array(VECTOR_COL, "float32"))
                .withColumnRenamed(LABEL_NAME, "true_label"))
         return ScoringRows(out, FEATURES, [c.key, "split", "true_label"], [c.key], rows_in)
-
-    def monitoring_inputs(self, cfg: Config, frames: dict[str, DataFrame], dates: list[Any]) -> None:
-        return None
-
-    def test_window(self, cfg: Config, table: DataFrame) -> None:
-        return None
