@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,29 +17,25 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from features.cyclical import CyclicalEncoder
-from pipelines.core.config import Config, ConfigError, load_config
+from pipelines.core.config import REPO_ROOT, Config, ConfigError, load_config
 from pipelines.core.delta import DeltaStore
+from pipelines.core.recorder import latest_features_record
 from pipelines.demo import land_demo
-from pipelines.features import (
-    FEATURES_COL,
-    VECTOR_COL,
-    FeaturesResult,
+from pipelines.flows import get_flow
+from pipelines.flows.base import FEATURES, VECTOR_COL
+from pipelines.flows.tabular.nodes import (
     assign_split,
     build_pipeline,
     clean,
     dimension_duplicates,
     enrich,
-    ensure_features_package,
     feature_names,
     input_columns,
-    latest_features_run,
-    load_preprocessing,
     pipeline_inputs,
-    read_bronze,
-    read_feature_table,
-    run_features,
 )
 from pipelines.ingest import ingest
+from pipelines.stages.featurize import FeaturesResult, run_features
+from pipelines.stages.inputs import read_sources
 
 FLIGHT_COLS = ("year int, month int, day int, carrier string, flight int, origin string, dest string, "
                "sched_dep_time int, hour int, tailnum string, distance double, arr_delay double, dep_delay double")
@@ -166,12 +164,12 @@ def test_split_by_month_is_configurable(spark: SparkSession, make_cfg: Callable[
 
 
 # ---- the pipeline ------------------------------------------------------------------------------------------
-def test_no_post_departure_column_is_a_pipeline_input(cfg: Config) -> None:
+def test_no_unknown_at_prediction_column_is_a_pipeline_input(cfg: Config) -> None:
     fc = cfg.flow
     inputs = pipeline_inputs(build_pipeline(fc))
     assert inputs == set(input_columns(fc))
     assert not inputs & {"arr_time", "arr_delay", "dep_time", "dep_delay", "air_time", "label"}
-    assert set(fc.post_departure) >= {"arr_time", "arr_delay", "dep_time", "dep_delay", "air_time"}
+    assert set(fc.unknown_at_prediction) >= {"arr_time", "arr_delay", "dep_time", "dep_delay", "air_time"}
 
 
 def test_config_refuses_leaking_inputs(make_cfg: Callable[..., Config]) -> None:
@@ -213,14 +211,22 @@ def test_selector_is_optional_and_names_follow_it(spark: SparkSession, make_cfg:
     assert set(names) <= {"distance", "seats", "temp", "carrier=UA", "carrier=B6", "carrier=AA", "carrier=__unknown"}
 
 
-def test_features_package_wins_over_jobs_features_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """python jobs/x.py puts jobs/ (holding features.py) first on sys.path; PipelineModel.load needs the package."""
-    (tmp_path / "features.py").write_text("SHADOW = True\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "features")
-    ensure_features_package()
-    assert hasattr(sys.modules["features"], "__path__") and not hasattr(sys.modules["features"], "SHADOW")
-    assert sys.path[0] == str(tmp_path)  # sys.path itself is left as it was
+def test_features_package_is_the_stage_library_when_a_job_runs_as_a_script() -> None:
+    """python jobs/x.py puts jobs/ first on sys.path; PipelineModel.load needs `features` to be the package there.
+
+    (tests/test_structure.py checks statically that no jobs/<name>.py shares a package's name.)"""
+    code = ("import runpy, sys; sys.path[0] = 'jobs'\n"  # what `python jobs/<job>.py` does to sys.path
+            "for job in sys.argv[1:]: runpy.run_path(job)\n"  # each job's imports, without running its main
+            "import features, features.cyclical\n"
+            "print(features.__file__, features.cyclical.CyclicalEncoder.__module__)")
+    jobs = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "jobs").glob("*.py"))
+    assert "jobs/build_features.py" in jobs
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    res = subprocess.run([sys.executable, "-c", code, *jobs], cwd=REPO_ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    path, module = res.stdout.split()[-2:]
+    assert Path(path) == REPO_ROOT / "features" / "__init__.py" and module == "features.cyclical"
 
 
 # ---- end to end on a small fraction ------------------------------------------------------------------------
@@ -232,22 +238,22 @@ def e2e(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     store = DeltaStore(spark)
     land_demo(cfg.catalog.landing, 0.02)
     ingest(spark, cfg, store, run_id="t", sources=["flights", "weather", "planes", "airlines"])
-    return cfg, store, run_features(spark, cfg, store)
+    return cfg, store, run_features(spark, cfg, store, get_flow(cfg))
 
 
 def test_job_writes_feature_table(e2e: tuple[Config, DeltaStore, FeaturesResult]) -> None:
     cfg, store, res = e2e
     fc = cfg.flow
-    table = read_feature_table(store, res.run)
+    table = store.read(res.run.table_path, res.run.table_version)
     bronze = store.read(cfg.catalog.path("flights"), res.run.bronze_versions["flights"])
     assert table.count() == bronze.count() == res.counts["rows_out"]
     dtypes = dict(table.dtypes)
-    assert dtypes[FEATURES_COL] == "array<float>" and dtypes["label"] == "int" and dtypes["split"] == "string"
+    assert dtypes[FEATURES] == "array<float>" and dtypes["label"] == "int" and dtypes["split"] == "string"
     assert dtypes["flight_date"] == "date"
     assert not [c for c, t in table.dtypes if t.startswith("struct") or t == "vector"]
     assert set(fc.key) | set(input_columns(fc)) <= set(table.columns)
-    assert not set(fc.post_departure) & set(table.columns)
-    sizes = {r[0] for r in table.select(F.size(FEATURES_COL)).distinct().collect()}
+    assert not set(fc.unknown_at_prediction) & set(table.columns)
+    sizes = {r[0] for r in table.select(F.size(FEATURES)).distinct().collect()}
     assert sizes == {res.run.vector_size} and res.run.vector_size == len(res.feature_names)
     splits = {r.split: (r.lo, r.hi) for r in table.groupBy("split").agg(
         F.min(F.month("flight_date")).alias("lo"), F.max(F.month("flight_date")).alias("hi")).collect()}
@@ -262,7 +268,7 @@ def test_job_writes_feature_table(e2e: tuple[Config, DeltaStore, FeaturesResult]
 def test_job_records_mlflow_run_and_model(spark: SparkSession, e2e: tuple[Config, DeltaStore, FeaturesResult],
                                           ) -> None:
     cfg, store, res = e2e
-    found = latest_features_run(cfg)
+    found = latest_features_record(cfg)
     assert found == res.run
     run = mlflow.get_run(found.run_id)
     assert run.data.tags["table_version.bronze.flights"] == "0" and run.data.params["bronze_version.weather"] == "0"
@@ -273,11 +279,11 @@ def test_job_records_mlflow_run_and_model(spark: SparkSession, e2e: tuple[Config
     plots = {a.path for a in client.list_artifacts(found.run_id, "plots")}
     assert plots == {"plots/histograms.png", "plots/correlation.png", "plots/label_balance.png"}
     # Scoring path: the logged model re-applied to the table's raw columns gives the stored features.
-    model = load_preprocessing(found)
-    table = read_feature_table(store, found).orderBy(*cfg.flow.key).limit(200)
-    again = model.transform(table).select(vector_to_array(VECTOR_COL, "float32").alias("v"), FEATURES_COL)
+    model = PipelineModel.load(found.model_path)
+    table = store.read(found.table_path, found.table_version).orderBy(*cfg.flow.key).limit(200)
+    again = model.transform(table).select(vector_to_array(VECTOR_COL, "float32").alias("v"), FEATURES)
     for r in again.collect():
-        assert r.v == pytest.approx(list(r[FEATURES_COL]), abs=1e-5)
+        assert r.v == pytest.approx(list(r[FEATURES]), abs=1e-5)
     from_mlflow = PipelineModel.load(mlflow.artifacts.download_artifacts(found.model_uri))
     assert len(from_mlflow.stages) == len(model.stages)
 
@@ -312,12 +318,16 @@ def test_bronze_versions_are_pinned(spark: SparkSession, e2e: tuple[Config, Delt
     extra = v0.limit(5).withColumn("flight", F.col("flight") + 100000)
     store.write(extra, path, "append", ["year", "month"])
     ws = cfg.workspace
-    _, latest = read_bronze(store, cfg)
+
+    def read_bronze(c: Config) -> tuple[dict[str, DataFrame], dict[str, int]]:
+        return read_sources(store, c, get_flow(c).sources(c), c.features.bronze_versions)
+
+    _, latest = read_bronze(cfg)
     pinned_cfg = load_config("local", [f"storage.workspace={ws}", "features.bronze_versions.flights=0"])
-    frames, pinned = read_bronze(store, pinned_cfg)
+    frames, pinned = read_bronze(pinned_cfg)
     assert latest["flights"] == 1 and pinned["flights"] == 0
     assert frames["flights"].count() == v0.count()
     with pytest.raises(ConfigError, match="does not exist"):
-        read_bronze(store, load_config("local", [f"storage.workspace={ws}", "features.bronze_versions.flights=9"]))
-    with pytest.raises(ConfigError, match="not read by this job"):
-        read_bronze(store, load_config("local", [f"storage.workspace={ws}", "features.bronze_versions.nope=0"]))
+        read_bronze(load_config("local", [f"storage.workspace={ws}", "features.bronze_versions.flights=9"]))
+    with pytest.raises(ConfigError, match="not read by this pipeline"):
+        read_bronze(load_config("local", [f"storage.workspace={ws}", "features.bronze_versions.nope=0"]))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
 import pytest
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import monitor as monitor_job
@@ -17,9 +18,11 @@ from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.errors import MissingModel
 from pipelines.drift import drift_report
-from pipelines.features import clean, enrich, read_bronze
-from pipelines.monitoring import is_alert, reference_frame
-from pipelines.scoring import date_column, load_model_parts, predict, resolve_model, run_score
+from pipelines.flows import get_flow
+from pipelines.flows.tabular.nodes import clean, date_column, enrich
+from pipelines.stages.inputs import read_sources
+from pipelines.stages.monitor import is_alert, reference_frame
+from pipelines.stages.score import model_udf, predict_batch, resolve_model, run_score
 from tests.chain import build_chain, chain_config
 
 D1, D2, D3 = date(2013, 12, 3), date(2013, 12, 4), date(2013, 12, 10)
@@ -34,14 +37,22 @@ def _gold(store: DeltaStore, cfg: Config) -> pd.DataFrame:
     return store.read(cfg.catalog.path("predictions")).toPandas()
 
 
+def _score(spark: SparkSession, cfg: Config, store: DeltaStore, dates: list[date]) -> dict[str, Any]:
+    return run_score(spark, cfg, store, get_flow(cfg), dates)
+
+
+def _bronze(store: DeltaStore, cfg: Config) -> tuple[dict[str, DataFrame], dict[str, int]]:
+    return read_sources(store, cfg, get_flow(cfg).sources(cfg))
+
+
 def _args(cfg: Config, *extra: str) -> list[str]:
     return ["--set", f"storage.workspace={cfg.workspace}", "--set", "demo.fraction=0.01", *extra]
 
 
 def test_score_replaces_only_its_dates(spark: SparkSession, chain: Config) -> None:
     store = DeltaStore(spark)
-    first = run_score(spark, chain, store, [D1, D2])
-    run_score(spark, chain, store, [D3])
+    first = _score(spark, chain, store, [D1, D2])
+    _score(spark, chain, store, [D3])
     before = _gold(store, chain)
     key = chain.flow.key
     assert first["rows_scored"] > 0 and len(before) == len(before.drop_duplicates(key))
@@ -49,7 +60,7 @@ def test_score_replaces_only_its_dates(spark: SparkSession, chain: Config) -> No
     assert before["probability"].between(0, 1).all() and set(before["prediction"]) <= {0, 1}
     assert (before["model_version"] == "1").all() and (before["input_table_version"] == 0).all()
 
-    again = run_score(spark, chain, store, [D1])  # re-run one date: that partition only
+    again = _score(spark, chain, store, [D1])  # re-run one date: that partition only
     after = _gold(store, chain)
     assert len(after) == len(before) and len(after) == len(after.drop_duplicates(key))
     cols = [*key, "flight_date", "probability", "prediction"]
@@ -63,12 +74,12 @@ def test_score_replaces_only_its_dates(spark: SparkSession, chain: Config) -> No
 
 def test_probabilities_equal_model_predict(spark: SparkSession, chain: Config) -> None:
     store = DeltaStore(spark)
-    run_score(spark, chain, store, [D2])
+    _score(spark, chain, store, [D2])
     model = resolve_model(chain)
-    preprocessing, _ = load_model_parts(spark, chain, model)
-    frames, _ = read_bronze(store, chain)
+    preprocessing = model.preprocessing()
+    frames, _ = _bronze(store, chain)
     fc = chain.flow
-    facts = frames[chain.features.source_table].filter(date_column(chain) == F.lit(D2))
+    facts = frames[chain.features.source_table].filter(date_column(fc) == F.lit(D2))
     enriched = enrich(clean(facts, fc), {j.table: frames[j.table] for j in fc.joins}, fc)
     from pyspark.ml.functions import vector_to_array
 
@@ -97,14 +108,14 @@ def test_unknown_alias_or_version_writes_nothing(spark: SparkSession, chain: Con
 def test_unseen_categories_and_missing_weather(spark: SparkSession, chain: Config) -> None:
     store = DeltaStore(spark)
     fc = chain.flow
-    frames, versions = read_bronze(store, chain)
-    facts = (frames[chain.features.source_table].filter(date_column(chain) == F.lit(D1)).limit(5)
+    frames, versions = _bronze(store, chain)
+    facts = (frames[chain.features.source_table].filter(date_column(fc) == F.lit(D1)).limit(5)
              .withColumn("carrier", F.lit("ZZ")).withColumn("dest", F.lit("NOWHERE")))
     dims = {j.table: frames[j.table] for j in fc.joins}
     dims["weather"] = dims["weather"].limit(0)  # no weather at all for these flights
     model = resolve_model(chain)
-    preprocessing, udf = load_model_parts(spark, chain, model)
-    out = predict(enrich(clean(facts, fc), dims, fc), preprocessing, udf, model, chain, versions["flights"])
+    rows = get_flow(chain).scoring_rows(chain, model, {**dims, chain.features.source_table: facts}, [D1])
+    out = predict_batch(rows, model, model_udf(spark, chain, model), versions["flights"])
     probs = [r.probability for r in out.collect()]
     assert len(probs) == 5 and all(p is not None and 0 <= p <= 1 for p in probs)
 
@@ -114,7 +125,7 @@ def test_drift_detects_a_shifted_feature(spark: SparkSession, chain: Config) -> 
     fc = chain.flow
     model = resolve_model(chain)
     ref = reference_frame(spark, store, model, 100_000)
-    frames, _ = read_bronze(store, chain)
+    frames, _ = _bronze(store, chain)
     december = enrich(clean(frames["flights"].filter("month = 12"), fc),
                       {j.table: frames[j.table] for j in fc.joins}, fc)
     same = drift_report(ref, december, ["distance"], ["carrier"])
@@ -125,7 +136,7 @@ def test_drift_detects_a_shifted_feature(spark: SparkSession, chain: Config) -> 
 
 def test_monitor_job_writes_drift_and_exits_on_alert(spark: SparkSession, chain: Config, tmp_path: Path) -> None:
     store = DeltaStore(spark)
-    run_score(spark, chain, store, [D1, D2, D3])
+    _score(spark, chain, store, [D1, D2, D3])
     window = ["--date", "2013-12-03,2013-12-04,2013-12-10"]
     calm = ["--set", "monitor.psi_threshold=100", "--set", "monitor.ks_threshold=1",
             "--set", "monitor.prediction_psi_threshold=100"]
@@ -144,7 +155,8 @@ def test_monitor_job_writes_drift_and_exits_on_alert(spark: SparkSession, chain:
 
 def test_streaming_scores_every_row_exactly_once_across_restart(spark: SparkSession, chain: Config) -> None:
     """Two files arrive one after the other; a stream is (re)started for each; then a replayed batch."""
-    from pipelines.streaming import run_stream, upsert_partitions
+    from pipelines.stages.score import upsert_partitions
+    from pipelines.stages.stream import run_stream
 
     cfg = chain_config(Path(chain.workspace), "scoring.stream_path=incoming/*.csv",
                        "scoring.table=stream_predictions")
@@ -157,12 +169,12 @@ def test_streaming_scores_every_row_exactly_once_across_restart(spark: SparkSess
     late = [ln for ln in lines if ",12,3," in ln[:12]]
     assert early and late
     (incoming / "a.csv").write_text("\n".join([header, *early, "2013,12,2,oops"]) + "\n")
-    first = run_stream(spark, cfg, store)
+    first = run_stream(spark, cfg, store, get_flow(cfg))
     assert sum(b["rows_scored"] for b in first) == len(early) and sum(b["rows_quarantined"] for b in first) == 1
     (incoming / "b.csv").write_text("\n".join([header, *late]) + "\n")
-    second = run_stream(spark, cfg, store)  # restart from the checkpoint: only the new file
+    second = run_stream(spark, cfg, store, get_flow(cfg))  # restart from the checkpoint: only the new file
     assert sum(b["rows_scored"] for b in second) == len(late)
-    assert run_stream(spark, cfg, store) == []  # nothing new
+    assert run_stream(spark, cfg, store, get_flow(cfg)) == []  # nothing new
     path = cfg.catalog.path("predictions")
     gold = store.read(path).toPandas()
     key = cfg.flow.key

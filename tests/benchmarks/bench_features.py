@@ -28,7 +28,8 @@ from pipelines.core.config import Config, load_config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.logs import setup_logging
 from pipelines.core.session import get_spark
-from pipelines.features import run_features
+from pipelines.flows import get_flow
+from pipelines.stages.featurize import run_features
 
 FLIGHT_SHIFT = 100_000
 
@@ -84,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = build_workspace(store, src, ws, k, args.stats)
             if k == scales[0]:  # untimed warm-up: JIT, class loading, MLflow store set-up
                 baseline(spark, store, cfg, ws / "baseline.parquet")
-                run_features(spark, cfg, store)
+                run_features(spark, cfg, store, get_flow(cfg))
             base_s, n = min(baseline(spark, store, cfg, ws / "baseline.parquet") for _ in range(3))
             start = time.perf_counter()
-            res = run_features(spark, cfg, store)
+            res = run_features(spark, cfg, store, get_flow(cfg))
             feat_s = time.perf_counter() - start
             if res.counts["rows_out"] != n:
                 raise RuntimeError(f"scale {k}: features wrote {res.counts['rows_out']} rows, baseline {n}")

@@ -1,8 +1,8 @@
 """Benchmark (not a test) of batch scoring with the registered model, as ratios measured in one run.
 
-Why: scoring runs the champion as an MLflow Spark UDF (pipelines.scoring). This measures what that costs against
-the two obvious alternatives, and whether the driver's memory stays flat as the input grows (the rows should
-stream through the executors, never through the driver):
+Why: scoring runs the champion as an MLflow Spark UDF (pipelines.stages.score). This measures what that costs
+against the two obvious alternatives, and whether the driver's memory stays flat as the input grows (the rows
+should stream through the executors, never through the driver):
 
   A  spark_udf         mlflow.pyfunc.spark_udf(..., result_type="probability double, prediction int",
                        env_manager="local") over `features`, forced by a write to the `noop` format. Python workers
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines.core.delta import DeltaStore
     from pipelines.core.logs import setup_logging
-    from pipelines.scoring import resolve_model
+    from pipelines.stages.score import resolve_model
 
     setup_logging("WARNING")
     cfg, spark = start(args.workspace, "bench-score")
