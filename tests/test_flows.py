@@ -20,9 +20,11 @@ from pyspark.sql import functions as F
 from pipelines.core.config import REPO_ROOT, Config, ConfigError, load_config
 from pipelines.core.delta import DeltaStore
 from pipelines.demo import land_demo
-from pipelines.flows.dispatch import run_features_for, run_score_for, run_train_for
+from pipelines.flows import get_flow
 from pipelines.ingest import ingest
-from pipelines.training.trainer import TrainResult
+from pipelines.stages.featurize import run_features
+from pipelines.stages.score import run_score
+from pipelines.training.trainer import TrainResult, run_train
 
 FAST = ["training.epochs=12", "training.timeout_s=400", "features.stats.enabled=false",
         "training.baseline.reg_params=[0.01]"]
@@ -36,8 +38,9 @@ def digits(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> tup
     store = DeltaStore(spark)
     land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, cfg.demo.datasets)
     ingest(spark, cfg, store, "t")
-    run_features_for(spark, cfg, store)
-    return cfg, run_train_for(spark, cfg, store)
+    flow = get_flow(cfg)
+    run_features(spark, cfg, store, flow)
+    return cfg, run_train(spark, cfg, store, flow)
 
 
 def test_profile_selects_the_flow() -> None:
@@ -85,12 +88,12 @@ def test_pyfunc_scores_image_bytes(digits: tuple[Config, TrainResult]) -> None:
 def test_score_image_bytes_into_gold(spark: SparkSession, digits: tuple[Config, TrainResult]) -> None:
     cfg, result = digits
     store = DeltaStore(spark)
-    out = run_score_for(spark, cfg, store)
+    out = run_score(spark, cfg, store, get_flow(cfg))
     assert out["rows_in"] == out["rows_scored"] == 1797 and out["model_version"] == "1"
     assert out["accuracy_test"] == pytest.approx(result.test["accuracy"])  # serving path == training evaluation
     gold = store.read(cfg.catalog.path("predictions"))
     assert gold.count() == 1797 and gold.filter(F.col("prediction") < 0).count() == 0
-    again = run_score_for(spark, cfg, store)
+    again = run_score(spark, cfg, store, get_flow(cfg))
     assert again["gold_version"] == out["gold_version"] + 1
     assert store.read(cfg.catalog.path("predictions")).count() == 1797  # replaced, not appended
 
@@ -124,7 +127,7 @@ def test_text_flow_end_to_end_through_spark_submit(tmp_path: Path) -> None:
 
 def test_hash_split_of_paths_ignores_where_the_landing_zone_is(spark: SparkSession) -> None:
     from pipelines.core.config import HashSplitConf
-    from pipelines.flows.common import hash_split
+    from pipelines.flows.labels import hash_split
 
     paths = [f"{root}/{c}/digit_{i:04d}.png" for root in ("file:///a/landing/digits", "hdfs://nn/x/digits")
              for c in range(3) for i in range(40)]

@@ -44,5 +44,5 @@ def test_stage_on_spark_and_round_trip(spark: SparkSession, tmp_path: Path) -> N
     loaded = ImageDecoder.load(str(tmp_path / "decoder"))
     assert loaded.shape() == (2, 2, 1) and loaded.getOrDefault(loaded.resample) == "bilinear"
     assert loaded.transform(df).filter("id = 1").first().image == pytest.approx(rows[1])
-    with pytest.raises(ValueError, match="channels"):
-        ImageDecoder(channels=2)
+    with pytest.raises(ValueError, match="channels"):  # params are checked when the stage transforms
+        ImageDecoder(channels=2).transform(df)

@@ -16,12 +16,14 @@ from pyspark.sql import functions as F
 from features.image import decode_image
 from pipelines.core.config import Config, ImageFlowConf
 from pipelines.core.delta import DeltaStore
+from pipelines.core.recorder import latest_features_record
 from pipelines.demo import land_digits
-from pipelines.features import latest_features_run
-from pipelines.flows.common import FEATURES, LABEL, LABEL_NAME, class_names, sort_classes
-from pipelines.flows.image import label_conf, prepare_images, with_original_size
-from pipelines.flows.image import run_features as run_image_features
+from pipelines.flows import get_flow
+from pipelines.flows.base import FEATURES, LABEL
+from pipelines.flows.image.nodes import label_conf, prepare_images, with_original_size
+from pipelines.flows.labels import LABEL_NAME, class_names, sort_classes
 from pipelines.ingest import ingest
+from pipelines.stages.featurize import run_features
 
 
 def _png(value: int, size: tuple[int, int] = (3, 2)) -> bytes:
@@ -67,13 +69,14 @@ def test_digits_end_to_end(spark: SparkSession, make_cfg: Callable[..., Config],
     cfg = make_cfg("pipeline=digits")
     land_digits(cfg.catalog.landing)
     ingest(spark, cfg, store, "t", ["digits"])
-    result = run_image_features(spark, cfg, store)
+    result = run_features(spark, cfg, store, get_flow(cfg))
+    run = result.run
 
-    assert result.classes == [str(d) for d in range(10)]
-    assert result.vector_size == 64 and result.input_shape == [8, 8, 1]
+    assert run.classes == [str(d) for d in range(10)]
+    assert run.vector_size == 64 and run.input_shape == [8, 8, 1]
     assert result.counts == {"rows_in": 1797, "duplicates_removed": 0, "excluded_unlabeled": 0,
                              "excluded_undecodable": 0, "rows_out": 1797}
-    table = store.read(result.table_path, result.table_version)
+    table = store.read(run.table_path, run.table_version)
     assert table.columns == ["path", LABEL_NAME, LABEL, "split", FEATURES, "size"]
     assert table.count() == 1797
     per_split = {s: d["rows"] for s, d in result.splits.items()}
@@ -93,19 +96,19 @@ def test_digits_end_to_end(spark: SparkSession, make_cfg: Callable[..., Config],
     assert np.array_equal(np.asarray(row[FEATURES], dtype=np.float32), expected)
 
     client = mlflow.MlflowClient()
-    plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    plots = {a.path for a in client.list_artifacts(run.run_id, "plots")}
     assert {"plots/sample_grid.png", "plots/class_counts.png", "plots/mean_image_per_class.png"} <= plots
-    stats = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/image_stats.json")
+    stats = mlflow.artifacts.load_dict(f"runs:/{run.run_id}/image_stats.json")
     assert sum(c["rows"] for c in stats["per_class"].values()) == 1797
     assert {c: d["original_sizes"] for c, d in stats["per_class"].items()} == {
         c: {"8x8": d["rows"]} for c, d in stats["per_class"].items()}
     assert all(len(v) == cfg.flow.grid_per_class for v in stats["sample_grid"].values())
     assert stats["sample_grid"]["3"][0].endswith("/3/digit_0003.png")  # the smallest path of class 3
-    assert latest_features_run(cfg).run_id == result.run_id
+    assert latest_features_record(cfg).run_id == run.run_id
 
-    again = run_image_features(spark, cfg, store)  # same bronze: a new version with the same rows and splits
-    assert again.table_version == result.table_version + 1 and again.run_id != result.run_id
-    second = store.read(again.table_path, again.table_version)
+    again = run_features(spark, cfg, store, get_flow(cfg))  # same bronze: a new version with the same rows and splits
+    assert again.run.table_version == run.table_version + 1 and again.run.run_id != run.run_id
+    second = store.read(again.run.table_path, again.run.table_version)
     assert second.exceptAll(table).count() == 0 and table.exceptAll(second).count() == 0
     assert again.splits == result.splits
-    assert latest_features_run(cfg).run_id == again.run_id
+    assert latest_features_record(cfg).run_id == again.run.run_id

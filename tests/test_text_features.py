@@ -12,10 +12,12 @@ from pyspark.ml import Pipeline, PipelineModel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from features.text import CLEAN_COL, FILTERED_COL, NGRAMS_COL, TOKENS_COL, TextCleaner, text_stages
+from features.text import CLEAN_COL, FILTERED_COL, NGRAMS_COL, TOKENS_COL, TextCleaner
 from pipelines.core.config import ClassLabelConf, Config, TextFlowConf
 from pipelines.core.delta import DeltaStore
-from pipelines.flows.common import FEATURES, LABEL, LABEL_NAME, SPLITS
+from pipelines.flows.base import FEATURES, LABEL, SPLITS
+from pipelines.flows.labels import LABEL_NAME
+from pipelines.flows.text.nodes import text_stages
 
 TWEETS = [
     (1, "Make America GREAT again! https://t.co/x #MAGA @foo"),
@@ -80,7 +82,7 @@ def test_pipeline_model_round_trip_and_size(spark: SparkSession, tmp_path: Path)
 
 
 def test_prepare_text_counts(spark: SparkSession) -> None:
-    from pipelines.flows.text import prepare_text
+    from pipelines.flows.text.nodes import prepare_text
 
     rows = [(1, "a", "one"), (1, "a", "one again"), (2, "b", "two"), (3, "zzz", "unknown source"),
             (4, "a", "   "), (5, "b", None), (6, None, "no source"), (None, "a", "no key"), (7, "b", "seven")]
@@ -99,32 +101,34 @@ def test_prepare_text_counts(spark: SparkSession) -> None:
 
 
 def test_text_features_end_to_end(spark: SparkSession, make_cfg: Callable[..., Config], store: DeltaStore) -> None:
+    from pipelines.core.recorder import latest_features_record
     from pipelines.demo import land_tweets
-    from pipelines.features import latest_features_run, load_preprocessing
-    from pipelines.flows.text import run_features
+    from pipelines.flows import get_flow
     from pipelines.ingest import ingest
+    from pipelines.stages.featurize import run_features
 
     cfg = make_cfg("pipeline=tweets", "features.stats.enabled=false", "flow.num_features=256", "flow.word2vec_size=8")
     land_tweets(cfg.catalog.landing)
     ingest(spark, cfg, store, "t", ["tweets"])
     start = time.perf_counter()
-    result = run_features(spark, cfg, store)
+    result = run_features(spark, cfg, store, get_flow(cfg))
     seconds = time.perf_counter() - start
-    table = store.read(result.table_path, result.table_version)
+    run = result.run
+    table = store.read(run.table_path, run.table_version)
     c = result.counts
     print(f"\ntext features run: {seconds:.1f}s counts={c} splits={result.splits}")
     left_out = c["excluded_no_key"] + c["duplicates_removed"] + c["excluded_no_class"] + c["excluded_empty_text"]
     assert table.count() == c["rows_out"] == c["rows_in"] - left_out
     assert c["rows_in"] == 20761
-    assert result.classes == ["Twitter Web Client", "Twitter for Android", "Twitter for iPhone", "other"]
-    assert result.vector_size == 2 * 256 + 8
+    assert run.classes == ["Twitter Web Client", "Twitter for Android", "Twitter for iPhone", "other"]
+    assert run.vector_size == 2 * 256 + 8
     assert table.select(F.max(F.size(FEATURES))).first()[0] == 2 * 256 + 8
     assert all(result.splits[sp]["rows"] > 0 for sp in SPLITS)
-    assert all(result.splits[sp][f"class.{k}"] > 0 for sp in SPLITS for k in result.classes)
+    assert all(result.splits[sp][f"class.{k}"] > 0 for sp in SPLITS for k in run.classes)
     assert {r[0] for r in table.select(LABEL).distinct().collect()} == {0, 1, 2, 3}
-    assert latest_features_run(cfg).run_id == result.run_id
+    assert latest_features_record(cfg).run_id == run.run_id
     sample = table.orderBy("id_str").limit(3)
-    rescored = load_preprocessing(latest_features_run(cfg)).transform(sample.drop(FEATURES))
+    rescored = PipelineModel.load(latest_features_record(cfg).model_path).transform(sample.drop(FEATURES))
     again = {r.id_str: r.features_vector.toArray().tolist() for r in rescored.collect()}
     stored = {r.id_str: r[FEATURES] for r in sample.collect()}
     assert again.keys() == stored.keys()

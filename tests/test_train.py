@@ -22,8 +22,9 @@ from pyspark.sql import functions as F
 from jobs import train as train_job
 from pipelines.core.config import Config, ConfigError
 from pipelines.core.delta import DeltaStore
-from pipelines.core.tracking import job_run
-from pipelines.flows.base import get_flow
+from pipelines.core.recorder import FEATURES_JOB, PREPROCESSING_ARTIFACT, FeaturesRecord, Recorder
+from pipelines.flows import get_flow
+from pipelines.stages.featurize import save_preprocessing
 from pipelines.training import checkpoints, pyfunc
 from pipelines.training.driver import TrainingFailed, TrainingTimeout, steps_per_epoch
 from pipelines.training.heads import get_head
@@ -40,7 +41,8 @@ SMALL = ["training.epochs=4", "training.batch_size=64", "training.optimizer.warm
 
 
 def make_features_run(spark: SparkSession, cfg: Config, store: DeltaStore, rows: int = 3000, seed: int = 3) -> str:
-    """A silver feature table and a features-job-like MLflow run (tags, `preprocessing` artifact); its run id."""
+    """A silver feature table at cfg.catalog.path("features") and a features run recorded the way the features job
+    records one (pipelines.core.recorder: tags, `preprocessing` artifact); its run id."""
     rng = np.random.default_rng(seed)
     month = rng.integers(1, 13, rows)
     x = rng.normal(size=(rows, len(RAW)))
@@ -63,14 +65,12 @@ def make_features_run(spark: SparkSession, cfg: Config, store: DeltaStore, rows:
                                        vector_to_array("features_vector", "float32").alias("features"), *RAW)
     path = cfg.catalog.path("features")
     version = store.write(table, path, "overwrite")
-    with job_run(cfg, "features") as run:
-        model_path = f"{cfg.workspace}/models/preprocessing/{run.info.run_id}"
-        model.write().overwrite().save(model_path)
-        mlflow.log_artifacts(model_path, "preprocessing")
-        mlflow.set_tags({"feature_table_path": path, "feature_table_version": str(version),
-                         "preprocessing_path": model_path, "preprocessing_artifact": "preprocessing",
-                         "vector_size": str(len(RAW))})
-        return run.info.run_id
+    with Recorder.start(cfg, FEATURES_JOB) as rec:
+        model_path = save_preprocessing(model, cfg, rec.run_id, rec)
+        rec.features_run(FeaturesRecord(rec.run_id, path, version, model_path,
+                                        f"runs:/{rec.run_id}/{PREPROCESSING_ARTIFACT}", len(RAW)),
+                         cfg.features.output_table)
+        return rec.run_id
 
 
 @pytest.fixture

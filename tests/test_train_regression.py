@@ -6,7 +6,6 @@ one serving model, and promoted on RMSE (lower is better). Plus the heads' own c
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import mlflow
 import numpy as np
@@ -16,13 +15,15 @@ from mlflow.tracking import MlflowClient
 from pyspark.ml import Pipeline
 from pyspark.ml.feature import StandardScaler, VectorAssembler
 from pyspark.ml.functions import vector_to_array
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
-from pipelines.core.tracking import job_run
-from pipelines.flows.base import get_flow
+from pipelines.core.recorder import FEATURES_JOB, PREPROCESSING_ARTIFACT, FeaturesRecord, Recorder
+from pipelines.flows import get_flow
+from pipelines.flows.base import FEATURES, LABEL, VECTOR_COL
+from pipelines.stages.featurize import save_preprocessing
 from pipelines.training import pyfunc
 from pipelines.training.heads import TrainingInputError, get_head
 from pipelines.training.registry import CHALLENGER, CHAMPION
@@ -34,27 +35,13 @@ SMALL = ["training.epochs=25", "training.batch_size=32", "training.optimizer.war
          "training.network.mlp.hidden_units=[16]", "training.network.mlp.dropout=0.0",
          "training.baseline.reg_params=[0.0, 0.1]", "training.baseline.elastic_net_params=[0.0]",
          "training.timeout_s=300"]
-
-
-class RegressionFlow:
-    """The tabular flow with a numeric label (label.kind regression): its input and meta, the regression head."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.tabular = get_flow(cfg)
-
-    def head(self, cfg: Config) -> str:
-        return "regression"
-
-    def model_input(self, cfg: Config, store: DeltaStore, record: Any, rows: DataFrame) -> tuple[DataFrame, str]:
-        return self.tabular.model_input(cfg, store, record, rows)
-
-    def serving_meta(self, cfg: Config) -> dict[str, Any]:
-        return self.tabular.serving_meta(cfg)
+REGRESSION = "flow.label={kind: regression, column: progression}"  # the tabular flow with a numeric label
 
 
 def make_diabetes_features_run(spark: SparkSession, cfg: Config, store: DeltaStore, head: str = "regression") -> str:
     """The diabetes data as a silver feature table (patient id, split by a hash of it, label double, scaled
-    features) and a features-job-like MLflow run; its run id."""
+    features) at cfg.catalog.path("features"), recorded as a features run the way the features job records one
+    (pipelines.core.recorder); its run id."""
     from sklearn.datasets import load_diabetes
 
     d = load_diabetes()
@@ -64,20 +51,18 @@ def make_diabetes_features_run(spark: SparkSession, cfg: Config, store: DeltaSto
     df = spark.createDataFrame(pdf).withColumn(
         "split", F.when(u < 0.15, "test").when(u < 0.30, "validation").otherwise("train"))
     prep = Pipeline(stages=[VectorAssembler(inputCols=names, outputCol="assembled"),
-                            StandardScaler(inputCol="assembled", outputCol="features_vector", withMean=True)])
+                            StandardScaler(inputCol="assembled", outputCol=VECTOR_COL, withMean=True)])
     model = prep.fit(df.filter("split = 'train'"))
-    table = model.transform(df).select("patient", "split", F.col("label").cast("double"),
-                                       vector_to_array("features_vector", "float32").alias("features"))
-    path = cfg.table_path("silver", cfg.features.output_table)
+    table = model.transform(df).select("patient", "split", F.col("label").cast("double").alias(LABEL),
+                                       vector_to_array(VECTOR_COL, "float32").alias(FEATURES))
+    path = cfg.catalog.path("features")
     version = store.write(table, path, "overwrite")
-    with job_run(cfg, "features") as run:
-        model_path = f"{cfg.workspace}/models/preprocessing/{run.info.run_id}"
-        model.write().overwrite().save(model_path)
-        mlflow.log_artifacts(model_path, "preprocessing")
-        mlflow.set_tags({"feature_table_path": path, "feature_table_version": str(version),
-                         "preprocessing_path": model_path, "preprocessing_artifact": "preprocessing",
-                         "vector_size": str(len(names)), "head": head})
-        return run.info.run_id
+    with Recorder.start(cfg, FEATURES_JOB) as rec:
+        model_path = save_preprocessing(model, cfg, rec.run_id, rec)
+        rec.features_run(FeaturesRecord(rec.run_id, path, version, model_path,
+                                        f"runs:/{rec.run_id}/{PREPROCESSING_ARTIFACT}", len(names), head=head),
+                         cfg.features.output_table)
+        return rec.run_id
 
 
 # ---- the heads, without Spark ------------------------------------------------------------------------------------
@@ -110,9 +95,10 @@ def test_heads_are_chosen_by_name_and_own_their_choices() -> None:
 # ---- end to end --------------------------------------------------------------------------------------------------
 def test_regression_trains_serves_and_promotes_on_rmse(spark: SparkSession, make_cfg: Callable[..., Config],
                                                        store: DeltaStore) -> None:
-    cfg = make_cfg(*SMALL)
+    cfg = make_cfg(*SMALL, REGRESSION)
     features_run_id = make_diabetes_features_run(spark, cfg, store)
-    flow = RegressionFlow(cfg)
+    flow = get_flow(cfg)
+    assert flow.head(cfg) == "regression"
     result = run_train(spark, cfg, store, flow)
 
     assert result.head == "regression" and np.isnan(result.threshold)
@@ -141,7 +127,7 @@ def test_regression_trains_serves_and_promotes_on_rmse(spark: SparkSession, make
     assert "threshold" not in meta and "classes" not in meta
     served = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
     assert [(c.name, c.type.name) for c in served.metadata.get_output_schema().inputs] == [("prediction", "double")]
-    rows = (store.read(cfg.table_path("silver", cfg.features.output_table)).filter("split = 'test'")
+    rows = (store.read(cfg.catalog.path("features")).filter("split = 'test'")
             .select("label", "features").toPandas())
     out = served.predict(rows[["features"]])
     assert list(out.columns) == ["prediction"] and out["prediction"].dtype == np.float64
@@ -149,14 +135,15 @@ def test_regression_trains_serves_and_promotes_on_rmse(spark: SparkSession, make
     assert rmse == pytest.approx(result.test["rmse"], rel=1e-4)  # serving path == training evaluation
     assert served.predict(rows[["features"]].iloc[:0]).empty
 
-    worse = run_train(spark, make_cfg(*SMALL, "training.epochs=1", "training.max_steps_per_epoch=1"), store, flow)
+    worse = run_train(spark, make_cfg(*SMALL, REGRESSION, "training.epochs=1", "training.max_steps_per_epoch=1"),
+                      store, flow)
     assert worse.test["rmse"] > result.test["rmse"] and worse.alias == CHALLENGER  # lower RMSE stays champion
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
 
 
 def test_a_features_run_for_another_head_is_refused(spark: SparkSession, make_cfg: Callable[..., Config],
                                                     store: DeltaStore) -> None:
-    cfg = make_cfg(*SMALL)
+    cfg = make_cfg(*SMALL, REGRESSION)
     make_diabetes_features_run(spark, cfg, store, head="binary")
     with pytest.raises(TrainingInputError, match="built for a binary model, the flow trains a regression model"):
-        run_train(spark, cfg, store, RegressionFlow(cfg))
+        run_train(spark, cfg, store, get_flow(cfg))
