@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 
+from pipelines.core.errors import BadInput
+
 if TYPE_CHECKING:
     from pipelines.core.config import Config
     from pipelines.core.delta import DeltaStore
@@ -128,6 +130,17 @@ class ClassifiedTableFlow:
 
     def test_window(self, cfg: Config, table: DataFrame) -> None:
         return None
+
+    def whole_table(self, cfg: Config, model: Any, frames: dict[str, DataFrame], dates: list[Any] | None,
+                    reads: str) -> tuple[DataFrame, int]:
+        """(the source table once per key, its row count) for scoring: these flows have no dates, and the
+        model must read `reads` (its meta's `input`)."""
+        if dates is not None:
+            raise BadInput(f"the {self.kind} flow scores its whole bronze table: no --date")
+        if model.meta.get("input") != reads:
+            raise BadInput(f"model {model.name}{model.asked} reads {model.meta.get('input')!r}, not {reads!r}")
+        raw = frames[cfg.features.source_table]
+        return raw.dropDuplicates([cfg.flow.key]), raw.count()
 
 
 _REGISTRY: dict[str, Callable[[], Flow]] = {}

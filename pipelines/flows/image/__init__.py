@@ -10,7 +10,6 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipelines.core.config import Config
-from pipelines.core.errors import BadInput
 from pipelines.core.logs import LOG, stage
 from pipelines.flows.base import FEATURES, LABEL, ClassifiedTableFlow, FeatureSet, ScoringRows, register
 from pipelines.flows.image.nodes import (
@@ -85,13 +84,8 @@ class ImageFlow(ClassifiedTableFlow):
     def scoring_rows(self, cfg: Config, model: Any, frames: dict[str, DataFrame], dates: list[Any] | None
                      ) -> ScoringRows:
         """Every image of the bronze table, once per key, with its true class (when labelled) and its split."""
-        if dates is not None:
-            raise BadInput("the image flow scores its whole bronze table: no --date")
-        if model.meta.get("input") != "image":
-            raise BadInput(f"model {model.name}{model.asked} reads {model.meta.get('input')!r}, not image bytes")
         c = cfg.flow
-        raw = frames[cfg.features.source_table]
-        rows_in = raw.count()
-        rows = raw.dropDuplicates([c.key]).withColumn(LABEL_NAME, F.col(c.label_column).cast("string"))
+        rows, rows_in = self.whole_table(cfg, model, frames, dates, "image")
+        rows = rows.withColumn(LABEL_NAME, F.col(c.label_column).cast("string"))
         return ScoringRows(hash_split(rows, c.key, c.split).withColumnRenamed(LABEL_NAME, "true_label"),
                            c.content_column, [c.key, "split", "true_label"], [c.key], rows_in)

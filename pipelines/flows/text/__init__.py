@@ -52,16 +52,10 @@ class TextFlow(ClassifiedTableFlow):
     def scoring_rows(self, cfg: Config, model: Any, frames: dict[str, DataFrame], dates: list[Any] | None
                      ) -> ScoringRows:
         """Every text of the bronze table, once per key, through the model's own text stages."""
-        if dates is not None:
-            raise BadInput("the text flow scores its whole bronze table: no --date")
-        if model.meta.get("input") != "features":
-            raise BadInput(f"model {model.name}{model.asked} reads {model.meta.get('input')!r}, not text vectors")
         c = cfg.flow
-        raw = frames[cfg.features.source_table]
-        if c.text_column not in raw.columns:
+        rows, rows_in = self.whole_table(cfg, model, frames, dates, "features")
+        if c.text_column not in rows.columns:
             raise BadInput(f"input rows lack the text column {c.text_column!r}")
-        rows_in = raw.count()
-        rows = raw.dropDuplicates([c.key])
         labeled = with_labels(rows, c.label, model.meta["classes"]) if c.label.column in rows.columns else \
             rows.withColumn(LABEL_NAME, F.lit(None).cast("string"))
         vectors = model.preprocessing().transform(hash_split(labeled, c.key, c.split))
