@@ -151,14 +151,14 @@ def test_unknown_source_is_clear_error(spark: SparkSession, store: DeltaStore,
 
 
 def _other_sources() -> list[str]:
-    """--set items adding the tweets and digits profiles' sources to the flights profile: one ingest run then
-    covers every format land-demo writes."""
+    """--set items adding the tweets and digits profiles' data and sources to the flights profile: one land-demo
+    and one ingest run then cover every format land-demo writes."""
     out = []
     for profile in ("tweets", "digits"):
         conf = yaml.safe_load((REPO_ROOT / "conf" / "pipelines" / profile / "ingest.yaml").read_text())
         out += [x for name, src in conf["ingest"]["sources"].items()
                 for x in ("--set", f"ingest.sources.{name}={json.dumps(src)}")]
-    return out
+    return [*out, "--set", "demo.datasets=[flights, tweets, digits]"]  # and land-demo lands their data too
 
 
 def test_land_demo_and_ingest_end_to_end(spark: SparkSession, store: DeltaStore,
