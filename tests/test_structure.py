@@ -40,7 +40,7 @@ def test_only_a_flow_imports_its_own_folder() -> None:
 
 def test_no_branch_on_the_flow_kind() -> None:
     """No `if flow == ...`: a new flow is a folder and a conf profile, never a new branch in a stage."""
-    pattern = re.compile(r"flow(\.kind)?\s*(==|!=|in\b)|kind\s*==\s*[\"'](tabular|image|text)[\"']")
+    pattern = re.compile(r"(?<!\w)flow(\.kind)?\s*(==|!=|in\b)|kind\s*==\s*[\"'](tabular|image|text)[\"']")
     hits = [f"{_rel(p)}:{i}" for p in CODE for i, line in enumerate(p.read_text().splitlines(), 1)
             if pattern.search(line)]
     assert hits == []
