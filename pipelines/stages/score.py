@@ -7,7 +7,7 @@ apart: replace the scored date partitions, replace the whole table, or upsert a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -42,10 +42,14 @@ class ResolvedModel:
     run_id: str
     meta: dict[str, Any]
     workspace: str | None = None
+    _loaded: dict[str, PipelineModel] = field(default_factory=dict, compare=False, repr=False)
 
     def preprocessing(self) -> PipelineModel:
-        """The preprocessing PipelineModel shipped inside the model version."""
-        return load_preprocessing(self.uri, self.workspace)
+        """The preprocessing PipelineModel shipped inside the model version, loaded once per resolved model (a
+        stream asks for it in every micro-batch; on a cluster workspace each load copies it to the cache)."""
+        if "model" not in self._loaded:
+            self._loaded["model"] = load_preprocessing(self.uri, self.workspace)
+        return self._loaded["model"]
 
     @property
     def result_type(self) -> str:
