@@ -7,6 +7,17 @@
   Until that commit the files are invisible to readers, so a write that fails part-way leaves the previous
   version readable and unchanged. Local paths only.
 
+Crash safety (a writer killed at any point): a Delta version is one atomic log file, so readers always see exactly
+the previous or the new version. What a killed writer leaves is litter, never a half-written version:
+- embedded: each writer owns `_staging/<uuid>` and records itself (host, pid, process start) and, before it moves
+  any file into the table folder, the files it will move, in `_staging/<uuid>.owner.json`. The next write and
+  `maintain` (`clean_staging`) remove the staging folder of a writer that is no longer alive and the moved files
+  that no commit ever added; a live writer's staging is never touched. An error after the commit landed keeps
+  every file (the write counts as done); moved files are removed only when the log shows no commit added them.
+- delta-spark: Spark writes the task files straight into the table folder, then commits in the JVM. A killed
+  writer's files are untracked; `maintain` (VACUUM) deletes untracked files older than the retention, which is
+  what keeps a live writer's files safe, so with the default retention they go a week later.
+
 Both engines record a write's `metadata` as JSON in the commit's userMetadata, where `history` (either engine)
 returns it as `metadata`. `to_pandas` reads any of the tables into pandas with delta-rs, without Spark.
 """
@@ -16,10 +27,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, unquote
@@ -34,11 +47,15 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from pyspark.sql.types import StructType
 
+from pipelines.core.failpoints import pause
+from pipelines.core.logs import LOG
 from pipelines.core.session import DELTA_EXTENSION, NO_DELTA_JARS, delta_jar_dir, has_delta_classes
 
 Mode = Literal["append", "overwrite"]
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 STAGING = "_staging"
+OWNER_SUFFIX = ".owner.json"
+FOREIGN_STALE_HOURS = 24.0  # a staging folder without a checkable owner (other host, no owner file) is stale then
 ENGINES = ("delta-spark", "embedded")
 EMBEDDED_ENGINE_INFO = {"engine": "spark-ml-pipeline/embedded"}
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
@@ -240,6 +257,7 @@ class DeltaStore:
             writer.save(path)
         except Exception as e:
             raise DeltaWriteError(f"write to {path} failed; table left at its previous version: {e}") from e
+        pause("delta.after_commit")
         version = self.version(path)
         assert version is not None
         return version
@@ -256,31 +274,47 @@ class DeltaStore:
         root = Path(_local(path))
         if "://" in str(root):
             raise ValueError(f"the embedded Delta engine writes local paths only; use delta-spark for {path}")
-        staging = root / STAGING / uuid.uuid4().hex
+        clean_staging(str(root))
+        token = uuid.uuid4().hex
+        staging, owner = root / STAGING / token, root / STAGING / f"{token}{OWNER_SUFFIX}"
+        _write_owner(owner, [])
         moved: list[Path] = []
+        committing = False
         try:
             writer = df.write.mode("overwrite").option("maxRecordsPerFile", self.max_records_per_file)
             if partition_by:
                 writer = writer.partitionBy(*partition_by)
             writer.parquet(str(staging))
             arrow_schema = to_arrow_schema(df.schema)
+            plan = [(file, file.relative_to(staging)) for file in sorted(staging.rglob("*.parquet"))]
+            _write_owner(owner, [str(rel) for _, rel in plan])  # before any move: a dead writer's files are known
             actions = []
-            for file in sorted(staging.rglob("*.parquet")):
-                rel = file.relative_to(staging)
+            for file, rel in plan:
                 target = root / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(file, target)
                 moved.append(target)
                 actions.append(_add_action(target, rel))
+            pause("delta.after_move")
+            committing = True
             version = self._commit(root, actions, mode, partition_by, replace_partitions, arrow_schema, metadata)
         except Exception as e:
+            if committing:
+                try:
+                    landed = _commit_adding(root, {str(f.relative_to(root)) for f in moved})
+                except Exception as unknown:
+                    raise DeltaWriteError(f"write to {path} failed and whether it committed is unknown ({unknown});"
+                                          f" its files are kept: {e}") from e
+                if landed is not None:
+                    LOG.warning("write to %s committed version %d, then failed: %s", path, landed, e)
+                    return landed
             for f in moved:
                 f.unlink(missing_ok=True)
             raise DeltaWriteError(f"write to {path} failed; table left at its previous version: {e}") from e
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-            if (root / STAGING).exists() and not any((root / STAGING).iterdir()):
-                (root / STAGING).rmdir()
+            owner.unlink(missing_ok=True)
+            _remove_if_empty(root / STAGING)
         return version
 
     def _commit(
@@ -298,24 +332,152 @@ class DeltaStore:
         exists = _rs_exists(str(root))
         if not exists or (mode == "overwrite" and replace_partitions is None):
             # CREATE, or CREATE OR REPLACE: one commit that may also change the schema and partitioning.
+            pause("delta.before_commit")
             create_table_with_add_actions(
                 str(root), schema, actions, mode="overwrite" if exists else "error",
                 partition_by=partition_by or None, commit_properties=props,
             )
+            pause("delta.after_commit")
             return DeltaTable(str(root)).version()
         dt = DeltaTable(str(root))
         if replace_partitions is not None:
             removes = _removes_for(dt, replace_partitions)
             if not actions and not removes:
                 return dt.version()
+            pause("delta.before_commit")
             dt.create_write_transaction(
                 [*removes, *actions], "append", schema, partition_by, commit_properties=props
             )
         elif mode == "append" and not actions:
             return dt.version()
         else:
+            pause("delta.before_commit")
             dt.create_write_transaction(actions, mode, schema, partition_by, commit_properties=props)
+        pause("delta.after_commit")
         return DeltaTable(str(root)).version()
+
+
+@dataclass(frozen=True)
+class StagingCleanup:
+    """What `clean_staging` removed: dead writers' staging folders, and their moved files no commit added."""
+
+    folders: int = 0
+    files: int = 0
+    bytes: int = 0
+
+
+def _proc_start(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks) of a process from /proc, or None where there is no /proc entry."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], fields[19]
+
+
+def _owner_record() -> dict[str, Any]:
+    proc = _proc_start(os.getpid())
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": proc[1] if proc else None,
+            "created": time.time()}
+
+
+def _write_owner(owner: Path, files: list[str]) -> None:
+    """Record this writer (and the files it is about to move into the table) in its staging owner file."""
+    owner.parent.mkdir(parents=True, exist_ok=True)
+    owner.write_text(json.dumps({**_owner_record(), "files": files}))
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    """True while the process `pid` (started at `start`, when known) runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    proc = _proc_start(pid)
+    if proc is None:
+        return True
+    state, started = proc
+    return state != "Z" and (start is None or started == start)  # a zombie, or a new process with the old pid
+
+
+def _stale(owner: dict[str, Any] | None, age_s: float) -> bool:
+    """A staging folder whose writer is gone: its process is dead on this host, or (owner on another host or
+    unreadable) it is older than FOREIGN_STALE_HOURS."""
+    if owner is None or owner.get("host") != socket.gethostname():
+        return age_s > FOREIGN_STALE_HOURS * 3600
+    return not _alive(int(owner["pid"]), owner.get("start"))
+
+
+def _commits(root: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(version, action) for every action of the JSON commits still in the log, newest commit first."""
+    log = root / "_delta_log"
+    for commit in sorted(log.glob("*.json"), reverse=True) if log.is_dir() else []:
+        for line in commit.read_text().splitlines():
+            if line.strip():
+                yield int(commit.stem), json.loads(line)
+
+
+def _commit_adding(root: Path, rels: set[str]) -> int | None:
+    """The version of the commit that added any of the files `rels` (relative paths), None when none did."""
+    for version, action in _commits(root):
+        if "add" in action and unquote(action["add"]["path"]) in rels:
+            return version
+    return None
+
+
+def _ever_added(root: Path) -> set[str]:
+    """Relative paths of every file a commit still in the log added, plus the latest version's (checkpoints)."""
+    added = {unquote(a["add"]["path"]) for _, a in _commits(root) if "add" in a}
+    if _rs_exists(str(root)):
+        added |= {unquote(p) for p in pa.table(DeltaTable(str(root)).get_add_actions(flatten=False))["path"]
+                  .to_pylist()}
+    return added
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with suppress(OSError):  # not empty (another writer's staging), or already gone
+        folder.rmdir()
+
+
+def clean_staging(path: str) -> StagingCleanup:
+    """Remove what embedded writers that are no longer alive left in `<path>/_staging`: their staging folders, and
+    the files they had moved into the table folder that no commit added. Live writers' staging is left alone."""
+    root = Path(_local(path))
+    folder = root / STAGING
+    if "://" in str(root) or not folder.is_dir():
+        return StagingCleanup()
+    tokens = {e.name.removesuffix(OWNER_SUFFIX) for e in folder.iterdir()}
+    folders = files = size = 0
+    added: set[str] | None = None
+    for token in sorted(tokens):
+        owner_file, data = folder / f"{token}{OWNER_SUFFIX}", folder / token
+        try:
+            owner = json.loads(owner_file.read_text())
+            age = time.time() - float(owner["created"])
+        except (OSError, ValueError, KeyError, TypeError):
+            owner = None
+            try:
+                age = time.time() - max(p.stat().st_mtime for p in (owner_file, data) if p.exists())
+            except ValueError:  # both gone: its writer just finished
+                continue
+        if not _stale(owner, age):
+            continue
+        if added is None:
+            added = _ever_added(root)
+        for rel in (owner or {}).get("files", []):
+            target = root / rel
+            if rel not in added and target.is_file():
+                size += target.stat().st_size
+                target.unlink(missing_ok=True)
+                files += 1
+        shutil.rmtree(data, ignore_errors=True)
+        owner_file.unlink(missing_ok=True)
+        folders += 1
+        LOG.info("removed the staging of a writer that is gone: %s", data)
+    _remove_if_empty(folder)
+    return StagingCleanup(folders, files, size)
 
 
 def _add_action(file: Path, rel: Path) -> AddAction:
