@@ -47,6 +47,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from pyspark.sql.types import StructType
 
+from pipelines.core import files
 from pipelines.core.failpoints import pause
 from pipelines.core.logs import LOG
 from pipelines.core.session import DELTA_EXTENSION, NO_DELTA_JARS, delta_jar_dir, has_delta_classes
@@ -59,10 +60,24 @@ FOREIGN_STALE_HOURS = 24.0  # a staging folder without a checkable owner (other 
 ENGINES = ("delta-spark", "embedded")
 EMBEDDED_ENGINE_INFO = {"engine": "spark-ml-pipeline/embedded"}
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+RETENTION_CHECK_CONF = "spark.databricks.delta.retentionDurationCheck.enabled"
 
 
 class DeltaWriteError(RuntimeError):
     """A write that could not be committed; the table is left at its previous version."""
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    """What `DeltaStore.maintain` did to one table."""
+
+    version_before: int
+    version_after: int
+    files_compacted: int  # small files rewritten into fewer (now unreferenced, until vacuumed)
+    files_added: int  # the files compaction wrote
+    files_removed: int  # data files deleted: vacuumed, and a dead writer's uncommitted files
+    bytes_removed: int
+    staging_removed: int  # staging folders of dead embedded writers
 
 
 def _local(path: str) -> str:
@@ -208,6 +223,38 @@ class DeltaStore:
         props = CommitProperties(custom_metadata={**EMBEDDED_ENGINE_INFO, **_user_metadata_entry(metadata)})
         metrics = DeltaTable(_local(path)).delete(f"{column} IN ({quoted})", commit_properties=props)
         return int(metrics.get("num_deleted_rows", 0))
+
+    def maintain(self, path: str, retention_hours: int, check_retention: bool = True) -> Maintenance:
+        """Compact small files, then vacuum: delete data files no version within `retention_hours` references and
+        untracked files (a killed writer's) older than that, plus dead embedded writers' staging. Readers of the
+        latest version see the same rows; time travel to versions older than the retention stops working."""
+        staging = clean_staging(path)
+        before = _data_files(path)
+        version_before = self.version(path)
+        assert version_before is not None, f"no Delta table at {path}"
+        if self.engine == "delta-spark":
+            metrics = self._spark_table(path).optimize().executeCompaction().select("metrics.*").head().asDict()
+            previous = self.spark.conf.get(RETENTION_CHECK_CONF, None)
+            self.spark.conf.set(RETENTION_CHECK_CONF, str(check_retention).lower())
+            try:
+                self._spark_table(path).vacuum(float(retention_hours))
+            finally:
+                if previous is None:
+                    self.spark.conf.unset(RETENTION_CHECK_CONF)
+                else:
+                    self.spark.conf.set(RETENTION_CHECK_CONF, previous)
+        else:
+            props = CommitProperties(custom_metadata=EMBEDDED_ENGINE_INFO)
+            metrics = DeltaTable(_local(path)).optimize.compact(commit_properties=props)
+            DeltaTable(_local(path)).vacuum(retention_hours, dry_run=False, enforce_retention_duration=check_retention,
+                                            full=True, commit_properties=props)
+        after = _data_files(path)
+        gone = set(before) - set(after)
+        version_after = self.version(path)
+        assert version_after is not None
+        return Maintenance(version_before, version_after, int(metrics["numFilesRemoved"]),
+                           int(metrics["numFilesAdded"]), len(gone) + staging.files,
+                           sum(before[f] for f in gone) + staging.bytes, staging.folders)
 
     def _check_compatible(
         self,
@@ -434,6 +481,18 @@ def _ever_added(root: Path) -> set[str]:
         added |= {unquote(p) for p in pa.table(DeltaTable(str(root)).get_add_actions(flatten=False))["path"]
                   .to_pylist()}
     return added
+
+
+def _data_files(path: str) -> dict[str, int]:
+    """Size of every data file in the table folder (partition folders included; `_`/`.` entries are not data)."""
+    fs, root = files.filesystem(path)
+    root = root.rstrip("/")
+    out = {}
+    for file, info in fs.find(root, detail=True).items():
+        rel = file[len(root) + 1 :]
+        if not any(part.startswith(("_", ".")) for part in rel.split("/")):
+            out[rel] = int(info["size"])
+    return out
 
 
 def _remove_if_empty(folder: Path) -> None:

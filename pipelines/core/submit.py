@@ -35,6 +35,7 @@ JOBS = {
     "train": "jobs/train.py",
     "score": "jobs/score.py",
     "monitor": "jobs/monitor.py",
+    "maintain": "jobs/maintain.py",
     "run-all": "jobs/run_all.py",
 }
 PACKAGES = ("jobs", "pipelines", "features")
