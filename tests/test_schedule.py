@@ -24,7 +24,14 @@ def test_dag_task_builds_a_spark_submit_command(task: str) -> None:
     assert "{{" not in cmd
     res = subprocess.run(["bash", "-c", cmd + " --dry-run"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert f"jobs/{task}.py --env local --date 2013-12-05" in res.stdout
+    args = "--env local" + ("" if task == "maintain" else " --date 2013-12-05")
+    assert f"jobs/{task}.py {args} --conf-dir" in res.stdout
+
+
+def test_dag_scores_monitors_then_maintains() -> None:
+    assert set(airflow_dag.TASKS) == {"score", "monitor", "maintain"}
+    assert airflow_dag.UPSTREAM == {"monitor": "score", "maintain": "monitor"}
+    assert airflow_dag.TRIGGER_RULES["maintain"] == "all_done"  # a drift alert does not skip maintenance
 
 
 def test_crontab_line_runs_score_then_monitor() -> None:
