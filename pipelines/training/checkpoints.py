@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.core import files
 
@@ -32,10 +36,42 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)  # history, early stopping, attempt
 
 
+FAILPOINT_ENV = "PIPELINE_FAILPOINT"  # tests: "checkpoint.write:<file name>" pauses inside that file's write
+FAILPOINT_FILE_ENV = "PIPELINE_FAILPOINT_FILE"  # created (with the pid) when the point is reached; fires once
+
+
+def failpoint(point: str) -> None:
+    """Test hook: when PIPELINE_FAILPOINT names `point`, record this pid in PIPELINE_FAILPOINT_FILE and pause
+    (up to 10 minutes) so a test can SIGKILL the process exactly here. Fires once: a later process that finds the
+    file goes on. A no-op unless the variable is set."""
+    marker = os.environ.get(FAILPOINT_FILE_ENV)
+    if os.environ.get(FAILPOINT_ENV) != point or not marker:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    time.sleep(600)
+
+
 def _write(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write to a temporary name beside `path`, then rename it over `path`."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    files.write_atomic(path, buf.getvalue())
+    data = buf.getvalue()
+    fs, local = files.filesystem(path)
+    fs.makedirs(local.rsplit("/", 1)[0], exist_ok=True)
+    tmp = f"{local}.{uuid.uuid4().hex[:8]}.tmp"
+    with fs.open(tmp, "wb") as f:
+        f.write(data[: len(data) // 2])
+        f.flush()
+        failpoint(f"checkpoint.write:{local.rsplit('/', 1)[-1]}")
+        f.write(data[len(data) // 2:])
+    if fs.exists(local) and not isinstance(fs, LocalFileSystem):
+        fs.rm_file(local)  # HDFS rename does not replace an existing file
+    fs.mv(tmp, local)
 
 
 def save(folder: str, ckpt: Checkpoint, keep: int) -> str:

@@ -28,7 +28,7 @@ from pyspark.sql import SparkSession
 
 from pipelines.core.config import TrainingConf
 from pipelines.core.logs import LOG
-from pipelines.training.remote.task import barrier_task
+from pipelines.training.remote.task import STARTED, barrier_task
 from pipelines.training.spec import ABORT, ATTEMPT, ATTEMPT_NO, ERROR, PROGRESS, WorkerResult, WorkerSpec, assign_ranks
 
 
@@ -83,6 +83,7 @@ class ControlChannel:
     attempts: dict[str, int] = field(default_factory=dict)
     errors: list[_Report] = field(default_factory=list)
     last_progress: dict[str, Any] | None = None
+    starts: dict[int, int] = field(default_factory=dict)  # attempt -> the epoch it started at
     _server: RendezvousServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -99,7 +100,7 @@ class ControlChannel:
 
         class ControlHandler(RendezvousHandler):
             def _put_value(self, scope: str, key: str, value: bytes) -> None:
-                if scope in (ATTEMPT, PROGRESS, ERROR):
+                if scope in (ATTEMPT, PROGRESS, ERROR, STARTED):
                     answer = channel.on_message(scope, key, codec.loads_base64(value))
                     if answer is not None:
                         super()._put_value(ATTEMPT_NO, key, codec.dumps_base64(answer, to_ascii=False))
@@ -113,6 +114,13 @@ class ControlChannel:
         with self._lock:
             if scope == ATTEMPT:
                 return self._register(key, value["hosts"])
+            if scope == STARTED:
+                where = (f"checkpoint of epoch {value['checkpoint_epoch']}" if value["checkpoint_epoch"] is not None
+                         else "scratch")
+                self.starts[value["attempt"]] = value["initial_epoch"]
+                LOG.info("train: attempt %d starts at epoch %d (from %s)", value["attempt"], value["initial_epoch"],
+                         where)
+                return None
             if scope == PROGRESS:
                 self.last_progress = value
                 shown = {k: round(v, 4) for k, v in value.items()

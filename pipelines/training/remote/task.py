@@ -37,6 +37,7 @@ from pipelines.training.remote.backends import backend_class
 from pipelines.training.spec import ABORT, ATTEMPT, ATTEMPT_NO, ERROR, WorkerResult, WorkerSpec, assign_ranks
 
 LOG_TAIL_LINES = 60
+STARTED = "started"  # control channel scope: rank 0 reports where its attempt starts (key attempt, value dict)
 WORKER_MODULE = "pipelines.training.remote.worker"  # `python -m` entry of the training process
 
 
