@@ -36,7 +36,8 @@ from tests.test_train import SMALL, make_features_run
 GLOO_TIMEOUT_S = 30  # training.horovod.gloo_timeout_s of the job: a rank waiting on a dead peer gives up then
 MARGIN_S = 60  # task kill, stage resubmission and a fresh TensorFlow process on a loaded 2-core machine
 EPOCHS = 5
-JOB = [*SMALL, f"training.epochs={EPOCHS}", "training.max_steps_per_epoch=6", "training.keep_checkpoints=10",
+# batch 8 over ~1,500 train rows: ~95 steps per epoch, long enough (about a second) to be killed in the middle of
+JOB = [*SMALL, f"training.epochs={EPOCHS}", "training.batch_size=8", "training.keep_checkpoints=10",
        f"training.horovod.gloo_timeout_s={GLOO_TIMEOUT_S}", "training.max_attempts=3", "training.timeout_s=420",
        "spark.driver_memory=1g"]
 
@@ -112,7 +113,7 @@ def crash_run(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> 
         run.restarts.append(time.monotonic() - killed)
         _wait("a checkpoint written by attempt 1", lambda: max(checkpoints.list_epochs(str(ckpt_dir)), default=-1) >= 2,
               240, proc)
-        time.sleep(0.5)  # into the next epoch's steps
+        time.sleep(0.3)  # into the next epoch's steps
         ranks = rank_processes(proc.pid)
         victim = ranks[1]
         run.kills.append({"pid": victim.pid, "rank": 1, "complete": checkpoints.list_epochs(str(ckpt_dir))})
