@@ -28,7 +28,7 @@ from pyspark.sql import SparkSession
 
 from pipelines.core.config import TrainingConf
 from pipelines.core.logs import LOG
-from pipelines.training.remote.task import STARTED, barrier_task
+from pipelines.training.remote.task import STARTED, barrier_task, sweep_workdirs
 from pipelines.training.spec import ABORT, ATTEMPT, ATTEMPT_NO, ERROR, PROGRESS, WorkerResult, WorkerSpec, assign_ranks
 
 
@@ -213,6 +213,8 @@ class BarrierLauncher:
             for key in ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel"):
                 sc.setLocalProperty(key, None)  # type: ignore[arg-type]
             channel.stop()
+            if self.local:  # the tasks ran here: folders of tasks Spark killed (the next task sweeps elsewhere)
+                sweep_workdirs()
         return sorted(results, key=lambda r: r.rank)
 
     def _gpu_profile(self) -> Any:

@@ -69,6 +69,10 @@ def train_worker(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
                               spec.label_scale)
         optimizer = dist.wrap(make_optimizer(opt_conf, lr))
         model.compile(optimizer=optimizer, loss=head.loss(), metrics=head.keras_metrics())
+        if rank == 0:
+            removed = checkpoints.clean(spec.checkpoint_dir)
+            if removed:
+                print(f"removed what an interrupted checkpoint save left: {removed}", flush=True)
         ckpt = checkpoints.load_latest(spec.checkpoint_dir)
         if ckpt is None and spec.resume_from:
             ckpt = checkpoints.load_latest(spec.resume_from)
