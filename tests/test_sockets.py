@@ -18,12 +18,12 @@ from pipelines.flows import get_flow
 from pipelines.stages.score import model_udf, resolve_model
 from pipelines.training.remote.task import WORKER_MODULE
 from pipelines.training.trainer import run_train
-from tests.support.proctree import LOOPBACK, Listener, TreeWatcher
+from tests.support.proctree import Listener, TreeWatcher, is_loopback
 from tests.test_train import SMALL, make_features_run
 
 
 def _exposed(listeners: set[Listener]) -> list[Listener]:
-    return sorted((s for s in listeners if s.ip not in LOOPBACK), key=lambda s: (s.pid, s.port))
+    return sorted((s for s in listeners if not is_loopback(s.ip)), key=lambda s: (s.pid, s.port))
 
 
 def test_training_and_scoring_listen_on_loopback_only(spark: SparkSession, make_cfg: Callable[..., Config],

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from horovod.runner.common.util import codec
-from horovod.runner.http.http_server import RendezvousHandler, RendezvousServer
+from horovod.runner.http.http_server import RendezvousHandler, RendezvousHTTPServer, RendezvousServer
+from horovod.runner.util.threads import in_thread
 from pyspark.sql import SparkSession
 
 from pipelines.core.config import TrainingConf
@@ -63,6 +64,24 @@ def steps_per_epoch(rows: int, batch_size: int, workers: int, cap: int | None = 
     return min(steps, cap) if cap else steps
 
 
+class BoundRendezvousServer(RendezvousServer):
+    """Horovod's gloo rendezvous server listening on one address (Horovod's own binds every interface), on a port
+    the OS picks; `stop` also closes the listening socket (Horovod's only ends the serving loop)."""
+
+    def __init__(self, host: str, verbose: int = 0) -> None:
+        super().__init__(verbose=verbose)
+        self.host = host
+
+    def start(self, handler_cls: type = RendezvousHandler) -> int:
+        self._httpd = RendezvousHTTPServer((self.host, 0), handler_cls, self._verbose)
+        self._listen_thread = in_thread(target=self._httpd.serve_forever)
+        return int(self._httpd.server_address[1])
+
+    def stop(self) -> None:
+        super().stop()
+        self._httpd.server_close()
+
+
 @dataclass
 class _Report:
     at: float
@@ -80,15 +99,16 @@ class ControlChannel:
     epochs: int
     reset_rendezvous: bool
     cancel: Any  # callable(reason)
+    bind_host: str = "127.0.0.1"
     attempts: dict[str, int] = field(default_factory=dict)
     errors: list[_Report] = field(default_factory=list)
     last_progress: dict[str, Any] | None = None
     starts: dict[int, int] = field(default_factory=dict)  # attempt -> the epoch it started at
-    _server: RendezvousServer | None = None
+    _server: BoundRendezvousServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> int:
-        self._server = RendezvousServer(verbose=0)
+        self._server = BoundRendezvousServer(self.bind_host)
         return self._server.start(self._handler())
 
     def stop(self) -> None:
@@ -178,6 +198,15 @@ class BarrierLauncher:
             return "127.0.0.1"
         return self.spark.sparkContext.getConf().get("spark.driver.host") or "127.0.0.1"
 
+    def bind_host(self) -> str:
+        """Address the driver's KV server listens on: training.horovod.bind_address; else 127.0.0.1 in local
+        mode; on a cluster spark.driver.bindAddress, else every interface (the ranks run on other hosts)."""
+        if self.conf.horovod.bind_address:
+            return self.conf.horovod.bind_address
+        if self.local:
+            return "127.0.0.1"
+        return self.spark.sparkContext.getConf().get("spark.driver.bindAddress") or "0.0.0.0"
+
     def run(self, spec: WorkerSpec) -> list[WorkerResult]:
         """Run the barrier stage to completion (Spark retries included); results ordered by rank."""
         sc = self.spark.sparkContext
@@ -191,7 +220,8 @@ class BarrierLauncher:
                 LOG.error("train: cancelling job group %s (%s)", group, reason)
                 sc.cancelJobGroup(group)
 
-        channel = ControlChannel(n, self.conf.max_attempts, self.conf.epochs, self.uses_rendezvous, cancel)
+        channel = ControlChannel(n, self.conf.max_attempts, self.conf.epochs, self.uses_rendezvous, cancel,
+                                 self.bind_host())
         port = channel.start()
         spec = replace(spec, backend=self.backend, control_host=self.control_host(), control_port=port,
                        local=self.local, iface=self.conf.horovod.iface)

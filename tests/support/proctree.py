@@ -3,6 +3,7 @@ found after the root exits) and every TCP socket any of them listens on."""
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 from dataclasses import dataclass, field
@@ -11,7 +12,12 @@ import psutil
 
 from pipelines.training.remote.task import WORKER_MODULE
 
-LOOPBACK = ("127.0.0.1", "::1")
+
+def is_loopback(ip: str) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped loopback (::ffff:127.0.0.1, how the JVM's dual-stack sockets show)."""
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return addr.is_loopback or bool(mapped and mapped.is_loopback)
 
 
 @dataclass(frozen=True)
