@@ -1,24 +1,34 @@
 """Per-epoch training checkpoints: model weights, optimizer state, epoch history and early-stopping state.
 
-One file per epoch, `epoch-NNNN.npz`, in the run's folder, written by rank 0 to a temporary name and renamed,
-so a worker killed mid-write never leaves a truncated latest checkpoint. `best.npz` holds the weights of the
-best epoch on the monitored validation metric. Paths go through fsspec (pipelines.core.files): local folders,
-hdfs:// (hdfs-native, no libhdfs) and object stores work alike.
+One file per epoch, `epoch-NNNN.npz`, in the run's folder, written by rank 0 to a temporary name
+(`<name>.<random>.tmp`) and renamed, then published by its completeness marker `epoch-NNNN.npz.done` (size and
+SHA-256 of the file). Only an epoch with a marker whose size and checksum match counts as a checkpoint, so a
+rank killed mid-write (or between the rename and the marker, or a store whose rename is a copy) never leaves a
+checkpoint that training resumes from; `clean` removes such leftovers at the start of each attempt. `best.npz`
+holds the weights of the best epoch on the monitored validation metric. Paths go through fsspec
+(pipelines.core.files): local folders, hdfs:// (hdfs-native, no libhdfs) and object stores work alike.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import re
+import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.core import files
 
 _EPOCH_FILE = re.compile(r"^epoch-(\d{4,})\.npz$")
+_MARKER_FILE = re.compile(r"^epoch-(\d{4,})\.npz\.done$")
+DONE = ".done"  # completeness marker suffix
 BEST = "best.npz"
 
 
@@ -32,10 +42,47 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)  # history, early stopping, attempt
 
 
-def _write(path: str, arrays: dict[str, np.ndarray]) -> None:
+FAILPOINT_ENV = "PIPELINE_FAILPOINT"  # tests: "checkpoint.write:<file name>" pauses inside that file's write
+FAILPOINT_FILE_ENV = "PIPELINE_FAILPOINT_FILE"  # created (with the pid) when the point is reached; fires once
+
+
+def failpoint(point: str) -> None:
+    """Test hook: when PIPELINE_FAILPOINT names `point`, record this pid in PIPELINE_FAILPOINT_FILE and pause
+    (up to 10 minutes) so a test can SIGKILL the process exactly here. Fires once: a later process that finds the
+    file goes on. A no-op unless the variable is set."""
+    marker = os.environ.get(FAILPOINT_FILE_ENV)
+    if os.environ.get(FAILPOINT_ENV) != point or not marker:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    time.sleep(600)
+
+
+def _write(path: str, arrays: dict[str, np.ndarray]) -> bytes:
+    """Write to a temporary name beside `path`, then rename it over `path`; returns the bytes written."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    files.write_atomic(path, buf.getvalue())
+    data = buf.getvalue()
+    _publish(path, data)
+    return data
+
+
+def _publish(path: str, data: bytes) -> None:
+    fs, local = files.filesystem(path)
+    fs.makedirs(local.rsplit("/", 1)[0], exist_ok=True)
+    tmp = f"{local}.{uuid.uuid4().hex[:8]}.tmp"
+    with fs.open(tmp, "wb") as f:
+        f.write(data[: len(data) // 2])
+        f.flush()
+        failpoint(f"checkpoint.write:{local.rsplit('/', 1)[-1]}")
+        f.write(data[len(data) // 2:])
+    if fs.exists(local) and not isinstance(fs, LocalFileSystem):
+        fs.rm_file(local)  # HDFS rename does not replace an existing file
+    fs.mv(tmp, local)
 
 
 def save(folder: str, ckpt: Checkpoint, keep: int) -> str:
@@ -43,11 +90,32 @@ def save(folder: str, ckpt: Checkpoint, keep: int) -> str:
     arrays = {f"w{i}": w for i, w in enumerate(ckpt.weights)}
     arrays.update({f"o{i}": w for i, w in enumerate(ckpt.optimizer)})
     arrays["meta"] = np.array(json.dumps({"epoch": ckpt.epoch, **ckpt.meta}))
-    path = f"{folder.rstrip('/')}/epoch-{ckpt.epoch:04d}.npz"
-    _write(path, arrays)
+    path = _epoch_path(folder, ckpt.epoch)
+    data = _write(path, arrays)
+    _publish(path + DONE, json.dumps({"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}).encode())
     for old in list_epochs(folder)[:-keep]:
-        files.remove(f"{folder.rstrip('/')}/epoch-{old:04d}.npz")
+        files.remove(_epoch_path(folder, old) + DONE)  # unpublish first: never a marker without its file
+        files.remove(_epoch_path(folder, old))
     return path
+
+
+def _epoch_path(folder: str, epoch: int) -> str:
+    return f"{folder.rstrip('/')}/epoch-{epoch:04d}.npz"
+
+
+def clean(folder: str) -> list[str]:
+    """Remove what an interrupted save left in `folder`: temporary files, epoch files without a completeness
+    marker, markers without their file. Returns the names removed. Only rank 0 of a running attempt writes here, so
+    it calls this before it starts (any writer of an earlier attempt is dead by then)."""
+    names = files.listdir(folder)
+    marked = {m.group(1) for n in names if (m := _MARKER_FILE.match(n))}
+    published = {m.group(1) for n in names if (m := _EPOCH_FILE.match(n))}
+    junk = [n for n in names if n.endswith(".tmp")
+            or ((m := _EPOCH_FILE.match(n)) and m.group(1) not in marked)
+            or ((m := _MARKER_FILE.match(n)) and m.group(1) not in published)]
+    for name in junk:
+        files.remove(f"{folder.rstrip('/')}/{name}")
+    return junk
 
 
 def save_best(folder: str, weights: list[np.ndarray], epoch: int) -> None:
@@ -57,12 +125,25 @@ def save_best(folder: str, weights: list[np.ndarray], epoch: int) -> None:
 
 
 def list_epochs(folder: str) -> list[int]:
-    """Epoch numbers with a complete checkpoint in `folder`, ascending (empty when there is none)."""
-    return sorted(int(m.group(1)) for name in files.listdir(folder) if (m := _EPOCH_FILE.match(name)))
+    """Epoch numbers with a published checkpoint (file and completeness marker) in `folder`, ascending."""
+    names = set(files.listdir(folder))
+    return sorted(int(m.group(1)) for name in names
+                  if (m := _MARKER_FILE.match(name)) and name[: -len(DONE)] in names)
 
 
-def _read(path: str) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
-    with np.load(io.BytesIO(files.read_bytes(path)), allow_pickle=False) as data:
+def _verified(path: str) -> bytes | None:
+    """The checkpoint file's bytes when they match its completeness marker, else None."""
+    try:
+        marker = json.loads(files.read_bytes(path + DONE))
+        data = files.read_bytes(path)
+    except (OSError, ValueError):
+        return None
+    ok = len(data) == marker["bytes"] and hashlib.sha256(data).hexdigest() == marker["sha256"]
+    return data if ok else None
+
+
+def _read(path: str, raw: bytes | None = None) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
+    with np.load(io.BytesIO(raw if raw is not None else files.read_bytes(path)), allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
         weights = [data[f"w{i}"] for i in range(sum(k.startswith("w") for k in data.files))]
         opt = [data[f"o{i}"] for i in range(sum(k.startswith("o") for k in data.files))]
@@ -70,13 +151,16 @@ def _read(path: str) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]
 
 
 def load_latest(folder: str) -> Checkpoint | None:
-    """The newest complete checkpoint in `folder`, or None."""
-    epochs = list_epochs(folder)
-    if not epochs:
-        return None
-    weights, opt, meta = _read(f"{folder.rstrip('/')}/epoch-{epochs[-1]:04d}.npz")
-    epoch = int(meta.pop("epoch"))
-    return Checkpoint(epoch, weights, opt, meta)
+    """The newest complete checkpoint in `folder` (published, and its bytes match its marker), or None."""
+    for epoch in reversed(list_epochs(folder)):
+        path = _epoch_path(folder, epoch)
+        raw = _verified(path)
+        if raw is None:
+            print(f"checkpoint {path} does not match its completeness marker: skipped", flush=True)
+            continue
+        weights, opt, meta = _read(path, raw)
+        return Checkpoint(int(meta.pop("epoch")), weights, opt, meta)
+    return None
 
 
 def load_best(folder: str) -> tuple[int, list[np.ndarray]] | None:

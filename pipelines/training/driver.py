@@ -23,12 +23,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from horovod.runner.common.util import codec
-from horovod.runner.http.http_server import RendezvousHandler, RendezvousServer
+from horovod.runner.http.http_server import RendezvousHandler, RendezvousHTTPServer, RendezvousServer
+from horovod.runner.util.threads import in_thread
 from pyspark.sql import SparkSession
 
 from pipelines.core.config import TrainingConf
 from pipelines.core.logs import LOG
-from pipelines.training.remote.task import barrier_task
+from pipelines.training.remote.task import STARTED, barrier_task, sweep_workdirs
 from pipelines.training.spec import ABORT, ATTEMPT, ATTEMPT_NO, ERROR, PROGRESS, WorkerResult, WorkerSpec, assign_ranks
 
 
@@ -63,6 +64,24 @@ def steps_per_epoch(rows: int, batch_size: int, workers: int, cap: int | None = 
     return min(steps, cap) if cap else steps
 
 
+class BoundRendezvousServer(RendezvousServer):
+    """Horovod's gloo rendezvous server listening on one address (Horovod's own binds every interface), on a port
+    the OS picks; `stop` also closes the listening socket (Horovod's only ends the serving loop)."""
+
+    def __init__(self, host: str, verbose: int = 0) -> None:
+        super().__init__(verbose=verbose)
+        self.host = host
+
+    def start(self, handler_cls: type = RendezvousHandler) -> int:
+        self._httpd = RendezvousHTTPServer((self.host, 0), handler_cls, self._verbose)
+        self._listen_thread = in_thread(target=self._httpd.serve_forever)
+        return int(self._httpd.server_address[1])
+
+    def stop(self) -> None:
+        super().stop()
+        self._httpd.server_close()
+
+
 @dataclass
 class _Report:
     at: float
@@ -80,14 +99,16 @@ class ControlChannel:
     epochs: int
     reset_rendezvous: bool
     cancel: Any  # callable(reason)
+    bind_host: str = "127.0.0.1"
     attempts: dict[str, int] = field(default_factory=dict)
     errors: list[_Report] = field(default_factory=list)
     last_progress: dict[str, Any] | None = None
-    _server: RendezvousServer | None = None
+    starts: dict[int, int] = field(default_factory=dict)  # attempt -> the epoch it started at
+    _server: BoundRendezvousServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> int:
-        self._server = RendezvousServer(verbose=0)
+        self._server = BoundRendezvousServer(self.bind_host)
         return self._server.start(self._handler())
 
     def stop(self) -> None:
@@ -99,7 +120,7 @@ class ControlChannel:
 
         class ControlHandler(RendezvousHandler):
             def _put_value(self, scope: str, key: str, value: bytes) -> None:
-                if scope in (ATTEMPT, PROGRESS, ERROR):
+                if scope in (ATTEMPT, PROGRESS, ERROR, STARTED):
                     answer = channel.on_message(scope, key, codec.loads_base64(value))
                     if answer is not None:
                         super()._put_value(ATTEMPT_NO, key, codec.dumps_base64(answer, to_ascii=False))
@@ -113,6 +134,13 @@ class ControlChannel:
         with self._lock:
             if scope == ATTEMPT:
                 return self._register(key, value["hosts"])
+            if scope == STARTED:
+                where = (f"checkpoint of epoch {value['checkpoint_epoch']}" if value["checkpoint_epoch"] is not None
+                         else "scratch")
+                self.starts[value["attempt"]] = value["initial_epoch"]
+                LOG.info("train: attempt %d starts at epoch %d (from %s)", value["attempt"], value["initial_epoch"],
+                         where)
+                return None
             if scope == PROGRESS:
                 self.last_progress = value
                 shown = {k: round(v, 4) for k, v in value.items()
@@ -170,6 +198,15 @@ class BarrierLauncher:
             return "127.0.0.1"
         return self.spark.sparkContext.getConf().get("spark.driver.host") or "127.0.0.1"
 
+    def bind_host(self) -> str:
+        """Address the driver's KV server listens on: training.horovod.bind_address; else 127.0.0.1 in local
+        mode; on a cluster spark.driver.bindAddress, else every interface (the ranks run on other hosts)."""
+        if self.conf.horovod.bind_address:
+            return self.conf.horovod.bind_address
+        if self.local:
+            return "127.0.0.1"
+        return self.spark.sparkContext.getConf().get("spark.driver.bindAddress") or "0.0.0.0"
+
     def run(self, spec: WorkerSpec) -> list[WorkerResult]:
         """Run the barrier stage to completion (Spark retries included); results ordered by rank."""
         sc = self.spark.sparkContext
@@ -183,7 +220,8 @@ class BarrierLauncher:
                 LOG.error("train: cancelling job group %s (%s)", group, reason)
                 sc.cancelJobGroup(group)
 
-        channel = ControlChannel(n, self.conf.max_attempts, self.conf.epochs, self.uses_rendezvous, cancel)
+        channel = ControlChannel(n, self.conf.max_attempts, self.conf.epochs, self.uses_rendezvous, cancel,
+                                 self.bind_host())
         port = channel.start()
         spec = replace(spec, backend=self.backend, control_host=self.control_host(), control_port=port,
                        local=self.local, iface=self.conf.horovod.iface)
@@ -205,6 +243,8 @@ class BarrierLauncher:
             for key in ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel"):
                 sc.setLocalProperty(key, None)  # type: ignore[arg-type]
             channel.stop()
+            if self.local:  # the tasks ran here: folders of tasks Spark killed (the next task sweeps elsewhere)
+                sweep_workdirs()
         return sorted(results, key=lambda r: r.rank)
 
     def _gpu_profile(self) -> Any:

@@ -81,6 +81,8 @@ class HorovodConf(Strict):
     """Gloo rendezvous on the driver; None = 127.0.0.1 / loopback in local mode, the driver host otherwise."""
 
     rendezvous_host: str | None = None
+    bind_address: str | None = None  # the rendezvous server listens here; None = 127.0.0.1 locally, else
+    # spark.driver.bindAddress, else all interfaces (ranks on other hosts must reach it)
     iface: str | None = None  # network interface for gloo; None = lo locally, else the one holding the task's IP
     gloo_timeout_s: int = Field(default=120, gt=0)  # HOROVOD_GLOO_TIMEOUT_SECONDS: rendezvous and connect
 

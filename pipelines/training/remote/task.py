@@ -13,6 +13,12 @@ The training process is a fresh process per attempt, because TensorFlow's thread
 collective ops are fixed at start-up while Spark reuses its Python workers across tasks. It dies with its task
 (PR_SET_PDEATHSIG). A failure is reported to the driver (rank and traceback) before the task raises, so the
 driver can name the rank that failed.
+
+Each process works in `<tmp>/train-rank<N>-<random>/` (its task, log, result, and its TMPDIR, so what TensorFlow
+leaves there goes too). The task removes it when the process ends; a task Spark killed (SIGKILL of the Python
+worker, when another rank of the barrier stage failed) cannot, so the folder records its owner's pid and start
+time and `sweep_workdirs` removes folders whose owner is gone: every barrier task runs it before it starts, and
+the driver after the stage in local mode.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ from pipelines.training.remote.backends import backend_class
 from pipelines.training.spec import ABORT, ATTEMPT, ATTEMPT_NO, ERROR, WorkerResult, WorkerSpec, assign_ranks
 
 LOG_TAIL_LINES = 60
+WORKDIR_PREFIX = "train-rank"
+OWNER_FILE = "owner"  # "<pid> <start time>" of the task's Python worker that owns the folder
+STARTED = "started"  # control channel scope: rank 0 reports where its attempt starts (key attempt, value dict)
 WORKER_MODULE = "pipelines.training.remote.worker"  # `python -m` entry of the training process
 
 
@@ -89,6 +98,7 @@ def barrier_task(spec: WorkerSpec) -> Callable[[Iterable[Any]], Iterator[WorkerR
             raise WorkerFailed(f"training attempts exhausted (max_attempts={spec.training['max_attempts']})")
         slot = assign_ranks(hosts)[partition]
         task = TaskInfo(slot.rank, slot.size, slot.local_rank, partition, attempt, token, hosts[partition])
+        sweep_workdirs()
         env = _base_env(spec)
         env.update(backend_class(spec.backend).task_env(spec, slot, task.host, ctx.allGather))
         gpus = ctx.resources().get("gpu") if spec.training["gpus_per_worker"] > 0 else None
@@ -114,9 +124,44 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
+def _owner() -> str:
+    import psutil
+
+    me = psutil.Process()
+    return f"{me.pid} {me.create_time()}"
+
+
+def _owner_alive(text: str) -> bool:
+    import psutil
+
+    pid, _, created = text.partition(" ")
+    try:
+        return f"{psutil.Process(int(pid)).create_time()}" == created
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+
+
+def sweep_workdirs(root: str | None = None) -> list[str]:
+    """Remove training work folders under `root` (the temp dir) whose owning task process is gone; their paths."""
+    removed = []
+    for d in Path(root or tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        owner = d / OWNER_FILE
+        try:
+            alive = _owner_alive(owner.read_text())
+        except OSError:  # no owner yet: being created right now, or not ours
+            continue
+        if not alive:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(str(d))
+    return removed
+
+
 def _run_training_process(spec: WorkerSpec, task: TaskInfo, env: dict[str, str]) -> WorkerResult:
     """Run the training process; return its result or raise WorkerFailed with its traceback."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"train-rank{task.rank}-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{task.rank}-"))
+    (workdir / OWNER_FILE).write_text(_owner())
+    (workdir / "tmp").mkdir()
+    env = {**env, "TMPDIR": str(workdir / "tmp")}
     (workdir / "task.pkl").write_bytes(cloudpickle.dumps((spec, task)))
     log_path = workdir / "worker.log"
     proc = None
