@@ -34,6 +34,7 @@ OTHER_DELIMITERS = [";", "\t", "|", ","]
 MAX_RECORD_LINES = 10_000  # lines one quoted CSV field may span before its opening quote counts as stray
 INT_RANGE = {"int": (-(2**31), 2**31 - 1), "bigint": (-(2**63), 2**63 - 1)}
 PANDAS_INT = {"int": "Int32", "bigint": "Int64"}
+NUMPY_INT = {"int": np.int32, "bigint": np.int64}
 LOG_SCHEMA = (
     "run_id string, source string, file string, size bigint, mtime_ms bigint, status string, reason string, "
     "rows_in bigint, rows_ok bigint, rows_quarantined bigint, ingested_at timestamp"
@@ -140,11 +141,12 @@ def _convert_int(values: pd.Series, typ: str) -> tuple[pd.Series, np.ndarray, np
     present = values.notna().to_numpy()
     nums = pd.to_numeric(values[present].str.strip(), errors="coerce")
     if nums.dtype == np.int64:  # the common case: every value plain digits within int64, exact and vectorized
-        out_of_range = np.zeros(len(values), dtype=bool)
-        out_of_range[present] = ((nums < lo) | (nums > hi)).to_numpy()
-        ints = pd.Series(pd.NA, index=values.index, dtype="Int64")
+        ints = np.zeros(len(values), dtype=np.int64)
         ints[present] = nums.to_numpy()
-        return ints.where(~out_of_range).astype(PANDAS_INT[typ]), np.zeros(len(values), dtype=bool), out_of_range
+        out_of_range = (ints < lo) | (ints > hi)
+        ints[out_of_range] = 0
+        typed = pd.arrays.IntegerArray(ints.astype(NUMPY_INT[typ]), ~present | out_of_range)
+        return pd.Series(typed, index=values.index), np.zeros(len(values), dtype=bool), out_of_range
     parsed = [None if not p else _exact_int(v) for p, v in zip(present, values, strict=True)]
     failed = np.array([p and x is None for p, x in zip(present, parsed, strict=True)], dtype=bool)
     out_of_range = np.array([x is not None and not lo <= x <= hi for x in parsed], dtype=bool)
