@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from pipelines.core.config import Config, SourceConf
 from pipelines.core.delta import DeltaStore
-from pipelines.core.files import FileInfo
+from pipelines.core.files import FileInfo, from_spark_path, spark_input
 from pipelines.core.logs import LOG
 
 TARGET_FILE_BYTES = 128 * 1024 * 1024  # one Parquet file per ~128 MB of image bytes: no small-files problem
@@ -59,15 +59,15 @@ def decode_images(files: DataFrame, label_from_folder: bool) -> DataFrame:
     """binaryFile rows (path, content) -> path, label, content, width, height, mode, size, _reason."""
     def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for pdf in batches:
-            yield decode_batch(pdf["path"], pdf["content"], label_from_folder)
+            yield decode_batch(pdf["path"].map(from_spark_path), pdf["content"], label_from_folder)
 
     return files.mapInPandas(fn, DECODED_SCHEMA)
 
 
 def read_images(spark: SparkSession, uris: list[str]) -> DataFrame:
-    """The given files through the binaryFile source, paths normalized to file:/// as the listing names them."""
-    df = spark.read.format("binaryFile").load(uris)
-    return df.select(F.regexp_replace("path", "^file:/(?!/)", "file:///").alias("path"), "content")
+    """The given files through the binaryFile source (`path` as Spark names it: decode_images maps it back to
+    the listing's URI)."""
+    return spark.read.format("binaryFile").load([spark_input(u) for u in uris]).select("path", "content")
 
 
 def ingest_image_files(spark: SparkSession, cfg: Config, store: DeltaStore, name: str, src: SourceConf,

@@ -4,10 +4,12 @@ stores. HDFS goes through hdfs-native (pure Rust, reads HADOOP_CONF_DIR), so no 
 from __future__ import annotations
 
 import posixpath
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import fsspec
 from fsspec import AbstractFileSystem
@@ -16,7 +18,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 @dataclass(frozen=True)
 class FileInfo:
-    """A landed file as Spark names it (a URI), with the size and modification time that identify a delivery."""
+    """A landed file by URI (the file system's own name for it, not percent-encoded, so `head` and Spark can open
+    it), with the size and modification time that identify a delivery."""
 
     uri: str
     size: int
@@ -29,7 +32,8 @@ def to_uri(path: str) -> str:
 
 
 def list_files(base: str, pattern: str) -> list[FileInfo]:
-    """Files under `base` matching the glob `pattern`, sorted by URI."""
+    """Files under `base` matching the glob `pattern`, sorted by URI. Names stay as the file system spells them
+    (a space stays a space): a percent-encoded local URI would name another file to fsspec and to Spark."""
     uri = to_uri(base).rstrip("/") + "/" + pattern
     fs, root = fsspec.core.url_to_fs(uri)
     out = []
@@ -39,10 +43,20 @@ def list_files(base: str, pattern: str) -> list[FileInfo]:
             continue
         mtime = info.get("mtime") or info.get("LastModified") or 0
         mtime_ms = int((mtime.timestamp() if hasattr(mtime, "timestamp") else float(mtime)) * 1000)
-        full = fs.unstrip_protocol(p)
-        out.append(FileInfo(to_uri(full[len("file://") :]) if full.startswith("file://") else full,
-                            int(info["size"]), mtime_ms))
+        out.append(FileInfo(fs.unstrip_protocol(p), int(info["size"]), mtime_ms))
     return out
+
+
+def spark_input(uri: str) -> str:
+    """A listed file's URI as a path for Spark's readers, which expand globs: glob characters are escaped so a
+    file named `a[1].csv` is read as itself."""
+    return re.sub(r"([\\\[\]{}*?])", r"\\\1", uri)
+
+
+def from_spark_path(path: str) -> str:
+    """A path as Spark reports it (_metadata.file_path, binaryFile `path`: `file:/x`, percent-encoded) -> the URI
+    `list_files` names the file by."""
+    return unquote(re.sub(r"^file:/+", "file:///", path))
 
 
 def head(uri: str, n: int) -> bytes:
