@@ -88,7 +88,7 @@ class TreeWatcher:
             try:
                 cmd = " ".join(p.cmdline())
                 key = (p.pid, p.create_time())
-                self.seen[key] = cmd
+                self.seen[key] = cmd or self.seen.get(key, "")  # a zombie's command line reads empty
                 self.last_seen[key] = time.time()
                 conns = p.net_connections(kind="tcp")
             except psutil.Error:
