@@ -33,6 +33,8 @@ from pipelines.training import checkpoints
 from tests.support.proctree import TreeWatcher, rank_processes, tree
 from tests.test_train import SMALL, make_features_run
 
+pytestmark = pytest.mark.slow  # one real train job with two kills and three attempts: minutes on 2 cores
+
 GLOO_TIMEOUT_S = 30  # training.horovod.gloo_timeout_s of the job: a rank waiting on a dead peer gives up then
 MARGIN_S = 60  # task kill, stage resubmission and a fresh TensorFlow process on a loaded 2-core machine
 EPOCHS = 5
