@@ -158,23 +158,23 @@ def _convert(values: pd.Series, typ: str, ts_format: str) -> tuple[pd.Series, np
     """Convert non-null strings to `typ`; return (typed series, mask of values that did not parse, mask of
     integers out of the type's range)."""
     present = values.notna().to_numpy()
-    in_range = np.zeros(len(values), dtype=bool)
+    no_overflow = np.zeros(len(values), dtype=bool)
     if typ == "string":
-        return values, np.zeros(len(values), dtype=bool), in_range
+        return values, np.zeros(len(values), dtype=bool), no_overflow
     if typ in INT_RANGE:
         return _convert_int(values, typ)
     if typ in ("double", "float"):
         nums = pd.to_numeric(values.str.strip(), errors="coerce")
         failed = present & nums.isna().to_numpy()
-        return nums.astype("float64" if typ == "double" else "float32"), failed, in_range
+        return nums.astype("float64" if typ == "double" else "float32"), failed, no_overflow
     if typ == "boolean":
         mapped = values.str.strip().str.lower().map({"true": True, "false": False, "1": True, "0": False})
-        return mapped.astype("boolean"), present & mapped.isna().to_numpy(), in_range
+        return mapped.astype("boolean"), present & mapped.isna().to_numpy(), no_overflow
     if typ == "date":
         parsed = pd.to_datetime(values, format="%Y-%m-%d", errors="coerce")
-        return parsed.dt.date, present & parsed.isna().to_numpy(), in_range
+        return parsed.dt.date, present & parsed.isna().to_numpy(), no_overflow
     parsed = pd.to_datetime(values, format=ts_format, utc=True, errors="coerce")
-    return parsed, present & parsed.isna().to_numpy(), in_range
+    return parsed, present & parsed.isna().to_numpy(), no_overflow
 
 
 def _json_fields(line: str, names: list[str]) -> list[str | None] | str:

@@ -1,8 +1,9 @@
 """Bad landing input: every file is ingested, or quarantined as a file with its reason, and every CSV record is
 counted once, as a bronze row or a quarantine row with its reason. Never a crash, never a silent drop.
 
-One ingest run over one landing zone holding all the bad files (three CSV sources and an image source); the
-per-file tests then check that run's report and tables. rows_in is checked against the file's own CSV record
+One ingest run over one landing zone holding all the bad files (three CSV sources and an image source, with
+Spark's read splits made small so that one file is read in several); the per-file tests then check that run's
+report and tables. rows_in is checked against the file's own CSV record
 count, taken here with Python's csv module, not against ok + bad.
 """
 
@@ -53,6 +54,8 @@ ROWS_BAD = (
     (b"11,1,yes,j", "unparsable boolean in column flag: 'yes'"),
     (b"12,1,2,k", "unparsable boolean in column flag: '2'"),
 )
+SPLIT = b"".join(b'%d,%d,true,"line one\nline two ' % (i, i) + b"x" * (i % 37) + b'"\n' for i in range(1, 101))
+SPLIT_BYTES = 1024  # spark.sql.files.maxPartitionBytes during the run: Spark reads SPLIT's file in 5 splits
 QUOTED = (b'id,big,flag,name\n1,1,true,"two\nlines"\n2,2,false,plain\n3,3,true,"three\r\nlines, ""quoted"""\n'
           b'4,4,true,"ends with newline\n"\n5,5,false,last\n')
 CSV_CASES = {
@@ -64,6 +67,7 @@ CSV_CASES = {
     "t/header_missing_column.csv": Case(b"id,big,name\n1,1,a\n", "header mismatch"),
     "t/header_bad_utf8.csv": Case(b"id,big,fl\xffag,name\n1,1,true,a\n", "not a UTF-8 text file"),
     "t/quoted_newlines.csv": Case(QUOTED, ids=(1, 2, 3, 4, 5)),
+    "t/split across reads.csv": Case(HEADER + SPLIT, ids=tuple(range(1, 101))),
     "t/stray_quote.csv": Case(HEADER + b'1,1,true,"unclosed\n2,2,true,b\n3,3,true,c\n', ids=(2, 3),
                               bad=((b'1,1,true,"unclosed', "malformed quoting"),)),
     "t/flights 2013-01 \u00e9.csv": Case(HEADER + b"1,1,true,spaces and accents\n", ids=(1,)),
@@ -114,6 +118,7 @@ class Run:
     bronze: dict[str, list[Row]]  # by table
     quarantine_rows: list[Row]
     quarantine_files: dict[str, str]  # file URI -> reason
+    splits: int  # read splits Spark made of "t/split across reads.csv"
 
     def file(self, rel: str) -> FileResult:
         return self.files["file://" + str((self.landing / rel).resolve())]
@@ -132,11 +137,17 @@ def run(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Run:
         (landing / rel).parent.mkdir(parents=True, exist_ok=True)
         (landing / rel).write_bytes(data)
     store = DeltaStore(spark, cfg.storage.engine)
-    results = ingest(spark, cfg, store, "run-bad", ["t", "tab", "pipe", "img"])
+    old = spark.conf.get("spark.sql.files.maxPartitionBytes")
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(SPLIT_BYTES))
+    try:
+        splits = spark.read.text(str(landing / "t" / "split across reads.csv")).rdd.getNumPartitions()
+        results = ingest(spark, cfg, store, "run-bad", ["t", "tab", "pipe", "img"])
+    finally:
+        spark.conf.set("spark.sql.files.maxPartitionBytes", old)
     return Run(landing, {f.file: f for r in results for f in r.files},
                {t: store.read(cfg.catalog.path(t)).collect() for t in ("t", "tab", "pipe", "img")},
                store.read(cfg.catalog.path("quarantine_rows")).collect(),
-               {r.source_file: r.reason for r in store.read(cfg.catalog.path("quarantine_files")).collect()})
+               {r.source_file: r.reason for r in store.read(cfg.catalog.path("quarantine_files")).collect()}, splits)
 
 
 @pytest.mark.parametrize("rel", list(CSV_CASES))
@@ -169,6 +180,14 @@ def test_values_exact(run: Run) -> None:
     assert by_file[("flights 2013-01 \u00e9.csv", 1)].name == "spaces and accents"
 
 
+def test_quoted_newlines_across_read_splits(run: Run) -> None:
+    """Spark read one file in several splits with quoted newlines on the boundaries: each record is still one
+    row (test_csv_file counts them), and each field holds its newline."""
+    assert run.splits == 5
+    rows = [r for r in run.bronze["t"] if r._source_file.endswith("/split across reads.csv")]
+    assert len(rows) == 100 and all(r.name.startswith("line one\nline two ") for r in rows)
+
+
 @pytest.mark.parametrize("rel", list(IMAGE_CASES))
 def test_image_file(run: Run, rel: str) -> None:
     """Empty and truncated images are quarantined as files with the reason; names with spaces and accents are
@@ -182,26 +201,3 @@ def test_image_file(run: Run, rel: str) -> None:
     else:
         assert (f.status, f.rows_quarantined, rows) == ("quarantined", 1, [])
         assert run.quarantine_files[f.file] == f.reason and f.reason.startswith(reason)
-
-
-def test_quoted_newlines_across_read_splits(spark: SparkSession, tmp_path: Path) -> None:
-    """A file Spark reads in several splits, with quoted newlines falling on the split boundaries: each record is
-    still one row, each counted once."""
-    cfg = load_config("local", [f"storage.workspace={tmp_path}", SOURCES[0]])
-    folder = Path(cfg.catalog.landing) / "t"
-    folder.mkdir(parents=True)
-    body = b"".join(b'%d,%d,true,"line one\nline two ' % (i, i) + b"x" * (i % 37) + b'"\n' for i in range(1, 101))
-    (folder / "big.csv").write_bytes(HEADER + body)
-    store = DeltaStore(spark, cfg.storage.engine)
-    old = spark.conf.get("spark.sql.files.maxPartitionBytes")
-    spark.conf.set("spark.sql.files.maxPartitionBytes", "1024")  # 5 splits of one small file
-    try:
-        assert spark.read.text(str(folder / "big.csv")).rdd.getNumPartitions() == 5
-        (result,) = ingest(spark, cfg, store, "run-split", ["t"])
-    finally:
-        spark.conf.set("spark.sql.files.maxPartitionBytes", old)
-    records = len(list(csv.reader(io.StringIO((HEADER + body).decode(), newline="")))) - 1
-    assert (result.rows_in, result.rows_ok, result.rows_quarantined) == (records, 100, 0)
-    rows = store.read(cfg.catalog.path("t")).collect()
-    assert sorted(r.id for r in rows) == list(range(1, 101))
-    assert all(r.name.startswith("line one\nline two ") for r in rows)

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 
 import psutil
+import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -26,6 +27,7 @@ def _exposed(listeners: set[Listener]) -> list[Listener]:
     return sorted((s for s in listeners if not is_loopback(s.ip)), key=lambda s: (s.pid, s.port))
 
 
+@pytest.mark.slow
 def test_training_and_scoring_listen_on_loopback_only(spark: SparkSession, make_cfg: Callable[..., Config],
                                                       store: DeltaStore) -> None:
     cfg = make_cfg(*SMALL, "training.epochs=2", "training.max_steps_per_epoch=4")

@@ -1,9 +1,10 @@
 """Driver side: launch N training workers as one Spark barrier stage and collect their results.
 
 A `Launcher` runs a WorkerSpec and returns one WorkerResult per rank. Both backends share the launch:
-  - a KV server on the driver (Horovod's gloo RendezvousServer) that is also the control channel: the tasks of
-    each stage attempt register there (a retried attempt resets the rendezvous), rank 0 reports every epoch,
-    and a failing rank reports its traceback before its task raises;
+  - a KV server on the driver (Horovod's gloo RendezvousServer, listening on training.horovod.bind_address:
+    127.0.0.1 in local mode) that is also the control channel: the tasks of each stage attempt register there (a
+    retried attempt resets the rendezvous), rank 0 reports where the attempt starts and every epoch, and a
+    failing rank reports its traceback before its task raises;
   - the barrier stage `parallelize(range(N), N).barrier().mapPartitions(barrier_task(spec))`, followed by a
     shuffle so the barrier stage is a ShuffleMapStage: Spark retries a failed one as a new stage attempt
     (spark.stage.maxConsecutiveAttempts, 4 by default), whereas a failed barrier ResultStage fails the job;
@@ -103,7 +104,6 @@ class ControlChannel:
     attempts: dict[str, int] = field(default_factory=dict)
     errors: list[_Report] = field(default_factory=list)
     last_progress: dict[str, Any] | None = None
-    starts: dict[int, int] = field(default_factory=dict)  # attempt -> the epoch it started at
     _server: BoundRendezvousServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -137,7 +137,6 @@ class ControlChannel:
             if scope == STARTED:
                 where = (f"checkpoint of epoch {value['checkpoint_epoch']}" if value["checkpoint_epoch"] is not None
                          else "scratch")
-                self.starts[value["attempt"]] = value["initial_epoch"]
                 LOG.info("train: attempt %d starts at epoch %d (from %s)", value["attempt"], value["initial_epoch"],
                          where)
                 return None

@@ -63,6 +63,7 @@ class TreeWatcher:
     root: int
     interval: float = 0.25
     seen: dict[tuple[int, float], str] = field(default_factory=dict)
+    last_seen: dict[tuple[int, float], float] = field(default_factory=dict)  # epoch seconds of the last sample
     listeners: set[Listener] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -86,7 +87,9 @@ class TreeWatcher:
         for p in tree(self.root):
             try:
                 cmd = " ".join(p.cmdline())
-                self.seen[(p.pid, p.create_time())] = cmd
+                key = (p.pid, p.create_time())
+                self.seen[key] = cmd or self.seen.get(key, "")  # a zombie's command line reads empty
+                self.last_seen[key] = time.time()
                 conns = p.net_connections(kind="tcp")
             except psutil.Error:
                 continue
