@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 from pipelines.core.config import Config, SourceConf
 from pipelines.core.delta import DeltaStore
 from pipelines.core.errors import BadInput
+from pipelines.core.failpoints import pause
 from pipelines.core.files import FileInfo, head, list_files
 from pipelines.core.logs import LOG, stage
 from pipelines.ingest_images import ingest_image_files, split_by_filter
@@ -408,6 +409,7 @@ def ingest(spark: SparkSession, cfg: Config, store: DeltaStore, run_id: str,
     seen = ingested_files(store, cfg.catalog.path("ingest_log"))
     results = [ingest_source(spark, cfg, store, name, src, run_id, seen)
                for name, src in cfg.ingest.sources.items() if not sources or name in sources]
+    pause("ingest.before_log")
     write_ingest_log(spark, cfg, store, run_id, results)
     return results
 
