@@ -201,3 +201,60 @@ def test_stream_quarantine_rows_are_never_rolled_back(spark: SparkSession, store
     (folder / "b.csv").write_bytes(b"id,name\n2,b\n")
     ingest(spark, cfg, store, "run-2", ["t"])
     assert [r.run_id for r in store.read(rows).collect()] == ["stream-0"]
+
+
+def test_lease_takes_over_only_dead_holders(tmp_path: Path) -> None:
+    """A live holder (same host: its pid runs; other host: a fresh heartbeat) is waited for and never taken over;
+    a dead one (pid gone, stale heartbeat) is, and its run is handed on as pending. Of contenders for a free lease,
+    exactly one wins (atomic create)."""
+    import json
+    import socket
+    import threading
+    from dataclasses import asdict
+
+    from pipelines.core.lease import Lease, LeaseRecord
+
+    folder = tmp_path / "lease"
+    folder.mkdir()
+
+    def put(generation: int, host: str, pid: int, heartbeat_at: float) -> None:
+        rec = LeaseRecord(generation, host, pid, None, f"run-{generation}", heartbeat_at, 60)
+        (folder / f"{generation:012d}.json").write_text(json.dumps(asdict(rec)))
+
+    def take(run: str) -> list[str]:
+        lease = Lease(str(folder), run, expiry_s=60, heartbeat_s=1, wait_s=1, poll_s=0.2)
+        pending = lease.acquire()
+        lease.release(False)
+        return pending
+
+    put(1, "elsewhere", 1, time.time())
+    with pytest.raises(BadInput, match="held by live run run-1 .host elsewhere"):
+        take("a")
+    put(2, "elsewhere", 1, time.time() - 61)
+    assert take("b") == ["run-2"]  # stale heartbeat: taken over; then released as failed
+    child = subprocess.Popen(["sleep", "60"])
+    put(4, socket.gethostname(), child.pid, 0)
+    with pytest.raises(BadInput, match="held by live run run-4"):
+        take("c")
+    child.kill()
+    child.wait()
+    assert take("d") == ["run-4"]
+
+    won: list[Lease] = []
+    free = tmp_path / "free"
+
+    def contend(i: int) -> None:
+        lease = Lease(str(free), f"c{i}", wait_s=0, poll_s=0.1)
+        try:
+            lease.acquire()
+            won.append(lease)
+        except BadInput:
+            pass
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(list(free.glob("*.json"))) == 1
+    won[0].release(True)
