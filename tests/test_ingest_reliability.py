@@ -48,9 +48,17 @@ def _job(workspace: Path, *sets: str, env: dict[str, str] | None = None) -> subp
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _finish(proc: subprocess.Popen[str], timeout: float = 400) -> tuple[int, str]:
-    out, _ = proc.communicate(timeout=timeout)
-    return proc.returncode, out
+def _finish(*procs: subprocess.Popen[str], timeout: float = 900) -> list[tuple[int, str]]:
+    """Wait for the processes (one shared deadline, generous for a loaded machine); kill them all on timeout."""
+    deadline = time.monotonic() + timeout
+    try:
+        outs = [p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0] for p in procs]
+        return [(p.returncode, out) for p, out in zip(procs, outs, strict=True)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
 
 
 def test_sigkilled_ingest_is_recovered_by_the_next_run_and_rollback_needs_evidence(
@@ -97,13 +105,14 @@ def test_sigkilled_ingest_is_recovered_by_the_next_run_and_rollback_needs_eviden
     shutil.copytree(saved, log)
     for commit in (Path(log) / "_delta_log").glob("*.json"):
         commit.write_bytes(b"\x00not json")
+    (Path(log) / "_delta_log" / f"{1:020d}.json").write_bytes(b"\x00not json")  # and a torn next commit
     with pytest.raises(BadInput, match="ingest log"):
         ingest(spark, cfg, store, "run-z", ["flights"])
     assert store.version(bronze) == version and store.read(bronze).count() == committed
     shutil.rmtree(log)
     shutil.copytree(saved, log)
 
-    rc, out = _finish(_job(workspace))  # the next scheduled run: nobody marked anything
+    ((rc, out),) = _finish(_job(workspace))  # the next scheduled run: nobody marked anything
     assert rc == 0, out[-3000:]
     rows = store.read(bronze)
     assert rows.count() == _data_lines(files) == rows.drop("_run_id").distinct().count()
@@ -121,7 +130,7 @@ def test_two_ingests_started_together_ingest_every_row_once(store: DeltaStore, m
     files = _land_flights(cfg, 2)
     configure_mlflow(cfg)
     procs = [_job(workspace) for _ in range(2)]
-    results = [_finish(p) for p in procs]
+    results = _finish(*procs)
     assert [rc for rc, _ in results] == [0, 0], "\n".join(out[-2000:] for _, out in results)
     rows = store.read(cfg.catalog.path("flights"))
     assert rows.count() == _data_lines(files)
