@@ -6,11 +6,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipelines.core.config.base import Strict
+from pipelines.core.config.base import Location, Strict
 
 
 class StorageConf(Strict):
-    workspace: str = "./workspace"
+    workspace: Location = "./workspace"
     engine: Literal["auto", "delta-spark", "embedded"] = "auto"
     max_records_per_file: int = Field(default=2_000_000, gt=0)
 
