@@ -28,6 +28,7 @@ from typing import Any
 from pipelines.core import files
 from pipelines.core.config import ENVS, REPO_ROOT, Config, ConfigError, load_config
 from pipelines.core.locks import file_lock
+from pipelines.core.logs import redact
 from pipelines.core.session import DELTA_CONF, delta_jars, session_jars
 
 JOBS = {
@@ -313,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return 2
     if known.dry_run:
-        print(shlex.join(build_command(job, cfg, job_args, planned)))
+        print(redact(shlex.join(build_command(job, cfg, job_args, planned))))  # secrets stay in the environment
         return 0
     cmd = build_command(job, cfg, job_args, build_artifacts(cfg, planned, conf_dir))
     env = {**os.environ, "PIPELINE_SUBMITTED": "1", "PYSPARK_PYTHON": executor_python()}

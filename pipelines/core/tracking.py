@@ -13,6 +13,7 @@ from mlflow.exceptions import MlflowException
 
 from pipelines.core.config import REPO_ROOT, Config
 from pipelines.core.locks import file_lock
+from pipelines.core.logs import redact
 
 
 def git_commit() -> str:
@@ -33,6 +34,8 @@ def configure_mlflow(cfg: Config) -> str:
     beside the database."""
     mlflow.set_tracking_uri(cfg.tracking_uri)
     os.environ["MLFLOW_TRACKING_URI"] = cfg.tracking_uri
+    if redact(cfg.tracking_uri) != cfg.tracking_uri:  # MLflow prints run links with the URI's credentials in them
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     if cfg.tracking_uri.startswith("sqlite:///"):
         db = Path(cfg.tracking_uri[len("sqlite:///") :])
         with file_lock(db.with_name(db.name + ".lock")):
