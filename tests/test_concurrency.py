@@ -144,7 +144,7 @@ def test_batch_score_and_stream_upsert_on_one_partition(spark: SparkSession, tmp
     from pipelines.core.delta import DeltaStore
     from pipelines.stages.score import ResolvedModel, replace_partitions, upsert_partitions
 
-    day, rounds = date(2013, 6, 1), 4
+    day, rounds = date(2013, 6, 1), 3
     model = ResolvedModel("m", "1", "models:/m/1", "/1", "run", {})
     store = DeltaStore(spark, engine)
     path = str(tmp_path / engine / "gold")
