@@ -5,6 +5,7 @@ Spark event log or anywhere in the workspace."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -37,6 +38,19 @@ def test_redact_values_and_config() -> None:
                                                      "spark.sql.shuffle.partitions": "4"}}}
 
 
+def _run_group(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` in its own process group; on timeout the whole group (the JVM and its Python workers) is killed."""
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _files_with(root: Path, needles: list[bytes]) -> list[str]:
     hits = []
     for f in root.rglob("*"):
@@ -66,8 +80,7 @@ def test_chain_leaves_no_secret_anywhere(tmp_path: Path) -> None:
                              text=True, env=env, timeout=300)
         assert dry.returncode == 0, dry.stderr
         assert "spark.hadoop.fs.s3a.secret.key" in dry.stdout  # the setting is shown, its value is not
-        res = subprocess.run([SCRIPT, "run-all", *sets], cwd=REPO_ROOT, capture_output=True, text=True, env=env,
-                             timeout=900)
+        res = _run_group([SCRIPT, "run-all", *sets], env, timeout=1800)
         assert res.returncode == 0, res.stderr[-3000:]
     assert (workspace / "mlflow.db").exists() and list(events.iterdir())
     needles = [SENTINEL_URI.encode(), SENTINEL_KEY.encode()]
