@@ -150,21 +150,26 @@ def test_batch_score_and_stream_upsert_on_one_partition(spark: SparkSession, tmp
     path = str(tmp_path / engine / "gold")
     store.write(_gold(spark, day, range(0, 100), "seed"), path, "overwrite", ["flight_date"])
     errors: list[str] = []
+    together = threading.Barrier(2, timeout=600)  # each round's two writes start at the same moment
 
     def batch() -> None:
         try:
             for r in range(rounds):
+                together.wait()
                 replace_partitions(store, path, _gold(spark, day, range(0, 100), f"batch{r}"), "flight_date",
                                    [day], model)
         except Exception as e:  # the assertion below shows it
+            together.abort()
             errors.append(f"batch: {type(e).__name__}: {str(e)[:600]}")
 
     def stream() -> None:
         try:
             for r in range(rounds):
+                together.wait()
                 upsert_partitions(store, path, _gold(spark, day, range(1000 + 10 * r, 1010 + 10 * r),
                                                      f"stream{r}"), ["id"], "flight_date")
         except Exception as e:
+            together.abort()
             errors.append(f"stream: {type(e).__name__}: {str(e)[:600]}")
 
     threads = [threading.Thread(target=batch), threading.Thread(target=stream)]
