@@ -74,6 +74,7 @@ def test_chain_leaves_no_secret_anywhere(tmp_path: Path) -> None:
                                        "mlflow.tracking_uri=${oc.env:MLFLOW_TRACKING_URI}",
                                        f"spark.conf.spark.hadoop.fs.s3a.secret.key={SENTINEL_KEY}",
                                        "spark.conf.spark.eventLog.enabled=true",
+                                       "spark.conf.spark.eventLog.compress=false",  # plain JSON, searchable
                                        f"spark.conf.spark.eventLog.dir=file://{events}"]]
         env = {**os.environ, "PIPELINE_HOME": str(workspace), "MLFLOW_TRACKING_URI": secret_uri}
         dry = subprocess.run([SCRIPT, "run-all", *sets, "--dry-run"], cwd=REPO_ROOT, capture_output=True,
