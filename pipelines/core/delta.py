@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote, unquote
 
 import pandas as pd
@@ -61,6 +62,7 @@ ENGINES = ("delta-spark", "embedded")
 EMBEDDED_ENGINE_INFO = {"engine": "spark-ml-pipeline/embedded"}
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 RETENTION_CHECK_CONF = "spark.databricks.delta.retentionDurationCheck.enabled"
+T = TypeVar("T")
 
 
 class DeltaWriteError(RuntimeError):
@@ -667,3 +669,70 @@ def to_pandas(path: str, version: int | None = None, columns: list[str] | None =
         tables.append(pa.Table.from_arrays(cols, names=wanted).cast(target))
     table = pa.concat_tables(tables) if tables else target.empty_table()
     return table.to_pandas()
+
+
+# ---- concurrent writers -------------------------------------------------------------------------------------------
+# Two jobs may commit to one table at the same moment (batch scoring replacing a date while a stream upserts into
+# it). Delta's optimistic concurrency rejects the commit that lost the race: delta-spark raises a
+# Concurrent*Exception (DeltaConcurrentModificationException and its kin), delta-rs a CommitFailedError. Such a
+# write is done again from the start (re-read, recompute, recommit), a bounded number of times, never dropped.
+CONFLICT_ERRORS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+                   "ConcurrentTransactionException", "ConcurrentWriteException", "MetadataChangedException",
+                   "ProtocolChangedException", "DeltaConcurrentModificationException", "CommitFailedError",
+                   "DELTA_CONCURRENT_")
+
+
+def is_conflict(error: BaseException) -> bool:
+    """True when `error` (or what it wraps) is a commit that lost a race with another writer's commit."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = f"{type(e).__name__}: {e}"
+        if any(name in text for name in CONFLICT_ERRORS):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def retry_on_conflict(attempt: Callable[[], T], what: str, attempts: int = 8, pause_s: float = 0.2) -> T:
+    """Run `attempt` (a whole read-compute-commit) and run it again when its commit conflicts with another
+    writer's, up to `attempts` times with a growing, jittered pause; any other error is raised at once."""
+    for n in range(1, attempts + 1):
+        try:
+            return attempt()
+        except Exception as e:
+            if not is_conflict(e):
+                raise
+            if n == attempts:
+                raise DeltaWriteError(f"{what}: still conflicting with concurrent commits after {attempts} "
+                                      f"attempts; the table keeps the other writers' versions: {e}") from e
+            LOG.warning("%s: a concurrent commit won the race (attempt %d of %d); retrying", what, n, attempts)
+            time.sleep(pause_s * n * (1 + random.random()))  # noqa: S311 - jitter, not security
+    raise AssertionError("unreachable")
+
+
+def merge_rows(store: DeltaStore, df: DataFrame, path: str, keys: list[str], partition_by: list[str] | None = None,
+               metadata: dict[str, str] | None = None) -> int:
+    """Upsert `df` into the table by `keys` as one transactional MERGE (rows with a known key replaced, new keys
+    added), on either engine; returns the new version. The MERGE reads the table inside its own transaction, so
+    a concurrent commit to the rows it touches makes it fail as a conflict instead of writing over them with a
+    stale read. Creates the table (partitioned by `partition_by`) when there is none."""
+    if not store.exists(path):
+        return store.write(df, path, "append", partition_by)
+    on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+    if store.engine == "delta-spark":
+        with _user_metadata(store.spark, metadata):
+            (store._spark_table(path).alias("t").merge(df.alias("s"), on)
+             .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+        version = store.version(path)
+        assert version is not None
+        return version
+    root = _local(path)
+    dt = DeltaTable(root)
+    target = pa.schema(dt.schema().to_arrow())
+    source = df.toArrow().select(target.names).cast(target)
+    props = CommitProperties(custom_metadata={**EMBEDDED_ENGINE_INFO, **_user_metadata_entry(metadata)})
+    (dt.merge(source, on.replace("<=>", "="), source_alias="s", target_alias="t", commit_properties=props)
+     .when_matched_update_all().when_not_matched_insert_all().execute())
+    return DeltaTable(root).version()

@@ -12,6 +12,7 @@ from typing import Any
 import mlflow
 
 from pipelines.core.config import Config
+from pipelines.core.logs import redact_config
 from pipelines.core.tracking import configure_mlflow, job_run
 
 FEATURES_JOB = "features"
@@ -34,6 +35,11 @@ class FeaturesRecord:
     head: str = "binary"  # binary | multiclass | regression
     classes: list[str] | None = None
     input_shape: list[int] | None = None
+
+
+def log_config(cfg: Config) -> None:
+    """Log the resolved config to the active run as config.json; secrets stay in the environment (masked)."""
+    mlflow.log_dict(redact_config(cfg.model_dump(mode="json")), "config.json")
 
 
 def flat(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
@@ -60,11 +66,13 @@ class Recorder:
             yield cls(cfg, run)
 
     def params(self, params: dict[str, Any]) -> None:
+        """Log params (lists and dicts as JSON, strings cut to MLflow's limit), secret-looking values masked."""
+        params = redact_config(params)
         mlflow.log_params({k: (json.dumps(v) if isinstance(v, list | dict) else v) if not isinstance(v, str)
                            else v[:_MAX_PARAM] for k, v in params.items()})
 
     def tags(self, tags: dict[str, Any]) -> None:
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        mlflow.set_tags(redact_config({k: str(v) for k, v in tags.items()}))
 
     def metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}, step=step)
@@ -74,7 +82,7 @@ class Recorder:
         self.tags({f"table_version.{layer}.{t}": v for t, v in versions.items()})
 
     def report(self, obj: Any, name: str) -> None:
-        mlflow.log_dict(obj, name)
+        mlflow.log_dict(redact_config(obj), name)
 
     def artifacts(self, folder: str, path: str | None = None) -> None:
         mlflow.log_artifacts(folder, path)

@@ -19,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Any
 
 from pipelines.core import files
 from pipelines.core.config import ENVS, REPO_ROOT, Config, ConfigError, load_config
+from pipelines.core.locks import file_lock
+from pipelines.core.logs import redact
 from pipelines.core.session import DELTA_CONF, delta_jars, session_jars
 
 JOBS = {
@@ -70,10 +73,18 @@ def available_jobs() -> dict[str, str]:
     return {name: path for name, path in JOBS.items() if (REPO_ROOT / path).exists()}
 
 
+def _private_tmp(dest: Path) -> Path:
+    """A temporary name beside `dest` that no other process uses (two submits may build at the same moment)."""
+    return dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
 def build_code_zip(dest: Path) -> Path:
-    """Zip the project's packages for --py-files (rebuilt each submit so executors run this checkout's code)."""
+    """Zip the project's packages for --py-files (rebuilt each submit so executors run this checkout's code).
+
+    Written under a private name and renamed into place: a submit starting at the same moment reads either zip
+    whole, never a half-written one."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".tmp")
+    tmp = _private_tmp(dest)
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for pkg in PACKAGES:
             for f in sorted((REPO_ROOT / pkg).rglob("*.py")):
@@ -97,12 +108,15 @@ def build_wheel(dist: Path) -> Path:
 
 
 def build_conf_archive(conf_dir: Path, dest: Path) -> Path:
-    """Zip the conf folder so a cluster-mode driver can load the same layered config."""
+    """Zip the conf folder so a cluster-mode driver can load the same layered config (private name, then renamed
+    into place, as the code zip)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
+    tmp = _private_tmp(dest)
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in sorted(conf_dir.rglob("*")):
             if f.is_file():
                 zf.write(f, f.relative_to(conf_dir))
+    os.replace(tmp, dest)
     return dest
 
 
@@ -144,7 +158,7 @@ def spark_jars_archive(dest: Path) -> Path:
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(f".{os.getpid()}.tmp")
+    tmp = _private_tmp(dest)
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
         for jar in sorted((Path(spark_home()) / "jars").glob("*.jar")):
             zf.write(jar, jar.name)
@@ -159,7 +173,7 @@ def stage_on_cluster(local: Path, workspace: str, name: str) -> str:
     if not files.exists(uri):
         fs, path = files.filesystem(uri)
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
+        tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
         fs.put_file(str(local), tmp)
         fs.mv(tmp, path)
     return uri
@@ -182,7 +196,15 @@ def plan_artifacts(cfg: Config) -> Artifacts:
 
 
 def build_artifacts(cfg: Config, planned: Artifacts, conf_dir: Path) -> Artifacts:
-    """Build what `planned` names (the wheel's real file name may differ in version)."""
+    """Build what `planned` names (the wheel's real file name may differ in version).
+
+    One submit at a time builds in a dist folder (a file lock there): the wheel's build folder, the packed
+    environment and its stamp are shared, and two jobs started together must not build over each other."""
+    with file_lock(planned.code.parent / ".build.lock"):
+        return _build_artifacts(cfg, planned, conf_dir)
+
+
+def _build_artifacts(cfg: Config, planned: Artifacts, conf_dir: Path) -> Artifacts:
     if cfg.env != "yarn":
         build_code_zip(planned.code)
         return planned
@@ -293,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return 2
     if known.dry_run:
-        print(shlex.join(build_command(job, cfg, job_args, planned)))
+        print(redact(shlex.join(build_command(job, cfg, job_args, planned))))  # secrets stay in the environment
         return 0
     cmd = build_command(job, cfg, job_args, build_artifacts(cfg, planned, conf_dir))
     env = {**os.environ, "PIPELINE_SUBMITTED": "1", "PYSPARK_PYTHON": executor_python()}

@@ -19,7 +19,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.core.config import Config
-from pipelines.core.delta import DeltaStore
+from pipelines.core.delta import DeltaStore, merge_rows, retry_on_conflict
 from pipelines.core.errors import BadInput, MissingModel
 from pipelines.core.logs import stage
 from pipelines.core.recorder import Recorder
@@ -97,27 +97,29 @@ def predict_batch(rows: ScoringRows, model: ResolvedModel, udf: Any, input_versi
 
 def replace_partitions(store: DeltaStore, path: str, gold: DataFrame, column: str, values: list[Any],
                        model: ResolvedModel) -> int:
-    """Write `gold`, replacing exactly the partitions of `values` (a re-run of a date replaces that date)."""
-    return store.write(gold, path, "overwrite", [column],
-                       replace_partitions=[{column: v.isoformat() if isinstance(v, date) else v} for v in values],
-                       metadata={"model": f"{model.name}/{model.version}"})
+    """Write `gold`, replacing exactly the partitions of `values` (a re-run of a date replaces that date). A
+    commit that loses the race with another writer of those dates (a stream's upsert) is made again."""
+    return retry_on_conflict(lambda: store.write(
+        gold, path, "overwrite", [column],
+        replace_partitions=[{column: v.isoformat() if isinstance(v, date) else v} for v in values],
+        metadata={"model": f"{model.name}/{model.version}"}), f"score: replace {column} partitions of {path}")
 
 
 def replace_table(store: DeltaStore, path: str, gold: DataFrame, model: ResolvedModel) -> int:
     """Write `gold` as the whole table (a re-run writes the same rows again, never twice)."""
-    return store.write(gold, path, "overwrite", metadata={"model": f"{model.name}/{model.version}"})
+    return retry_on_conflict(lambda: store.write(gold, path, "overwrite",
+                                                 metadata={"model": f"{model.name}/{model.version}"}),
+                             f"score: replace {path}")
 
 
 def upsert_partitions(store: DeltaStore, path: str, rows: DataFrame, key: list[str], date_col: str) -> int | None:
-    """Replace the date partitions `rows` touches with (old rows whose key is not in `rows`) + `rows`."""
-    dates = [r[0] for r in rows.select(date_col).distinct().collect()]
-    if not dates:
+    """Upsert `rows` by natural key into the date partitions they touch: a row whose key is there replaces it, a
+    new key is added. One MERGE commit, which reads the table inside its transaction: when batch scoring (or
+    another stream) commits to the same rows first, the MERGE conflicts and is run again on the new version,
+    so it never writes back a stale read."""
+    if rows.select(date_col).limit(1).count() == 0:
         return store.version(path)
-    if store.exists(path):
-        kept = store.read(path).filter(F.col(date_col).isin(dates)).join(rows.select(*key), on=key, how="left_anti")
-        rows = kept.unionByName(rows.select(*kept.columns))
-    return store.write(rows, path, "overwrite", [date_col], replace_partitions=[{date_col: d.isoformat()}
-                                                                                 for d in dates])
+    return retry_on_conflict(lambda: merge_rows(store, rows, path, key, [date_col]), f"stream: upsert into {path}")
 
 
 def summary(gold: DataFrame, rows_in: int) -> dict[str, Any]:

@@ -4,9 +4,10 @@ processingTime).
 
 Each micro-batch is parsed with the ingest parser (bad rows go to quarantine with their reason), cleaned and
 joined like training data, preprocessed by the model's own PipelineModel and scored by its Spark UDF. The batch
-is then upserted by natural key into the date partitions it touches: those partitions are rewritten as
-(existing rows not in the batch) + (batch rows) in one commit. A batch that Spark replays after a failure
-therefore rewrites the same rows instead of adding them again, and the checkpoint makes sure no file is missed.
+is then upserted by natural key into the date partitions it touches, as one MERGE commit (a known key's row
+replaced, a new key added). A batch that Spark replays after a failure therefore rewrites the same rows instead
+of adding them again, and the checkpoint makes sure no file is missed. Batch scoring may replace the same dates
+at the same moment: whichever commit loses the race is retried on the other's version (see score.py).
 """
 
 from __future__ import annotations

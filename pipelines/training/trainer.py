@@ -27,7 +27,7 @@ from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.files import to_uri
 from pipelines.core.logs import LOG, stage
-from pipelines.core.recorder import FeaturesRecord, features_record, flat, latest_features_record
+from pipelines.core.recorder import FeaturesRecord, features_record, flat, latest_features_record, log_config
 from pipelines.core.tracking import configure_mlflow, git_commit, job_run
 from pipelines.training import checkpoints, pyfunc
 from pipelines.training.data import ParquetCache
@@ -311,7 +311,7 @@ def _log_inputs(cfg: Config, task: Task, data: TrainingData, weights: dict[int, 
     mlflow.set_tags({"features_run_id": record.run_id, "feature_table_version": str(record.table_version),
                      "checkpoint_dir": ckpt_dir, "flow": record.flow, "head": task.head.name,
                      **({"resumed_from": task.resume_dir} if task.resume_dir else {})})
-    mlflow.log_dict(cfg.model_dump(mode="json"), "config.json")
+    log_config(cfg)
 
 
 def fit(spark: SparkSession, cfg: Config, data: DataFrame, vector_size: int, weights: dict[int, float] | None,

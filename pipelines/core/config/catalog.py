@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from pipelines.core.config.base import ConfigError, Strict
+from pipelines.core.config.base import ConfigError, Strict, TableName
 
 if TYPE_CHECKING:
     from pipelines.core.config.root import Config
@@ -24,7 +24,7 @@ class CatalogEntryConf(Strict):
     """Override of one derived dataset; unset fields keep the derived value."""
 
     layer: Layer | None = None
-    table: str | None = None
+    table: TableName | None = None
     engine: Engine | None = None
 
 

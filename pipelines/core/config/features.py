@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from pipelines.core.config.base import Strict
+from pipelines.core.config.base import Strict, TableName
 
 
 class StatsConf(Strict):
@@ -29,7 +29,7 @@ class FeaturesConf(Strict):
 
     pipeline: str = "v1"
     source_table: str = "source"  # bronze fact table (each profile names its own)
-    output_table: str = "features"  # silver
+    output_table: TableName = "features"  # silver
     bronze_versions: dict[str, int] = Field(default_factory=dict)  # table -> pinned version; unset = latest
     stats: StatsConf = StatsConf()
     model_dir: str | None = None  # default: <workspace>/models/preprocessing

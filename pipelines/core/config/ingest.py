@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipelines.core.config.base import Strict
+from pipelines.core.config.base import LandingGlob, Strict, TableName
 
 
 class SourceConf(Strict):
@@ -17,7 +17,7 @@ class SourceConf(Strict):
     the parent folder's name.
     """
 
-    path: str  # glob relative to the landing zone (csv, jsonl: files; image: a folder searched recursively)
+    path: LandingGlob  # glob relative to the landing zone (csv, jsonl: files; image: a folder searched recursively)
     format: Literal["csv", "jsonl", "image"] = "csv"
     delimiter: str = ","
     header: bool = True
@@ -25,7 +25,7 @@ class SourceConf(Strict):
     timestamp_format: str = "ISO8601"  # pandas/strptime format, or ISO8601
     columns: dict[str, str] = Field(default_factory=dict)  # ordered name -> Spark SQL type (csv, jsonl)
     partition_by: list[str] = Field(default_factory=list)
-    table: str
+    table: TableName
     glob_filter: str = "*"  # image: file names to read; others in the folder are counted as ignored
     label_from_folder: bool = True  # image: label = name of the folder holding the file
 

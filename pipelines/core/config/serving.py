@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipelines.core.config.base import Strict
+from pipelines.core.config.base import LandingGlob, Strict, TableName
 
 
 class ScoringConf(Strict):
@@ -15,8 +15,8 @@ class ScoringConf(Strict):
     model_alias: str = "champion"
     model_version: int | None = None  # when set, wins over the alias
     env_manager: Literal["local", "virtualenv", "uv"] = "local"  # virtualenv/uv: clusters without the stack
-    table: str = "predictions"  # gold/<table>, partitioned by the date column
-    stream_path: str | None = None  # landing glob the streaming variant watches; default: the source table's files
+    table: TableName = "predictions"  # gold/<table>, partitioned by the date column
+    stream_path: LandingGlob | None = None  # landing glob the stream watches; default: the source table's files
     stream_checkpoint: str | None = None  # default <workspace>/checkpoints/stream-score
     stream_max_files_per_trigger: int = Field(default=10, gt=0)
     stream_trigger_seconds: int = Field(default=60, gt=0)  # processingTime trigger of the streaming variant
@@ -25,7 +25,7 @@ class ScoringConf(Strict):
 class MonitorConf(Strict):
     """Drift between the scored batch and the training split; alert (exit 4) when a threshold is crossed."""
 
-    table: str = "drift"  # gold/<table>
+    table: TableName = "drift"  # gold/<table>
     psi_threshold: float = Field(default=0.25, gt=0)
     ks_threshold: float = Field(default=0.3, gt=0, le=1)
     prediction_psi_threshold: float = Field(default=0.25, gt=0)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.core.config.base import Strict
+from pipelines.core.config.base import Location, Strict
 
 DELTA_DEFAULT_RETENTION_HOURS = 168
 
@@ -30,7 +30,7 @@ class MaintainConf(Strict):
 
 
 class StorageConf(Strict):
-    workspace: str = "./workspace"
+    workspace: Location = "./workspace"
     engine: Literal["auto", "delta-spark", "embedded"] = "auto"
     max_records_per_file: int = Field(default=2_000_000, gt=0)
     maintain: MaintainConf = MaintainConf()
