@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlflow
@@ -22,7 +22,7 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
-from pipelines.core.config import REPO_ROOT, Config, ConfigError
+from pipelines.core.config import REPO_ROOT, Config, ConfigError, load_config
 from pipelines.core.delta import STAGING, DeltaStore, DeltaWriteError, to_pandas
 from pipelines.core.failpoints import DIR_ENV, ENV
 
@@ -40,7 +40,7 @@ from pipelines.core.failpoints import pause
 from pipelines.core.session import get_spark
 
 engine, path, workspace, first, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-cfg = load_config("local", [f"storage.workspace={workspace}", f"storage.engine={engine}",
+cfg = load_config("local", [f"storage.workspace={workspace}", f"storage.engine={engine}", "spark.driver_memory=512m",
                             "spark.conf.spark.sql.shuffle.partitions=2", "spark.conf.spark.ui.enabled=false"])
 spark = get_spark(cfg, "crash-writer")
 last = first + count - 1
@@ -98,7 +98,7 @@ class Writer:
                 cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.point = point
 
-    def wait_for_point(self, timeout: float = 240) -> None:
+    def wait_for_point(self, timeout: float = 480) -> None:
         deadline = time.monotonic() + timeout
         while not (self.marker_dir / self.point).exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -128,22 +128,35 @@ CASES = [
     ("delta-spark", "delta.task_write", "maintain-no-retention", False),
     ("delta-spark", "delta.after_commit", "write", True),
 ]
+CASE_IDS = [f"{c[0]}-{c[1].split('.')[1]}" for c in CASES]
+Writers = dict[str, tuple[Config, Writer]]
 
 
-@pytest.mark.parametrize(("engine", "point", "cleanup", "committed"), CASES,
-                         ids=[f"{c[0]}-{c[1].split('.')[1]}" for c in CASES])
+@pytest.fixture(scope="module")
+def writers(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Writers]:
+    """Each crash case's table (the old rows) and its writer process, all started at once: a writer takes 10-20 s
+    to start (a minute under load), so the cases wait for them together."""
+    out = {}
+    for case_id, (engine, point, cleanup, _) in zip(CASE_IDS, CASES, strict=True):
+        workspace = tmp_path_factory.mktemp(case_id)
+        cfg = load_config("local", [f"storage.workspace={workspace}", f"storage.engine={engine}",
+                                    *(NO_RETENTION if cleanup == "maintain-no-retention" else ())])
+        DeltaStore(spark, engine).write(_rows(spark, OLD), cfg.catalog.path("features"), "append")
+        out[case_id] = (cfg, Writer(engine, cfg.catalog.path("features"), workspace, point, NEW))
+    yield out
+    for _, writer in out.values():
+        writer.kill()
+
+
+@pytest.mark.parametrize(("engine", "point", "cleanup", "committed"), CASES, ids=CASE_IDS)
 def test_killed_writer_leaves_old_or_new_rows_and_no_litter(
-    spark: SparkSession, make_cfg: Callable[..., Config], workspace: Path,
+    spark: SparkSession, writers: Writers, request: pytest.FixtureRequest,
     engine: str, point: str, cleanup: str, committed: bool,
 ) -> None:
-    overrides = (f"storage.engine={engine}", *(NO_RETENTION if cleanup == "maintain-no-retention" else ()))
-    cfg = make_cfg(*overrides)
+    cfg, writer = writers[request.node.callspec.id]
     store = DeltaStore(spark, engine)
     path = cfg.catalog.path("features")
     old = list(OLD)
-    store.write(_rows(spark, old), path, "append")
-
-    writer = Writer(engine, path, workspace, point, NEW)
     writer.wait_for_point()
     if point == "delta.task_write":  # Spark is writing: the first task's file is on disk already
         deadline = time.monotonic() + 60
@@ -169,8 +182,10 @@ def test_killed_writer_leaves_old_or_new_rows_and_no_litter(
         done = _maintain(spark, cfg, store)["features"]
         assert _digest(path) == digest and done["files_compacted"] == len(referenced)
         kept = set() if cleanup == "maintain-no-retention" else referenced
-        assert _parquet_on_disk(path) == _referenced(path) | kept
-        assert done["files_removed"] == len(disk - _parquet_on_disk(path)) > 0
+        after = _parquet_on_disk(path)
+        assert after == _referenced(path) | kept and (disk - referenced).isdisjoint(after)
+        assert done["files_removed"] == len(disk - after)
+        assert done["staging_removed"] == (1 if engine == "embedded" else 0)
     assert _ids(path) == expected
     assert _staging_entries(path) == []
 

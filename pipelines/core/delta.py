@@ -62,6 +62,7 @@ ENGINES = ("delta-spark", "embedded")
 EMBEDDED_ENGINE_INFO = {"engine": "spark-ml-pipeline/embedded"}
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 RETENTION_CHECK_CONF = "spark.databricks.delta.retentionDurationCheck.enabled"
+LISTING_PARALLELISM_CONF = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
 T = TypeVar("T")
 
 
@@ -236,15 +237,12 @@ class DeltaStore:
         assert version_before is not None, f"no Delta table at {path}"
         if self.engine == "delta-spark":
             metrics = self._spark_table(path).optimize().executeCompaction().select("metrics.*").head().asDict()
-            previous = self.spark.conf.get(RETENTION_CHECK_CONF, None)
-            self.spark.conf.set(RETENTION_CHECK_CONF, str(check_retention).lower())
-            try:
+            # VACUUM lists the folder in spark.sql.sources.parallelPartitionDiscovery.parallelism tasks (10,000 by
+            # default: minutes of empty tasks on a small machine); a few per core is enough.
+            listing = str(4 * self.spark.sparkContext.defaultParallelism)
+            with _session_conf(self.spark, {RETENTION_CHECK_CONF: str(check_retention).lower(),
+                                            LISTING_PARALLELISM_CONF: listing}):
                 self._spark_table(path).vacuum(float(retention_hours))
-            finally:
-                if previous is None:
-                    self.spark.conf.unset(RETENTION_CHECK_CONF)
-                else:
-                    self.spark.conf.set(RETENTION_CHECK_CONF, previous)
         else:
             props = CommitProperties(custom_metadata=EMBEDDED_ENGINE_INFO)
             metrics = DeltaTable(_local(path)).optimize.compact(commit_properties=props)
@@ -595,6 +593,22 @@ def _rs_exists(path: str) -> bool:
 def _user_metadata_entry(metadata: dict[str, str] | None) -> dict[str, str]:
     """A write's metadata as the commit's userMetadata (JSON), the field both engines record and read."""
     return {"userMetadata": json.dumps(metadata, sort_keys=True)} if metadata else {}
+
+
+@contextmanager
+def _session_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
+    """Set session conf inside the block, then restore (or unset) what was there before."""
+    previous = {k: spark.conf.get(k, None) for k in conf}
+    for k, v in conf.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
 
 
 @contextmanager
