@@ -34,10 +34,13 @@ def test_dag_scores_monitors_then_maintains() -> None:
     assert airflow_dag.TRIGGER_RULES["maintain"] == "all_done"  # a drift alert does not skip maintenance
 
 
+def _cron_lines() -> list[str]:
+    return [ln for ln in (REPO_ROOT / "conf" / "schedule" / "crontab").read_text().splitlines()
+            if ln and not ln.startswith("#") and "=" not in ln.split()[0]]
+
+
 def test_crontab_line_runs_score_then_monitor() -> None:
-    lines = [ln for ln in (REPO_ROOT / "conf" / "schedule" / "crontab").read_text().splitlines()
-             if ln and not ln.startswith("#") and "=" not in ln.split()[0]]
-    (line,) = lines
+    line = _cron_lines()[0]
     fields = line.split(maxsplit=5)
     assert fields[:5] == ["0", "6", "*", "*", "*"]
     command = fields[5].replace("\\%", "%")
@@ -45,3 +48,11 @@ def test_crontab_line_runs_score_then_monitor() -> None:
     assert re.findall(r"spark-submit\.sh (\w+)", command) == ["score", "monitor"]
     assert re.search(r"spark-submit\.sh score .* && \./spark-submit\.sh monitor", command)  # monitor after score
     assert "mkdir -p workspace/logs" in command  # the log folder exists before the first redirect
+
+
+def test_crontab_runs_maintain_weekly() -> None:
+    fields = _cron_lines()[1].split(maxsplit=5)
+    assert fields[:5] == ["0", "7", "*", "*", "0"]
+    assert subprocess.run(["bash", "-n", "-c", fields[5]], capture_output=True).returncode == 0
+    assert re.findall(r"spark-submit\.sh (\w+)", fields[5]) == ["maintain"]
+    assert len(_cron_lines()) == 2
