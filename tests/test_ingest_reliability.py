@@ -140,16 +140,22 @@ def test_two_ingests_started_together_ingest_every_row_once(store: DeltaStore, m
     assert len({r.run_id for r in log}) == 1  # one run ingested them; the other waited and found nothing new
 
 
+def _first_delivery(spark: SparkSession, store: DeltaStore, cfg: Config, content: bytes) -> Path:
+    """Land a.csv with `content` in source t's folder and ingest it as run-1; return the folder."""
+    folder = Path(cfg.catalog.landing) / "t"
+    folder.mkdir(parents=True)
+    (folder / "a.csv").write_bytes(content)
+    ingest(spark, cfg, store, "run-1", ["t"])
+    return folder
+
+
 def test_delivery_is_identified_by_content(spark: SparkSession, store: DeltaStore,
                                            make_cfg: Callable[..., Config]) -> None:
     """touch or an identical re-delivery is no new delivery; different content under a delivered name is
     quarantined as a file with its reason, and bronze keeps the first delivery's rows once."""
     cfg = make_cfg(SOURCE)
-    folder = Path(cfg.catalog.landing) / "t"
-    folder.mkdir(parents=True)
     first = b"id,name\n1,a\n2,b\n"
-    (folder / "a.csv").write_bytes(first)
-    ingest(spark, cfg, store, "run-1", ["t"])
+    folder = _first_delivery(spark, store, cfg, first)
     table = cfg.catalog.path("t")
 
     later = time.time() + 60
@@ -177,10 +183,7 @@ def test_old_ingest_log_without_content_hash_stays_readable(spark: SparkSession,
                                                             make_cfg: Callable[..., Config]) -> None:
     """A log written before content hashes: its files are still skipped, and the next write keeps its rows."""
     cfg = make_cfg(SOURCE)
-    folder = Path(cfg.catalog.landing) / "t"
-    folder.mkdir(parents=True)
-    (folder / "a.csv").write_bytes(b"id,name\n1,a\n")
-    ingest(spark, cfg, store, "run-1", ["t"])
+    folder = _first_delivery(spark, store, cfg, b"id,name\n1,a\n")
     log = cfg.catalog.path("ingest_log")
     old = store.read(log)
     if "sha256" in old.columns:
@@ -200,10 +203,7 @@ def test_stream_quarantine_rows_are_never_rolled_back(spark: SparkSession, store
     from pipelines.stages.stream import QUARANTINE_SCHEMA
 
     cfg = make_cfg(SOURCE)
-    folder = Path(cfg.catalog.landing) / "t"
-    folder.mkdir(parents=True)
-    (folder / "a.csv").write_bytes(b"id,name\n1,a\n")
-    ingest(spark, cfg, store, "run-1", ["t"])
+    folder = _first_delivery(spark, store, cfg, b"id,name\n1,a\n")
     rows = cfg.catalog.path("quarantine_rows")
     stream_bad = (spark.createDataFrame([("t", "file:///x.csv", "x,y,z", "wrong field count", "stream-0")],
                                         QUARANTINE_SCHEMA).withColumn("quarantined_at", F.lit(datetime.now(UTC))))
