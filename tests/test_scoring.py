@@ -171,7 +171,7 @@ def test_streaming_scores_every_row_exactly_once_across_restart(spark: SparkSess
     (incoming / "a.csv").write_text("\n".join([header, *early, "2013,12,2,oops"]) + "\n")
     first = run_stream(spark, cfg, store, get_flow(cfg))
     assert sum(b["rows_scored"] for b in first) == len(early) and sum(b["rows_quarantined"] for b in first) == 1
-    (incoming / "b.csv").write_text("\n".join([header, *late]) + "\n")
+    (incoming / "b 2013-12 é.csv").write_text("\n".join([header, *late]) + "\n")  # a name Spark percent-encodes
     second = run_stream(spark, cfg, store, get_flow(cfg))  # restart from the checkpoint: only the new file
     assert sum(b["rows_scored"] for b in second) == len(late)
     assert run_stream(spark, cfg, store, get_flow(cfg)) == []  # nothing new

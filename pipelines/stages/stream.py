@@ -22,7 +22,7 @@ from pyspark.sql.streaming import StreamingQuery
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.errors import BadInput
-from pipelines.core.files import head
+from pipelines.core.files import from_spark_path, head
 from pipelines.core.logs import LOG, stage
 from pipelines.flows.base import Flow
 from pipelines.ingest import parse_lines, sniff
@@ -46,15 +46,18 @@ class BatchScorer:
     def __call__(self, lines: DataFrame, batch_id: int) -> None:
         cfg = self.cfg
         with stage(f"stream.batch{batch_id}") as s:
-            files = [r[0] for r in lines.select("_source_file").distinct().collect()]
-            headers, bad_files = {}, []
-            for f in files:
+            # Spark names files percent-encoded (`file:/a%20b.csv`); headers and quarantine rows use the decoded URI
+            # that ingest uses, the line filter Spark's own name.
+            files = {r[0]: from_spark_path(r[0]) for r in lines.select("_source_file").distinct().collect()}
+            headers, bad_files, readable = {}, [], []
+            for spark_path, f in files.items():
                 header, why = sniff(head(f, cfg.ingest.sniff_bytes), 1, self.src)
                 if why:
                     bad_files.append((self.src.table, f, None, f"unreadable file: {why}", f"stream-{batch_id}"))
                 else:
                     headers[f] = header or ""
-            parsed = parse_lines(lines.filter(F.col("_source_file").isin(list(headers))), self.src, headers).cache()
+                    readable.append(spark_path)
+            parsed = parse_lines(lines.filter(F.col("_source_file").isin(readable)), self.src, headers).cache()
             try:
                 bad = parsed.filter("_kind = 'bad'").select(
                     F.lit(self.src.table).alias("source"), F.col("_source_file").alias("source_file"),
@@ -93,7 +96,7 @@ def start_stream(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Flow
     model = resolve_model(cfg, alias, version)
     scorer = BatchScorer(spark, cfg, store, flow, model)
     checkpoint = cfg.scoring.stream_checkpoint or f"{cfg.workspace}/checkpoints/stream-score"
-    lines = (spark.readStream.format("text")
+    lines = (spark.readStream.format("text").option("lineSep", "\n")  # as ingest reads: \r stays in its line
              .option("maxFilesPerTrigger", cfg.scoring.stream_max_files_per_trigger)
              .load(f"{cfg.catalog.landing}/{cfg.scoring.stream_path}")
              .select(F.col("value").cast("binary").alias("_raw"),
