@@ -65,6 +65,7 @@ class TreeWatcher:
     seen: dict[tuple[int, float], str] = field(default_factory=dict)
     last_seen: dict[tuple[int, float], float] = field(default_factory=dict)  # epoch seconds of the last sample
     listeners: set[Listener] = field(default_factory=set)
+    tcp_pids: set[int] = field(default_factory=set)  # processes seen holding any TCP socket
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -93,6 +94,8 @@ class TreeWatcher:
                 conns = p.net_connections(kind="tcp")
             except psutil.Error:
                 continue
+            if conns:
+                self.tcp_pids.add(p.pid)
             for c in conns:
                 if c.status == psutil.CONN_LISTEN:
                     self.listeners.add(Listener(p.pid, cmd[:160], c.laddr.ip, c.laddr.port))
