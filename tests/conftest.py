@@ -13,6 +13,7 @@ from pipelines.core.config import Config, load_config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.logs import setup_logging
 from pipelines.core.session import get_spark
+from tests.chain import build_chain
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
@@ -50,3 +51,10 @@ def make_cfg(workspace: Path) -> Callable[..., Config]:
 def store(spark: SparkSession) -> DeltaStore:
     """A store with the configured default engine (auto: delta-spark, since the session has the jars)."""
     return DeltaStore(spark, load_config("local", []).storage.engine)
+
+
+@pytest.fixture(scope="session")
+def chain(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """One real chain for every test that needs a registered champion (1% of flights, two Horovod workers):
+    built once per run. Tests may add predictions, drift rows and runs to it, never remove what others read."""
+    return build_chain(spark, tmp_path_factory.mktemp("chain") / "ws")

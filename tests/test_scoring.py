@@ -23,14 +23,9 @@ from pipelines.flows.tabular.nodes import clean, date_column, enrich
 from pipelines.stages.inputs import read_sources
 from pipelines.stages.monitor import is_alert, reference_frame
 from pipelines.stages.score import model_udf, predict_batch, resolve_model, run_score
-from tests.chain import build_chain, chain_config
+from tests.chain import chain_config
 
 D1, D2, D3 = date(2013, 12, 3), date(2013, 12, 4), date(2013, 12, 10)
-
-
-@pytest.fixture(scope="module")
-def chain(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Config:
-    return build_chain(spark, tmp_path_factory.mktemp("chain") / "ws")
 
 
 def _gold(store: DeltaStore, cfg: Config) -> pd.DataFrame:
