@@ -110,7 +110,8 @@ def _data_lines(folder: Path) -> int:
 @pytest.mark.slow
 def test_two_ingests_fired_together_on_a_new_workspace(spark: SparkSession, tmp_path: Path) -> None:
     """Two `./spark-submit.sh ingest` at the same moment on a workspace with no tracking store and no dist yet:
-    both exit 0 and every landed row is in bronze exactly once."""
+    both exit 0, every landed row is in bronze exactly once, and one run ingested every file (the ingest lease: the
+    other waited, then found nothing new)."""
     from pipelines.core.config import load_config
     from pipelines.core.delta import DeltaStore
     from pipelines.demo import land_demo
@@ -129,6 +130,10 @@ def test_two_ingests_fired_together_on_a_new_workspace(spark: SparkSession, tmp_
     bronze = DeltaStore(spark).read(cfg.catalog.path("flights"))
     assert bronze.count() == expected
     assert bronze.select("_source_file").distinct().count() == 12
+    log = DeltaStore(spark).read(cfg.catalog.path("ingest_log")).filter("status = 'ingested'").collect()
+    assert sorted(Path(r.file).name for r in log) == sorted(f.name for f in (Path(cfg.catalog.landing) / "flights")
+                                                            .glob("*.csv"))  # each file once
+    assert len({r.run_id for r in log}) == 1
 
 
 def _gold(spark: SparkSession, day: date, keys: range, tag: str):  # noqa: ANN202 - a DataFrame

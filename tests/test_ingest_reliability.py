@@ -121,25 +121,6 @@ def test_sigkilled_ingest_is_recovered_by_the_next_run_and_rollback_needs_eviden
     assert sorted(Path(f).name for f in ingested) == sorted(f.name for f in files)
 
 
-def test_two_ingests_started_together_ingest_every_row_once(store: DeltaStore, make_cfg: Callable[..., Config],
-                                                            workspace: Path) -> None:
-    """Two scheduled ingests start at the same moment on one landing folder; both succeed and every row is in
-    bronze once. The MLflow store is created first, so only ingest's own coordination is under test."""
-    from pipelines.core.tracking import configure_mlflow
-
-    cfg = make_cfg()
-    files = _land_flights(cfg, 2)
-    configure_mlflow(cfg)
-    procs = [_job(workspace) for _ in range(2)]
-    results = _finish(*procs)
-    assert [rc for rc, _ in results] == [0, 0], "\n".join(out[-2000:] for _, out in results)
-    rows = store.read(cfg.catalog.path("flights"))
-    assert rows.count() == _data_lines(files)
-    log = store.read(cfg.catalog.path("ingest_log")).filter("status = 'ingested'").collect()
-    assert sorted(Path(r.file).name for r in log) == sorted(f.name for f in files)  # each file once
-    assert len({r.run_id for r in log}) == 1  # one run ingested them; the other waited and found nothing new
-
-
 def _first_delivery(spark: SparkSession, store: DeltaStore, cfg: Config, content: bytes) -> Path:
     """Land a.csv with `content` in source t's folder and ingest it as run-1; return the folder."""
     folder = Path(cfg.catalog.landing) / "t"

@@ -1,12 +1,13 @@
 """The chain on a real standalone cluster (master + two one-core workers on 127.0.0.1) logging to a real
 MLflow tracking server, submitted through spark-submit.sh --env standalone. Spark's event log proves that the
-barrier training stage ran one task on each executor."""
+barrier training stage ran one task on each executor. The same run carries the secrets check: the tracking URI holds
+a password and the Spark conf a secret s3a key, and neither may appear in --dry-run, the job's output, MLflow
+(params, tags, the logged config, artifacts), the event log or any file the run leaves."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.core.config import REPO_ROOT
 from tests.chain import FAST_TRAINING
+from tests.support.secrets import SENTINEL_KEY, SENTINEL_URI, files_with, run_group
 from tests.support.servers import mlflow_server, standalone_cluster
 
 
@@ -48,13 +50,18 @@ def test_chain_on_standalone_with_tracking_server(cluster: str, tmp_path: Path) 
     events.mkdir()
     sets = [f"--set={s}" for s in ["demo.fraction=0.01", *FAST_TRAINING, "spark.conf.spark.eventLog.enabled=true",
                                    f"spark.conf.spark.eventLog.dir=file://{events}",
-                                   "spark.conf.spark.eventLog.compress=false",
-                                   "spark.conf.spark.eventLog.rolling.enabled=false"]]
+                                   "spark.conf.spark.eventLog.compress=false",  # plain JSON, searchable
+                                   "spark.conf.spark.eventLog.rolling.enabled=false",
+                                   f"spark.conf.spark.hadoop.fs.s3a.secret.key={SENTINEL_KEY}"]]
+    script = str(REPO_ROOT / "spark-submit.sh")
     with mlflow_server(ws) as uri:
-        env = {**os.environ, "PIPELINE_HOME": str(ws), "SPARK_MASTER_URL": cluster, "MLFLOW_TRACKING_URI": uri}
+        secret_uri = uri.replace("http://", f"http://pipeline:{SENTINEL_URI}@")
+        env = {**os.environ, "PIPELINE_HOME": str(ws), "SPARK_MASTER_URL": cluster, "MLFLOW_TRACKING_URI": secret_uri}
+        dry = run_group([script, "run-all", "--env", "standalone", *sets, "--dry-run"], env, timeout=300)
+        assert dry.returncode == 0, dry.stderr
+        assert "spark.hadoop.fs.s3a.secret.key" in dry.stdout  # the setting is shown, its value is not
         start = time.monotonic()
-        res = subprocess.run([str(REPO_ROOT / "spark-submit.sh"), "run-all", "--env", "standalone", *sets],
-                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
+        res = run_group([script, "run-all", "--env", "standalone", *sets], env, timeout=1500)
         out = res.stdout + res.stderr
         log = [ln for ln in res.stdout.splitlines() if not ln.lstrip().startswith("at ")]  # drop JVM frames
         assert res.returncode == 0, "job log:\n" + "\n".join(log[-80:]) + f"\nspark log:\n{res.stderr[-2000:]}"
@@ -76,3 +83,10 @@ def test_chain_on_standalone_with_tracking_server(cluster: str, tmp_path: Path) 
     assert DeltaTable(str(ws / "tables" / "gold" / "predictions")).version() >= 0
     stages = barrier_executors(events)
     assert stages and all(len(s) == 2 for s in stages), stages  # each barrier stage spanned both executors
+    needles = [SENTINEL_URI.encode(), SENTINEL_KEY.encode()]
+    outputs = {"dry-run stdout": dry.stdout, "dry-run stderr": dry.stderr, "stdout": res.stdout,
+               "stderr": res.stderr}
+    leaks = [f"{name}: {n.decode()}" for name, text in outputs.items() for n in needles if n.decode() in text]
+    leaks += files_with(tmp_path, needles)  # mlflow.db, mlartifacts, event log, tables, checkpoints, server log
+    assert (ws / "mlflow.db").exists() and list(events.iterdir())
+    assert leaks == [], "\n".join(leaks)
