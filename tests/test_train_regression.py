@@ -133,7 +133,9 @@ def test_regression_trains_serves_and_promotes_on_rmse(spark: SparkSession, make
     assert list(out.columns) == ["prediction"] and out["prediction"].dtype == np.float64
     rmse = float(np.sqrt(np.mean((out["prediction"].to_numpy() - rows["label"].to_numpy()) ** 2)))
     assert rmse == pytest.approx(result.test["rmse"], rel=1e-4)  # serving path == training evaluation
-    assert served.predict(rows[["features"]].iloc[:0]).empty
+    inputs = served.metadata.get_input_schema().inputs  # one float32 tensor of the vector size per row
+    assert [(t.name, t.type, t.shape) for t in inputs] == [("features", np.dtype("float32"), (-1, meta["vector_size"]))]
+    assert served.predict({"features": np.zeros((0, meta["vector_size"]), np.float32)}).empty
 
     worse = run_train(spark, make_cfg(*SMALL, REGRESSION, "training.epochs=1", "training.max_steps_per_epoch=1"),
                       store, flow)

@@ -108,18 +108,24 @@ class Head:
               classes: list[str] | None, backend: str) -> None:
         raise NotImplementedError
 
-    def signature(self, input_column: str, image: bool, threshold: float | None) -> Any:
-        """The pyfunc's signature: the input column (image bytes, or a double array) in, `outputs` out.
+    def signature(self, input_column: str, image: bool, threshold: float | None, vector_size: int) -> Any:
+        """The pyfunc's signature: the input column (image bytes, or a float32 tensor of `vector_size` per row) in,
+        `outputs` out.
 
-        Feature arrays are declared as doubles: Spark's array<float> widens to it safely, and JSON requests to
-        the model server (whose numbers parse as float64) pass the signature check, which refuses float64 ->
-        float32.
+        Feature vectors are a tensor spec, not a column of arrays: MLflow then checks a batch's shape and dtype
+        once (the arrays stacked into one matrix) instead of converting every row's array on its own, which cost
+        over 90% of spark_udf's time. Spark's array<float> column arrives as float32 arrays as declared; JSON
+        requests to the model server (lists of numbers) are cast to float32 by MLflow.
         """
+        import numpy as np
         from mlflow.models import ModelSignature
-        from mlflow.types.schema import Array, ColSpec, Schema
+        from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
-        column = ColSpec("binary", input_column) if image else ColSpec(Array("double"), input_column)
-        return ModelSignature(inputs=Schema([column]), outputs=Schema([ColSpec(t, n) for n, t in self.outputs]),
+        if image:
+            inputs = Schema([ColSpec("binary", input_column)])
+        else:
+            inputs = Schema([TensorSpec(np.dtype("float32"), (-1, vector_size), input_column)])
+        return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(t, n) for n, t in self.outputs]),
                               params=self._params(threshold))
 
     def _params(self, threshold: float | None) -> Any:

@@ -38,7 +38,8 @@ REGRESSION_RESULT_TYPE = HEADS["regression"].result_type
 def signature(meta: dict[str, Any]) -> ModelSignature:
     """The signature of the model meta.json describes: its input column in, its head's columns out (and the
     binary head's threshold param, default stored)."""
-    return get_head(meta["head"]).signature(meta["input_column"], meta["input"] == "image", meta.get("threshold"))
+    return get_head(meta["head"]).signature(meta["input_column"], meta["input"] == "image", meta.get("threshold"),
+                                            int(meta["vector_size"]))
 
 
 def log_model(keras_model: Any, meta: dict[str, Any], preprocessing_dir: str | None) -> Any:

@@ -45,8 +45,9 @@ class ServingModel(PythonModel):
         self.threshold = float(self.meta["threshold"]) if self.meta.get("threshold") is not None else 0.5
         self.vector_size = int(self.meta["vector_size"])
 
-    def _inputs(self, model_input: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(model inputs, per-row validity); undecodable images get zeros and validity False."""
+    def _inputs(self, model_input: pd.DataFrame | dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(model inputs, per-row validity); undecodable images get zeros and validity False. Feature vectors come
+        as MLflow's tensor input, one float32 matrix (a dict of it by name); a plain DataFrame of arrays also works."""
         if self.input == "image":
             from features.image import decode_image
 
@@ -62,13 +63,15 @@ class ServingModel(PythonModel):
                     images.append(np.zeros(shape, dtype=np.float32))
                     ok.append(False)
             return np.stack(images), np.array(ok)
-        x = np.stack([np.asarray(v, dtype=np.float32) for v in model_input["features"]])
+        x = model_input["features"]
+        x = x if isinstance(x, np.ndarray) else np.stack([np.asarray(v, dtype=np.float32) for v in x])
         if x.ndim != 2 or x.shape[1] != self.vector_size:
             raise ValueError(f"features: expected arrays of length {self.vector_size}, got shape {x.shape}")
         return x, np.ones(len(x), dtype=bool)
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        if len(model_input) == 0:
+    def predict(self, context: Any, model_input: pd.DataFrame | dict[str, np.ndarray],
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if len(next(iter(model_input.values())) if isinstance(model_input, dict) else model_input) == 0:
             return self._empty()
         x, ok = self._inputs(model_input)
         p = self.model.predict(x, batch_size=BATCH[self.input], verbose=0)
