@@ -24,6 +24,7 @@ from urllib.parse import unquote
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -382,7 +383,7 @@ class Walker:
         gold = self._gold()
         if gold is None:
             return
-        date_col = self.cfg.flow.date_name if self.cfg.flow.date_name in gold.columns else None
+        date_col = _date_column(self.cfg, gold)
         aggs = [F.count("*").alias("rows")]
         if date_col:
             aggs += [F.min(date_col).alias("first"), F.max(date_col).alias("last"),
@@ -429,6 +430,12 @@ def _adding_commit(path: str, file_path: str) -> tuple[int, dict[str, Any]] | No
     return None
 
 
+def _date_column(cfg: Config, gold: DataFrame) -> str | None:
+    """The gold table's date column (the flow's date_name), None for flows whose rows have no date."""
+    name = getattr(cfg.flow, "date_name", None)
+    return name if name and name in gold.columns else None
+
+
 def prediction_node(walker: Walker, key: dict[str, str], day: date | None) -> str:
     """The gold row with natural `key` (and `day`): its node, with the commit (score run) that wrote it."""
     cfg, store = walker.cfg, walker.store
@@ -436,17 +443,21 @@ def prediction_node(walker: Walker, key: dict[str, str], day: date | None) -> st
     if not store.exists(path):
         raise BadInput(f"lineage: no predictions table at {path}: run score first")
     gold = store.read(path)
-    missing = sorted(set(cfg.flow.key) - set(key)) if cfg.flow.key else []
+    flow_key = [cfg.flow.key] if isinstance(cfg.flow.key, str) else list(cfg.flow.key)
+    missing = sorted(set(flow_key) - set(key))
     unknown = sorted(set(key) - set(gold.columns))
     if missing or unknown or not key:
-        raise BadInput(f"lineage: --key must give the gold key {cfg.flow.key}; missing {missing}, unknown {unknown}")
+        raise BadInput(f"lineage: --key must give the gold key {flow_key}; missing {missing}, unknown {unknown}")
     cond = F.lit(True)
     for c, v in key.items():
         cond &= F.col(c).cast("string") == v
-    date_col = cfg.flow.date_name
-    if day is not None and date_col in gold.columns:
+    date_col = _date_column(cfg, gold)
+    if day is not None and date_col:
         cond &= F.col(date_col) == F.lit(day)
-    rows = gold.filter(cond).select("*", F.col("_metadata.file_path").alias("_file")).limit(2).collect()
+    try:  # the data file the row is in leads to the commit (score run) that wrote it
+        rows = gold.filter(cond).select("*", F.col("_metadata.file_path").alias("_file")).limit(2).collect()
+    except AnalysisException:  # a reader without Spark's file metadata: the row's own columns still hold
+        rows = gold.filter(cond).withColumn("_file", F.lit(None).cast("string")).limit(2).collect()
     asked = ", ".join(f"{k}={v}" for k, v in key.items()) + (f", {date_col}={day}" if day else "")
     if not rows:
         raise BadInput(f"lineage: no gold prediction row with {asked} in {path}")
@@ -454,10 +465,13 @@ def prediction_node(walker: Walker, key: dict[str, str], day: date | None) -> st
         raise BadInput(f"lineage: {asked} matches more than one gold row: give the whole key and the date")
     row = rows[0].asDict()
     version = store.version(path)
-    commit = _adding_commit(path, row.pop("_file"))
+    file_path = row.pop("_file")
+    commit = _adding_commit(path, file_path) if file_path else None
     attrs = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
     attrs |= {"table": "predictions", "path": path, "gold_version": version, "key": key}
-    if commit:
+    if commit is None:
+        attrs["missing"] = "no commit still in the Delta log names the row's data file: the score run is unknown"
+    else:
         attrs |= {"written_in_version": commit[0], "score_run_id": commit[1].get("run_id"),
                   "commit_git_commit": commit[1].get("git_commit")}
     label = f"prediction {asked}"

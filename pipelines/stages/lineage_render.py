@@ -97,8 +97,10 @@ def to_png(graph: LineageGraph, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(6.0, 2.6 * width), max(3.0, 0.7 * height + 1)))
     for e in graph.edges:
         (x1, y1), (x2, y2) = pos[e.src], pos[e.dst]
+        bend = 0.2 if abs(x2 - x1) > 1 else 0.0  # an edge skipping a column curves around its boxes
         ax.annotate("", xy=(x2 - 0.28, y2), xytext=(x1 + 0.28, y1),
-                    arrowprops={"arrowstyle": "->", "color": "#555555", "lw": 0.8})
+                    arrowprops={"arrowstyle": "->", "color": "#555555", "lw": 0.8,
+                                "connectionstyle": f"arc3,rad={bend}"})
     for node_id, (x, y) in pos.items():
         node = graph.nodes[node_id]
         edge = "red" if node_id == graph.start else "black"
