@@ -67,7 +67,7 @@ def test_lineage_down_from_a_prediction_and_up_from_a_landing_file(spark: SparkS
     champion = client.get_model_version_by_alias(name, "champion")
     train = client.get_run(champion.run_id)
     start = graph.nodes[graph.start]
-    assert start.kind == "prediction" and start.attrs["model_version"] == champion.version
+    assert start.kind == "prediction" and start.attrs["model_version"] == str(champion.version)
     assert start.attrs["model_run_id"] == champion.run_id
     model_id = f"model:{name}/{champion.version}"
     assert list(_kind(graph, "model_version")) == [model_id]
@@ -107,7 +107,7 @@ def test_lineage_down_from_a_prediction_and_up_from_a_landing_file(spark: SparkS
     up = lineage(chain, store, file=landing)
     assert model_id in up.nodes and f"run:{features_run}" in up.nodes and features_table in up.nodes
     gold = to_pandas(chain.catalog.path("predictions"), columns=["model_name", "model_version"])
-    made = (gold["model_name"] == name) & (gold["model_version"] == champion.version)
+    made = (gold["model_name"] == name) & (gold["model_version"] == str(champion.version))
     predictions = up.nodes[f"predictions:{model_id}"]
     assert predictions.attrs["rows"] == int(made.sum()) > 0
     assert predictions.attrs["version"] == DeltaTable(chain.catalog.path("predictions")).version()
