@@ -27,3 +27,18 @@ out
 gold = store.read(cfg.catalog.path("predictions"))
 date = cfg.flow.date_name
 gold.groupBy(date).agg({"probability": "avg", "prediction": "sum", "*": "count"}).orderBy(date).show()
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC Lineage of one prediction (the `lineage` job's function): its model version and training run, the feature
+# MAGIC table version and preprocessing, the bronze versions, ingest runs and landing files (size, sha256) and the
+# MAGIC git commit of every job.
+
+# COMMAND ----------
+
+from pipelines.stages.lineage import lineage
+from pipelines.stages.lineage_render import to_text
+
+row = gold.orderBy(date, *cfg.flow.key).first()
+print(to_text(lineage(cfg, store, key={k: str(row[k]) for k in cfg.flow.key}, day=row[date])))

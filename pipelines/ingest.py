@@ -32,6 +32,7 @@ from pipelines.core.failpoints import pause
 from pipelines.core.files import FileInfo, from_spark_path, join, list_files, spark_input
 from pipelines.core.lease import Lease
 from pipelines.core.logs import LOG, stage
+from pipelines.core.tracking import git_commit
 from pipelines.ingest_images import ingest_image_files, split_by_filter
 
 META_COLS = ["_source_file", "_raw", "_kind", "_reason"]
@@ -604,7 +605,8 @@ def _ingest_readable(
         else:
             good = good.repartition(max(1, math.ceil(rows_ok / cfg.storage.max_records_per_file)))
         table = cfg.catalog.path(src.table)
-        result.table_version = store.write(good, table, "append", src.partition_by, metadata={"run_id": run_id})
+        result.table_version = store.write(good, table, "append", src.partition_by,
+                                            metadata={"run_id": run_id, "git_commit": git_commit()})
         written = store.read(table, result.table_version).filter(F.col("_run_id") == run_id).count()
         if written != rows_ok:
             raise RuntimeError(f"{name}: wrote {written} rows to bronze but parsed {rows_ok} good rows")

@@ -39,6 +39,7 @@ JOBS = {
     "score": "jobs/score.py",
     "monitor": "jobs/monitor.py",
     "maintain": "jobs/maintain.py",
+    "lineage": "jobs/lineage.py",
     "run-all": "jobs/run_all.py",
 }
 PACKAGES = ("jobs", "pipelines", "features")

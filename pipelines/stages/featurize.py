@@ -18,6 +18,7 @@ from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.logs import LOG, stage
 from pipelines.core.recorder import FEATURES_JOB, PREPROCESSING_ARTIFACT, FeaturesRecord, Recorder, flat
+from pipelines.core.tracking import git_commit
 from pipelines.flows.base import FEATURES, LABEL, SPLITS, FeatureSet, Flow
 from pipelines.stages.inputs import read_sources
 
@@ -76,7 +77,7 @@ def write_feature_table(store: DeltaStore, cfg: Config, fs: FeatureSet, run_id: 
     array must have one length. Returns (version, vector size, the written version as a DataFrame)."""
     path = cfg.catalog.path("features")
     meta = {"run_id": run_id, "job": FEATURES_JOB, "pipeline": cfg.features.pipeline,
-            "bronze_versions": json.dumps(versions, sort_keys=True)}
+            "bronze_versions": json.dumps(versions, sort_keys=True), "git_commit": git_commit()}
     version = store.write(fs.table, path, "overwrite", metadata=meta)
     written = store.read(path, version)
     agg = written.agg(F.count("*").alias("n"), F.min(F.size(FEATURES)).alias("lo"),

@@ -23,6 +23,7 @@ from pipelines.core.delta import DeltaStore, merge_rows, retry_on_conflict
 from pipelines.core.errors import BadInput, MissingModel
 from pipelines.core.logs import stage
 from pipelines.core.recorder import Recorder
+from pipelines.core.tracking import git_commit
 from pipelines.flows.base import Flow, ScoringRows
 from pipelines.stages.inputs import read_sources
 from pipelines.training.pyfunc import load_preprocessing, model_meta
@@ -95,20 +96,26 @@ def predict_batch(rows: ScoringRows, model: ResolvedModel, udf: Any, input_versi
                          *lineage_columns(model, input_version))
 
 
+def commit_metadata(model: ResolvedModel, run_id: str | None) -> dict[str, str]:
+    """What a gold commit records for lineage: the model version, the score run and the code's git commit."""
+    return {"model": f"{model.name}/{model.version}", "git_commit": git_commit(),
+            **({"run_id": run_id} if run_id else {})}
+
+
 def replace_partitions(store: DeltaStore, path: str, gold: DataFrame, column: str, values: list[Any],
-                       model: ResolvedModel) -> int:
+                       model: ResolvedModel, run_id: str | None = None) -> int:
     """Write `gold`, replacing exactly the partitions of `values` (a re-run of a date replaces that date). A
     commit that loses the race with another writer of those dates (a stream's upsert) is made again."""
     return retry_on_conflict(lambda: store.write(
         gold, path, "overwrite", [column],
         replace_partitions=[{column: v.isoformat() if isinstance(v, date) else v} for v in values],
-        metadata={"model": f"{model.name}/{model.version}"}), f"score: replace {column} partitions of {path}")
+        metadata=commit_metadata(model, run_id)), f"score: replace {column} partitions of {path}")
 
 
-def replace_table(store: DeltaStore, path: str, gold: DataFrame, model: ResolvedModel) -> int:
+def replace_table(store: DeltaStore, path: str, gold: DataFrame, model: ResolvedModel, run_id: str | None = None
+                  ) -> int:
     """Write `gold` as the whole table (a re-run writes the same rows again, never twice)."""
-    return retry_on_conflict(lambda: store.write(gold, path, "overwrite",
-                                                 metadata={"model": f"{model.name}/{model.version}"}),
+    return retry_on_conflict(lambda: store.write(gold, path, "overwrite", metadata=commit_metadata(model, run_id)),
                              f"score: replace {path}")
 
 
@@ -146,8 +153,9 @@ def summary(gold: DataFrame, rows_in: int) -> dict[str, Any]:
 
 
 def score(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Flow, dates: list[date] | None = None,
-          model: ResolvedModel | None = None) -> dict[str, Any]:
-    """Score the flow's source rows (the `dates`' rows, or all) into the catalog's `predictions` table."""
+          model: ResolvedModel | None = None, run_id: str | None = None) -> dict[str, Any]:
+    """Score the flow's source rows (the `dates`' rows, or all) into the catalog's `predictions` table; the
+    commit records `run_id` (the score run) for lineage."""
     if dates is not None and not dates:
         raise BadInput("no dates to score")
     model = model or resolve_model(cfg)
@@ -163,9 +171,10 @@ def score(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Flow, dates
             out = summary(gold, rows.rows_in)
             path = cfg.catalog.path("predictions")
             if rows.partition_by:
-                out["gold_version"] = replace_partitions(store, path, gold, rows.partition_by, dates, model)
+                out["gold_version"] = replace_partitions(store, path, gold, rows.partition_by, dates, model,
+                                                           run_id)
             else:
-                out["gold_version"] = replace_table(store, path, gold, model)
+                out["gold_version"] = replace_table(store, path, gold, model, run_id)
         finally:
             gold.unpersist()
         s.add(**{k: v for k, v in out.items() if k != "gold_version"})
@@ -184,7 +193,7 @@ def run_score(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Flow, d
         model = resolve_model(cfg, alias, version)  # a missing model fails before a run is even opened
         s.add(model=f"{model.name}/{model.version}", asked=model.asked)
     with Recorder.start(cfg, "score") as rec:
-        out = score(spark, cfg, store, flow, dates, model)
+        out = score(spark, cfg, store, flow, dates, model, rec.run_id)
         rec.params({k: out[k] for k in ("model_name", "model_version", "input_table_version")}
                    | ({"dates": ",".join(out["dates"])} if "dates" in out else {}))
         rec.metrics({k: v for k, v in out.items() if k.startswith(("rows_", "accuracy_", "predicted_"))}
