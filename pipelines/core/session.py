@@ -125,6 +125,7 @@ def get_spark(cfg: Config, app_suffix: str = "") -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
     sc_conf = spark.sparkContext.getConf()
+    LOG.debug("spark conf: %s", " ".join(f"{k}={v}" for k, v in sorted(sc_conf.getAll())))  # masked by the handlers
     if sc_conf.get("spark.eventLog.enabled", "false") == "true":
         LOG.info("spark event log: %s", sc_conf.get("spark.eventLog.dir"))
     LOG.info("spark ui: %s", spark.sparkContext.uiWebUrl or "disabled (spark.ui.enabled=false)")
