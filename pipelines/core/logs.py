@@ -32,10 +32,11 @@ if not sys.stderr.isatty():  # progress bars are for a terminal (Spark's follows
 # unless they are known noise.
 LIBRARIES = ("py4j", "mlflow", "alembic", "urllib3", "tensorflow", "petastorm", "matplotlib", "horovod", "optuna")
 # Known noise: warnings raised inside these packages about their own or their dependencies' APIs, and MLflow's
-# notices that do not call for any action (the env_manager notice when a model is loaded for scoring).
+# notices that do not call for any action (the env_manager notice when a model is loaded for scoring, the missing
+# input example when a model is logged: the project records its signature).
 _NOISE_PACKAGES = r"petastorm|pyarrow|mlflow|tensorflow|tf_keras|keras|horovod|pandas|pyspark|google|absl|optuna"
 NOISE = re.compile(rf"[/\\]site-packages[/\\](?:{_NOISE_PACKAGES})[/\\].*(?:FutureWarning|DeprecationWarning)"
-                   r"|env_manager")
+                   r"|env_manager|An input example was not provided")
 MASK = "***"
 # A key whose value is a secret: the words Spark's own spark.redaction.regex uses, and their usual neighbours.
 SECRET_KEY = re.compile(r"(?i)secret|password|passwd|token|credential|access[._-]?key|private[._-]?key|"
