@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from datetime import date, timedelta
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 from pipelines.core.config import ENVS, Config, ConfigError, load_config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.errors import BadInput, DriftAlert, MissingModel
-from pipelines.core.logs import LOG, setup_logging
+from pipelines.core.logs import LOG, log_to_file, setup_logging
 from pipelines.core.session import get_spark
 
 EXIT_OK = 0
@@ -47,8 +48,11 @@ def run_job(parser: argparse.ArgumentParser, body: Body, argv: list[str] | None 
     except ConfigError as e:
         LOG.error("%s", e)
         return EXIT_BAD_INPUT
+    job = parser.prog.split()[-1]
+    if "://" not in cfg.workspace:  # a local workspace keeps the job's debug log (noise included) beside its data
+        LOG.info("debug log: %s", log_to_file(Path(cfg.workspace) / "logs", job))
     try:
-        spark = get_spark(cfg, parser.prog.split()[-1])
+        spark = get_spark(cfg, job)
         store = DeltaStore(spark, cfg.storage.engine, cfg.storage.max_records_per_file)
         return body(args, cfg, spark, store) or EXIT_OK
     except (BadInput, ConfigError, FileNotFoundError) as e:

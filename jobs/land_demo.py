@@ -11,11 +11,11 @@ from pyspark.sql import SparkSession
 from jobs.common import job_parser, run_job
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
-from pipelines.demo import land_demo
+from pipelines.demo import demo_datasets, land_demo
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:
-    land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, cfg.demo.datasets)
+    land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, demo_datasets(cfg))
     return 0
 
 

@@ -16,7 +16,7 @@ from jobs.common import BadInput, DriftAlert, job_parser, run_job
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.logs import LOG
-from pipelines.demo import land_demo
+from pipelines.demo import demo_datasets, land_demo
 from pipelines.flows import get_flow
 from pipelines.ingest import run_ingest
 from pipelines.stages.featurize import run_features
@@ -27,7 +27,7 @@ from pipelines.training.trainer import TrainingInputError, run_train
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:
     flow = get_flow(cfg)
-    land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, cfg.demo.datasets)
+    land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, demo_datasets(cfg))
     run_ingest(spark, cfg, store)
     features = run_features(spark, cfg, store, flow)
     try:

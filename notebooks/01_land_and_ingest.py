@@ -16,9 +16,9 @@ cfg, spark, store, flow = nb.cfg, nb.spark, nb.store, nb.flow
 
 # COMMAND ----------
 
-from pipelines.demo import land_demo
+from pipelines.demo import demo_datasets, land_demo
 
-landed = land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, cfg.demo.datasets)
+landed = land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, demo_datasets(cfg))
 landed
 
 # COMMAND ----------

@@ -19,10 +19,10 @@ cfg, spark, store, flow = nb.cfg, nb.spark, nb.store, nb.flow
 
 # COMMAND ----------
 
-from pipelines.demo import land_demo
+from pipelines.demo import demo_datasets, land_demo
 from pipelines.ingest import run_ingest
 
-land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, cfg.demo.datasets)
+land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, demo_datasets(cfg))
 {r.source: {"ok": r.rows_ok, "quarantined": r.rows_quarantined} for r in run_ingest(spark, cfg, store)}
 
 # COMMAND ----------

@@ -19,11 +19,14 @@ import numpy as np
 import pandas as pd
 
 from pipelines.core import files
-from pipelines.core.logs import stage
+from pipelines.core.config import Config
+from pipelines.core.logs import LOG, stage
 
 DATASETS = ("flights", "digits", "tweets", "diamonds")
-DEFAULT_DATASETS = ("flights", "digits", "tweets")  # demo.datasets empty: what land-demo has always landed
 SIDE_TABLES = ("weather", "planes", "airlines", "airports")
+# The landing folders each data set writes: a pipeline lands the data sets whose folders its sources read.
+FOLDERS = {"flights": ("flights", *SIDE_TABLES), "digits": ("digits",), "tweets": ("tweets",),
+           "diamonds": ("diamonds",)}
 # Columns that R stores as doubles only because they can be NA; a source system writes them as integers.
 INTEGER_COLUMNS = {
     "flights": ["dep_time", "arr_time", "distance"],
@@ -51,14 +54,26 @@ def _write_if_changed(df: pd.DataFrame | bytes, target: str) -> bool:
     return True
 
 
-def land_demo(landing: str, fraction: float = 1.0, seed: int = 7, datasets: list[str] | tuple[str, ...] = ()
+def demo_datasets(cfg: Config) -> list[str]:
+    """The data sets land-demo lands for a pipeline: demo.datasets when set, else those feeding the profile's own
+    ingest sources (ingest.select when set, else all): the flights profile lands flights and its side tables only."""
+    if cfg.demo.datasets:
+        return list(cfg.demo.datasets)
+    sources = [s for name, s in cfg.ingest.sources.items() if not cfg.ingest.select or name in cfg.ingest.select]
+    read = {src.path.lstrip("/").split("/", 1)[0] for src in sources}
+    return [name for name, folders in FOLDERS.items() if read & set(folders)]
+
+
+def land_demo(landing: str, fraction: float = 1.0, seed: int = 7, datasets: list[str] | tuple[str, ...] = ("flights",)
               ) -> dict[str, dict[str, int]]:
-    """Land flights (one file per month) and the four side tables, the digit images and the tweets, or only the
-    `datasets` named (DATASETS: flights, digits, tweets, diamonds; diamonds only when named); `fraction` samples
-    flights, tweets and diamonds. Returns counts."""
+    """Land the `datasets` named (DATASETS: flights, digits, tweets, diamonds; jobs pass `demo_datasets(cfg)`):
+    flights as one file per month and the four side tables, the digit images, the tweets, the diamonds; `fraction`
+    samples flights, tweets and diamonds. Returns counts."""
     root = landing
     summary: dict[str, dict[str, int]] = {}
-    wanted = set(datasets or DEFAULT_DATASETS)
+    wanted = set(datasets)
+    if not wanted:
+        LOG.warning("land-demo: no demo data set feeds this pipeline's sources (set demo.datasets to land one)")
     summary.update(_land_flights(root, fraction, seed) if "flights" in wanted else {})
     if "digits" in wanted:
         with stage("land-demo.digits") as s:

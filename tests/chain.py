@@ -1,5 +1,6 @@
 """A real chain on a small sample, built once per test module that needs a trained, registered model:
-land-demo (1% of flights) -> ingest -> features -> train (two Horovod workers, two short epochs)."""
+land-demo (1% of flights, the profile's data only) -> ingest (its sources) -> features -> train (two Horovod
+workers, two short epochs)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pyspark.sql import SparkSession
 
 from pipelines.core.config import Config, load_config
 from pipelines.core.delta import DeltaStore
-from pipelines.demo import land_demo
+from pipelines.demo import demo_datasets, land_demo
 from pipelines.flows import get_flow
 from pipelines.ingest import ingest
 from pipelines.stages.featurize import run_features
@@ -30,8 +31,8 @@ def build_chain(spark: SparkSession, workspace: Path) -> Config:
     """Land, ingest, featurize and train into `workspace`; return its Config (model registered as champion)."""
     cfg = chain_config(workspace)
     store = DeltaStore(spark)
-    land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, ["flights"])
-    ingest(spark, cfg, store, "chain", FLIGHT_SOURCES)
+    land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, demo_datasets(cfg))  # the profile's own data
+    ingest(spark, cfg, store, "chain")  # all the profile's sources (test_ingest checks no other profile's are there)
     flow = get_flow(cfg)
     run_features(spark, cfg, store, flow)
     run_train(spark, cfg, store, flow)

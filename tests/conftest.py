@@ -24,7 +24,9 @@ def spark() -> Iterator[SparkSession]:
     """The one SparkSession (local[2]) built by the project's own factory, with the Delta jars (.jars/delta from
     ./bootstrap.sh), so tests can use both storage engines."""
     setup_logging()
-    cfg = load_config("local", ["spark.conf.spark.sql.shuffle.partitions=4"])
+    cfg = load_config("local", ["spark.conf.spark.sql.shuffle.partitions=4",
+                                "spark.conf.spark.ui.enabled=false",  # would hold port 4040 all run long
+                                "spark.conf.spark.eventLog.enabled=false"])  # its workspace is the checkout's
     session = get_spark(cfg, "tests")
     yield session
     session.stop()

@@ -123,6 +123,16 @@ def test_text_flow_end_to_end_through_spark_submit(tmp_path: Path) -> None:
     assert score["rows_in"] == 6228 == score["rows_scored"]
     assert score["accuracy_test"] == pytest.approx(train["test_accuracy"])  # the serving path gives the same
     assert not (Path(cfg.catalog.landing) / "flights").exists()  # the profile lands only what its flow needs
+    # The console as a user sees it: the stage lines, none of the known noise; the noise is in the debug log.
+    console = res.stdout + res.stderr  # PythonRunner merges the driver's streams into spark-submit's stdout
+    assert all(f"stage={s}" in console for s in ("land-demo.tweets", "ingest.tweets", "train.fit", "score.predict"))
+    for noise in ("FutureWarning", "DeprecationWarning", "oneDNN", "cpu_feature_guard", "env_manager",
+                  "Downloading artifacts", "An input example was not provided"):
+        assert noise not in console, noise
+    (debug,) = (ws / "logs").glob("run-all-*.log")
+    assert f"debug log: {debug}" in console
+    text = debug.read_text()
+    assert " DEBUG " in text and "env_manager" in text and "stage=score.predict" in text
 
 
 def test_hash_split_of_paths_ignores_where_the_landing_zone_is(spark: SparkSession) -> None:

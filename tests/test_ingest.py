@@ -243,3 +243,16 @@ def test_image_source(spark: SparkSession, store: DeltaStore, make_cfg: Callable
                                                "cannot identify image file")
     (again,) = ingest(spark, cfg, store, "run-i2", ["img"])
     assert again.files == [] and store.read(cfg.catalog.path("img")).count() == 3
+
+
+def test_flights_profile_lands_and_ingests_only_its_own_sources(chain: Config) -> None:
+    """The shared chain landed and ingested with the jobs' defaults: only the flights profile's five sources are
+    there, nothing of digits or tweets (no landing folder, no image or JSON-lines file, no bronze table)."""
+    own = {"flights", "weather", "planes", "airlines", "airports"}
+    landing = Path(chain.catalog.landing)
+    assert {p.name for p in landing.iterdir()} == own
+    suffixes = {f.suffix for f in landing.rglob("*") if f.is_file()}
+    assert suffixes == {".csv"}  # no .png (digits) nor .jsonl (tweets)
+    bronze = Path(chain.workspace) / "tables" / "bronze"
+    assert {p.name for p in bronze.iterdir() if not p.name.startswith("_")} == own  # _ingest_log: the ingest's own
+    assert not (Path(chain.workspace) / "tables" / "quarantine").exists()

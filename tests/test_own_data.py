@@ -24,7 +24,7 @@ from pipelines.core.config import (
     ThresholdLabel,
     load_config,
 )
-from pipelines.demo import land_demo
+from pipelines.demo import demo_datasets, land_demo
 
 PROFILE = ["pipeline=diamonds"]
 DIAMONDS = 53_940
@@ -45,7 +45,7 @@ def _data_lines(folder: Path) -> int:
 # ---- the profile ------------------------------------------------------------------------------------------------
 def test_profile_loads_with_only_its_own_source_and_a_plain_flow() -> None:
     cfg = load_config("local", PROFILE)
-    assert cfg.pipeline == "diamonds" and cfg.demo.datasets == ["diamonds"]
+    assert cfg.pipeline == "diamonds" and demo_datasets(cfg) == ["diamonds"]  # from its source
     assert list(cfg.ingest.sources) == ["diamonds"]  # nothing of flights (or any other profile) inherited
     src = cfg.ingest.sources["diamonds"]
     assert (src.format, src.path, src.table, src.partition_by) == ("csv", "diamonds/*.csv", "diamonds", [])

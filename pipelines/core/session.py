@@ -5,6 +5,11 @@ conf); started from Python (tests, notebooks) the factory applies the same conf 
 `storage.engine=embedded`, it adds the Delta jars (the project's .jars/delta, fetched by ./bootstrap.sh, or the
 files DELTA_JARS names) and the Delta extension and catalog, so the delta-spark engine is the default wherever
 its jars are present.
+
+Some settings follow from the config rather than being written in it (`derived_conf`): with the event log on,
+its folder is <workspace>/spark-events (created before the session starts); Spark's console progress bar is on
+only when stderr is a terminal; executors (Horovod ranks included) get TF's C++ log level. The config's own
+spark.conf wins over each of them. The Spark UI address is logged when the session starts.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from pipelines.core import files
 from pipelines.core.config import REPO_ROOT, Config
+from pipelines.core.logs import LOG, TF_LOG_LEVEL
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -59,6 +66,28 @@ def session_jars(cfg: Config) -> list[str]:
     return jars
 
 
+def event_log_dir(cfg: Config) -> str:
+    """Where Spark writes its event log: spark.eventLog.dir when set, else <workspace>/spark-events (a URI)."""
+    return cfg.spark.conf.get("spark.eventLog.dir") or files.to_uri(files.join(cfg.workspace, "spark-events"))
+
+
+def derived_conf(cfg: Config, console: bool) -> dict[str, str]:
+    """Spark settings that follow from the config and the terminal (`console`: stderr is a TTY); a key the config's
+    spark.conf sets itself is left to it."""
+    derived = {"spark.ui.showConsoleProgress": str(console).lower(),
+               "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)}
+    if cfg.spark.conf.get("spark.eventLog.enabled") == "true":
+        derived["spark.eventLog.dir"] = event_log_dir(cfg)
+    return {k: v for k, v in derived.items() if k not in cfg.spark.conf}
+
+
+def prepare_event_log(cfg: Config) -> None:
+    """Create the event log folder when the event log is on: Spark refuses to start without it."""
+    if cfg.spark.conf.get("spark.eventLog.enabled") == "true":
+        fs, path = files.filesystem(event_log_dir(cfg))
+        fs.makedirs(path, exist_ok=True)
+
+
 def _under_spark_submit() -> bool:
     return "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("PIPELINE_SUBMITTED") == "1"
 
@@ -85,6 +114,9 @@ def get_spark(cfg: Config, app_suffix: str = "") -> SparkSession:
         if jars:
             builder = builder.config("spark.jars", ",".join(jars))
         with_delta = with_delta or (engine != "embedded" and bool(delta_jars()))
+        for key, value in derived_conf(cfg, sys.stderr.isatty()).items():  # spark-submit.sh passes them itself
+            builder = builder.config(key, value)
+        prepare_event_log(cfg)
     for key, value in cfg.spark.conf.items():
         builder = builder.config(key, value)
     if with_delta:
@@ -92,6 +124,11 @@ def get_spark(cfg: Config, app_suffix: str = "") -> SparkSession:
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
+    sc_conf = spark.sparkContext.getConf()
+    LOG.debug("spark conf: %s", " ".join(f"{k}={v}" for k, v in sorted(sc_conf.getAll())))  # masked by the handlers
+    if sc_conf.get("spark.eventLog.enabled", "false") == "true":
+        LOG.info("spark event log: %s", sc_conf.get("spark.eventLog.dir"))
+    LOG.info("spark ui: %s", spark.sparkContext.uiWebUrl or "disabled (spark.ui.enabled=false)")
     return spark
 
 

@@ -29,7 +29,7 @@ from pipelines.core import files
 from pipelines.core.config import ENVS, REPO_ROOT, Config, ConfigError, load_config
 from pipelines.core.locks import file_lock
 from pipelines.core.logs import redact
-from pipelines.core.session import DELTA_CONF, delta_jars, session_jars
+from pipelines.core.session import DELTA_CONF, delta_jars, derived_conf, prepare_event_log, session_jars
 
 JOBS = {
     "land-demo": "jobs/land_demo.py",
@@ -272,6 +272,7 @@ def build_command(job: str, cfg: Config, job_args: list[str], artifacts: Artifac
         if artifacts.conf_archive is not None:
             archives.append(f"{artifacts.conf_archive}#{CONF_ARCHIVE_ALIAS}")
         cmd += ["--archives", ",".join(archives)]
+    conf |= derived_conf(cfg, sys.stderr.isatty())  # the driver's stderr is this process's: the user's terminal
     for key, value in {**conf, **sc.conf}.items():
         cmd += ["--conf", f"{key}={value}"]
     cmd += ["--py-files", str(artifacts.code), str(REPO_ROOT / JOBS[job]), *job_args]
@@ -283,9 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     jobs = available_jobs()
     usage = "usage: spark-submit.sh <job> [--env local|standalone|yarn] [--set key=value ...] [--dry-run] [--help]"
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage + "\n\njobs: " + ", ".join(jobs))
+        print(usage + "\n\njobs: " + ", ".join(jobs) + "\n\nspark-submit.sh history [--port 18080]: Spark's History "
+              "Server on the workspace's event logs (<workspace>/spark-events), on 127.0.0.1")
         return 0
     job, rest = argv[0], argv[1:]
+    if job == "history":
+        from pipelines.core.history import main as history
+
+        return history(rest)
     if job not in jobs:
         print(f"unknown job {job!r}; jobs: {', '.join(jobs)}", file=sys.stderr)
         return 2
@@ -319,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         print(redact(shlex.join(build_command(job, cfg, job_args, planned))))  # secrets stay in the environment
         return 0
     cmd = build_command(job, cfg, job_args, build_artifacts(cfg, planned, conf_dir))
+    prepare_event_log(cfg)
     env = {**os.environ, "PIPELINE_SUBMITTED": "1", "PYSPARK_PYTHON": executor_python()}
     if cfg.spark.master.startswith("local"):
         env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
