@@ -20,7 +20,7 @@ from pipelines.core.delta import DeltaStore
 from pipelines.core.recorder import latest_features_record
 from pipelines.training.registry import CHALLENGER, CHAMPION
 from pipelines.training.search import with_params
-from tests.chain import chain_config
+from tests.chain import FAST_TRAINING, chain_config
 
 MODEL = "flight-delay-search"  # its own registered model: the chain's champion (v1) stays what other tests read
 SEARCH = ["training.search.trials=3", "training.search.epochs=2", "training.search.pruner.startup_trials=1",
@@ -38,7 +38,7 @@ def searched(chain: Config) -> dict[str, Any]:
     """Run `train --search` through the job's main on the chain's features; the parent run and its children."""
     cfg = chain_config(chain.storage.workspace, *SEARCH)
     argv = ["--search", *[f"--set={o}" for o in (f"storage.workspace={chain.storage.workspace}",
-                                                 "demo.fraction=0.01", *SEARCH)]]
+                                                 "demo.fraction=0.01", *FAST_TRAINING, *SEARCH)]]
     assert train_job.main(argv) == 0
     mlflow.set_tracking_uri(cfg.tracking_uri)
     parent = mlflow.search_runs(search_all_experiments=True, filter_string="tags.job = 'train.search'",

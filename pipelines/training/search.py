@@ -239,7 +239,7 @@ def _run_trial(spark: SparkSession, cfg: Config, task: Task, data: TrainingData,
         try:
             results = fit_on(spark, tc, caches, task.record.vector_size, weights, spe, vsteps,
                              f"{checkpoint_root(cfg)}/{trial_id}", None, head.name, task.num_classes,
-                             task.input_shape, data.label_scale)
+                             task.input_shape, data.label_scale, on_epoch=on_epoch)
         except TrainingStopped:
             state = PRUNED
         except TrainingFailed as e:
