@@ -112,8 +112,8 @@ def test_training_config_validates(make_cfg: Callable[..., Config]) -> None:
 # ---- end to end ------------------------------------------------------------------------------------------------
 def test_two_workers_train_log_register(spark: SparkSession, features_cfg: Callable[..., Config],
                                        store: DeltaStore) -> None:
-    cfg = features_cfg("training.baseline.enabled=true", "training.baseline.reg_params=[0.0]",
-                       "training.baseline.elastic_net_params=[0.0]")
+    cfg = features_cfg("training.baseline.enabled=true", "training.baseline.kinds=[logreg]",
+                       "training.baseline.reg_params=[0.0]", "training.baseline.elastic_net_params=[0.0]")
     result = run_train(spark, cfg, store, get_flow(cfg))
 
     assert [w.rank for w in result.workers] == [0, 1] and {w.size for w in result.workers} == {2}

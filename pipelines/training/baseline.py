@@ -1,8 +1,10 @@
-"""MLlib baseline on the same feature vectors, tuned with TrainValidationSplit on the train split: binary
-LogisticRegression (or GBT), multinomial LogisticRegression, or LinearRegression for regression.
+"""MLlib baselines on the same feature vectors, each tuned with TrainValidationSplit on the train split: binary
+LogisticRegression, GBTClassifier and RandomForestClassifier, multinomial LogisticRegression, or LinearRegression
+for regression.
 
-The TF model is judged against it on the same test rows with the same metric code, and a binary threshold is
-chosen on the same validation split, so the comparison is like for like.
+The TF model is judged against them on the same test rows with the same metric code, and a binary threshold is
+chosen on the same validation split, so the comparison is like for like. The best baseline is the one with the
+best validation metric (not test: choosing on test would flatter it).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pyspark.ml.classification import GBTClassifier, LogisticRegression
+from pyspark.ml.classification import GBTClassifier, LogisticRegression, RandomForestClassifier
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
@@ -36,11 +38,17 @@ class BaselineResult:
     threshold: float | None = None  # binary only
 
 
-def _estimator(conf: BaselineConf, seed: int) -> tuple[Any, list[Any]]:
-    if conf.kind == "gbt":
-        est = GBTClassifier(featuresCol=VECTOR, labelCol="label", weightCol=WEIGHT, maxIter=conf.max_iter,
+def _estimator(kind: str, conf: BaselineConf, seed: int) -> tuple[Any, list[Any]]:
+    """The binary estimator of `kind` and its grid from config."""
+    if kind == "gbt":
+        gbt = GBTClassifier(featuresCol=VECTOR, labelCol="label", weightCol=WEIGHT, maxIter=conf.gbt.max_iter,
                             seed=seed)
-        return est, ParamGridBuilder().addGrid(est.maxDepth, conf.max_depths).build()
+        return gbt, (ParamGridBuilder().addGrid(gbt.maxDepth, conf.gbt.max_depths)
+                     .addGrid(gbt.stepSize, conf.gbt.step_sizes).build())
+    if kind == "rf":
+        rf = RandomForestClassifier(featuresCol=VECTOR, labelCol="label", weightCol=WEIGHT, seed=seed)
+        return rf, (ParamGridBuilder().addGrid(rf.numTrees, conf.rf.num_trees)
+                    .addGrid(rf.maxDepth, conf.rf.max_depths).build())
     est = LogisticRegression(featuresCol=VECTOR, labelCol="label", weightCol=WEIGHT, maxIter=conf.max_iter)
     grid = (ParamGridBuilder().addGrid(est.regParam, conf.reg_params)
             .addGrid(est.elasticNetParam, conf.elastic_net_params).build())
@@ -48,28 +56,29 @@ def _estimator(conf: BaselineConf, seed: int) -> tuple[Any, list[Any]]:
 
 
 def train_baseline(data: DataFrame, conf: BaselineConf, class_weight: dict[int, float] | None,
-                   seed: int) -> BaselineResult:
-    """Tune on the train split (TrainValidationSplit), pick the threshold on validation, evaluate on test."""
+                   seed: int, kind: str = "logreg") -> BaselineResult:
+    """Binary baseline `kind` (logreg | gbt | rf): tune on the train split (TrainValidationSplit), pick the threshold
+    on validation, evaluate on test."""
     w = class_weight or {0: 1.0, 1: 1.0}
     prepared = data.select(
         "split", F.col("label").cast("double").alias("label"), array_to_vector("features").alias(VECTOR),
         F.when(F.col("label") == 1, w[1]).otherwise(w[0]).alias(WEIGHT),
     )
-    est, grid = _estimator(conf, seed)
+    est, grid = _estimator(kind, conf, seed)
     tvs = TrainValidationSplit(estimator=est, estimatorParamMaps=grid, trainRatio=conf.train_ratio,
                                evaluator=BinaryClassificationEvaluator(labelCol="label",
                                                                        metricName="areaUnderROC"),
                                parallelism=conf.parallelism, seed=seed)
     model = tvs.fit(prepared.filter(F.col("split") == "train"))
     best = model.bestModel
-    best_params = {p.name: best.getOrDefault(p) for g in grid[:1] for p in g}
+    best_params = {p.name: best.getOrDefault(p) for p in grid[0]}
     scored = (model.transform(prepared.filter(F.col("split").isin("validation", "test")))
               .select("split", "label", vector_to_array("probability")[1].alias("p")).toPandas())
     val, test = scored[scored["split"] == "validation"], scored[scored["split"] == "test"]
     threshold, _ = best_f1_threshold(val["label"].to_numpy(), val["p"].to_numpy())
     y, p = test["label"].to_numpy().astype(int), test["p"].to_numpy()
     return BaselineResult(
-        conf.kind, best_params,
+        kind, best_params,
         binary_metrics(val["label"].to_numpy().astype(int), val["p"].to_numpy(), threshold),
         binary_metrics(y, p, threshold), y, p, threshold,
     )

@@ -20,6 +20,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -46,12 +47,21 @@ class TrainingTimeout(TrainingFailed):
     """Training did not finish within training.timeout_s; the driver cancelled the job group."""
 
 
+class TrainingStopped(TrainingFailed):
+    """The driver's `on_epoch` callback asked to stop (a pruned search trial); the job group was cancelled."""
+
+    def __init__(self, message: str, progress: dict[str, Any] | None) -> None:
+        super().__init__(message)
+        self.progress = progress
+
+
 class Launcher(Protocol):
     """Runs one distributed training and returns the per-rank results, ordered by rank."""
 
     backend: str
 
-    def run(self, spec: WorkerSpec) -> list[WorkerResult]: ...
+    def run(self, spec: WorkerSpec, on_epoch: Callable[[dict[str, Any]], bool] | None = None
+            ) -> list[WorkerResult]: ...
 
 
 def steps_per_epoch(rows: int, batch_size: int, workers: int, cap: int | None = None) -> int:
@@ -101,6 +111,7 @@ class ControlChannel:
     reset_rendezvous: bool
     cancel: Any  # callable(reason)
     bind_host: str = "127.0.0.1"
+    on_epoch: Callable[[dict[str, Any]], bool] | None = None  # True: stop the training (cancel "stopped")
     attempts: dict[str, int] = field(default_factory=dict)
     errors: list[_Report] = field(default_factory=list)
     last_progress: dict[str, Any] | None = None
@@ -147,6 +158,8 @@ class ControlChannel:
                                   "epoch_train_seconds")}
                 LOG.info("train: epoch %d/%d (attempt %d) %s", value["epoch"] + 1, self.epochs,
                          value["attempt"], " ".join(f"{k}={v}" for k, v in shown.items()))
+                if self.on_epoch is not None and self.on_epoch(value):
+                    threading.Thread(target=self.cancel, args=("stopped",), daemon=True).start()
                 return None
             token, _, rank = key.rpartition("-")
             self.errors.append(_Report(time.time(), token, int(rank), value))
@@ -206,8 +219,10 @@ class BarrierLauncher:
             return "127.0.0.1"
         return self.spark.sparkContext.getConf().get("spark.driver.bindAddress") or "0.0.0.0"
 
-    def run(self, spec: WorkerSpec) -> list[WorkerResult]:
-        """Run the barrier stage to completion (Spark retries included); results ordered by rank."""
+    def run(self, spec: WorkerSpec, on_epoch: Callable[[dict[str, Any]], bool] | None = None
+            ) -> list[WorkerResult]:
+        """Run the barrier stage to completion (Spark retries included); results ordered by rank. `on_epoch`
+        (driver side) sees rank 0's report of every epoch; returning True cancels the stage (TrainingStopped)."""
         sc = self.spark.sparkContext
         n = self.conf.num_workers
         group = f"train-{uuid.uuid4().hex[:8]}"
@@ -220,7 +235,7 @@ class BarrierLauncher:
                 sc.cancelJobGroup(group)
 
         channel = ControlChannel(n, self.conf.max_attempts, self.conf.epochs, self.uses_rendezvous, cancel,
-                                 self.bind_host())
+                                 self.bind_host(), on_epoch)
         port = channel.start()
         spec = replace(spec, backend=self.backend, control_host=self.control_host(), control_port=port,
                        local=self.local, iface=self.conf.horovod.iface)
@@ -257,6 +272,9 @@ class BarrierLauncher:
         """One driver-side exception: the failing rank's own report when there is one, else Spark's message."""
         report = channel.first_error()
         attempts = len(channel.attempts)
+        if cancelled and cancelled[0] == "stopped":
+            return TrainingStopped(f"training stopped by the driver after {seconds:.0f}s at "
+                                   f"{channel.last_progress}", channel.last_progress)
         if cancelled and cancelled[0] == "timeout":
             detail = f"\nlast failure: {report.text}" if report else ""
             return TrainingTimeout(f"training did not finish within training.timeout_s={self.conf.timeout_s}s "

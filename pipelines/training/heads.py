@@ -100,12 +100,27 @@ class Head:
         """(largest |difference|, whether equal) between the Keras outputs and the pyfunc's output structs."""
         raise NotImplementedError
 
+    baseline_kinds: tuple[str, ...] = ("logreg",)  # training.baseline.kinds this head can run
+
+    def baselines(self, data: Any, conf: Any, weights: dict[int, float] | None, seed: int,
+                  classes: list[str] | None) -> list[Any]:
+        """The configured MLlib baselines this head supports (others are skipped with a log line)."""
+        from pipelines.core.logs import LOG
+
+        skipped = [k for k in conf.kinds if k not in self.baseline_kinds]
+        if skipped:
+            LOG.info("train: baseline kinds %s skipped for the %s head (it runs %s)", skipped, self.name,
+                     list(self.baseline_kinds))
+        return [self.baseline(data, conf, weights, seed, classes, kind) for kind in conf.kinds
+                if kind in self.baseline_kinds]
+
     def baseline(self, data: Any, conf: Any, weights: dict[int, float] | None, seed: int,
-                 classes: list[str] | None) -> Any:
+                 classes: list[str] | None, kind: str) -> Any:
         raise NotImplementedError
 
-    def plots(self, out: Path, y: np.ndarray, scores: np.ndarray, threshold: float | None, baseline: Any,
+    def plots(self, out: Path, y: np.ndarray, scores: np.ndarray, threshold: float | None, baselines: list[Any],
               classes: list[str] | None, backend: str) -> None:
+        """The head's test plots; `baselines` best first (the first also gets its own confusion matrix)."""
         raise NotImplementedError
 
     def signature(self, input_column: str, image: bool, threshold: float | None, vector_size: int) -> Any:
@@ -202,21 +217,25 @@ class BinaryHead(_Classifier):
         diff = float(np.max(np.abs(got - expected.reshape(-1)))) if len(got) else float("inf")
         return diff, diff <= 1e-5
 
+    baseline_kinds = ("logreg", "gbt", "rf")
+
     def baseline(self, data: Any, conf: Any, weights: dict[int, float] | None, seed: int,
-                 classes: list[str] | None) -> Any:
+                 classes: list[str] | None, kind: str) -> Any:
         from pipelines.training.baseline import train_baseline
 
-        return train_baseline(data, conf, weights, seed)
+        return train_baseline(data, conf, weights, seed, kind)
 
-    def plots(self, out: Path, y: np.ndarray, scores: np.ndarray, threshold: float | None, baseline: Any,
+    def plots(self, out: Path, y: np.ndarray, scores: np.ndarray, threshold: float | None, baselines: list[Any],
               classes: list[str] | None, backend: str) -> None:
         from pipelines.training.evaluate import plot_confusion, plot_roc
 
         t = 0.5 if threshold is None else threshold
         plot_confusion(y, scores, t, out / "confusion_matrix_test.png", "Keras model, test split")
         curves = {f"Keras ({backend})": (y, scores)}
-        if baseline is not None:
-            curves[f"MLlib {baseline.kind}"] = (baseline.test_labels, baseline.test_scores)
+        for b in baselines:
+            curves[f"MLlib {b.kind}"] = (b.test_labels, b.test_scores)
+        if baselines:
+            baseline = baselines[0]
             plot_confusion(baseline.test_labels, baseline.test_scores, baseline.threshold,
                            out / "confusion_matrix_test_baseline.png", f"MLlib {baseline.kind}, test split")
         plot_roc(curves, out / "roc_curve_test.png", "ROC, test split")
@@ -274,19 +293,20 @@ class MulticlassHead(_Classifier):
         return diff, bool(np.array_equal(ids, expected.argmax(axis=1))) and diff <= 1e-5
 
     def baseline(self, data: Any, conf: Any, weights: dict[int, float] | None, seed: int,
-                 classes: list[str] | None) -> Any:
+                 classes: list[str] | None, kind: str) -> Any:
         from pipelines.training.baseline import train_multiclass_baseline
 
         return train_multiclass_baseline(data, conf, weights, seed, classes or [])
 
-    def plots(self, out: Path, y: np.ndarray, scores: np.ndarray, threshold: float | None, baseline: Any,
+    def plots(self, out: Path, y: np.ndarray, scores: np.ndarray, threshold: float | None, baselines: list[Any],
               classes: list[str] | None, backend: str) -> None:
         from pipelines.training.evaluate import plot_confusion_classes
 
         names = classes or []
         plot_confusion_classes(y, scores.argmax(axis=1), names, out / "confusion_matrix_test.png",
                                "Keras model, test split")
-        if baseline is not None:
+        if baselines:
+            baseline = baselines[0]
             plot_confusion_classes(baseline.test_labels, baseline.test_scores.argmax(axis=1), names,
                                    out / "confusion_matrix_test_baseline.png", "MLlib logreg, test split")
 
@@ -345,17 +365,17 @@ class RegressionHead(Head):
         return diff, diff <= 1e-5 * scale  # float32 outputs: relative to the size of the values
 
     def baseline(self, data: Any, conf: Any, weights: dict[int, float] | None, seed: int,
-                 classes: list[str] | None) -> Any:
+                 classes: list[str] | None, kind: str) -> Any:
         from pipelines.training.baseline import train_regression_baseline
 
         return train_regression_baseline(data, conf, seed)
 
-    def plots(self, out: Path, y: np.ndarray, scores: np.ndarray, threshold: float | None, baseline: Any,
+    def plots(self, out: Path, y: np.ndarray, scores: np.ndarray, threshold: float | None, baselines: list[Any],
               classes: list[str] | None, backend: str) -> None:
         from pipelines.training.evaluate import plot_regression
 
         series = {f"Keras ({backend})": (y, scores)}
-        if baseline is not None:
+        for baseline in baselines:
             series[f"MLlib {baseline.kind}"] = (baseline.test_labels, baseline.test_scores)
         plot_regression(series, out / "predicted_vs_actual_test.png", "Predicted vs actual, test split")
 

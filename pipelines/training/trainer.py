@@ -1,5 +1,5 @@
 """train: silver feature table -> Keras model trained by N Horovod (or tf-mwms) workers in one barrier stage ->
-evaluated, logged as an MLflow pyfunc, checked through Spark, compared with an MLlib baseline and registered.
+evaluated, logged as an MLflow pyfunc, checked through Spark, compared with MLlib baselines and registered.
 
 One trainer for every flow and task. What differs by task (binary, multiclass, regression) lives in its head
 (heads.py); what differs by flow comes from the `flow` argument (its head, the pyfunc's input rows, extra serving
@@ -7,12 +7,16 @@ meta) and the features run's record (table version, classes, image shape), never
 The steps, all in one MLflow run:
 
   resolve the features run -> load data -> params/tags -> fit (barrier launcher) -> evaluate (driver) ->
-  log pyfunc -> parity check through mlflow spark_udf -> baseline (nested run) -> plots -> register/promote.
+  log pyfunc -> parity check through mlflow spark_udf -> baselines (nested runs) and the comparison report
+  (report/model_comparison.md) -> plots -> register/promote. `train_with` is that run on resolved inputs, which
+  the hyperparameter search (search.py) uses to retrain its best trial.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.core.config import Config
+from pipelines.core.config import Config, TrainingConf
 from pipelines.core.delta import DeltaStore
 from pipelines.core.files import to_uri
 from pipelines.core.logs import LOG, stage
@@ -64,6 +68,7 @@ class TrainResult:
     workers: list[WorkerResult] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
     head: str = "binary"
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # kind -> test metrics, best first
 
 
 @dataclass
@@ -117,10 +122,19 @@ def run_train(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Any, fe
               **({"classes": len(task.classes)} if task.classes else {}),
               **{f"{k}_rows": v["rows"] for k, v in data.counts.items()})
     try:
-        with job_run(cfg, JOB) as active:
-            return _train_in_run(spark, cfg, store, flow, task, data, active.info.run_id)
+        return train_with(spark, cfg, store, flow, task, data)
     finally:
         data.rows.unpersist()
+
+
+def train_with(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Any, task: Task, data: TrainingData,
+               nested: bool = False, tags: dict[str, str] | None = None) -> TrainResult:
+    """One train run on resolved inputs (the job's, or the search's retrain of its best trial, `nested` under the
+    search run and carrying its `tags`)."""
+    with job_run(cfg, JOB, nested=nested) as active:
+        if tags:
+            mlflow.set_tags(tags)
+        return _train_in_run(spark, cfg, store, flow, task, data, active.info.run_id)
 
 
 def resolve_source(cfg: Config, features_run_id: str | None) -> FeaturesRecord:
@@ -261,12 +275,15 @@ def _train_in_run(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Any
                             **{f"test_{k}": v for k, v in test_m.items()}})
         s.add(max_abs_diff=f"{diff:.2g}")
 
-    baseline = None
+    baselines: list[Any] = []
     if tc.baseline.enabled:
         with stage("train.baseline") as s:
-            baseline = _baseline(cfg, task, data.rows, weights)
-            s.add(kind=baseline.kind, **{f"baseline_{k}": v for k, v in head.summary(baseline.test).items()})
-    _log_plots(task, r0.history, evaluated["test"], threshold, baseline, tc.backend)
+            baselines = _baselines(cfg, task, data.rows, weights)
+            if baselines:
+                s.add(best=baselines[0].kind,
+                      **{f"baseline_{k}": v for k, v in head.summary(baselines[0].test).items()})
+    report_comparison(task, tc.promote_metric, evaluated["test"][0], val_m, test_m, baselines)
+    _log_plots(task, r0.history, evaluated["test"], threshold, baselines, tc.backend)
 
     with stage("train.register") as s:
         metric, lower = head.promotion(tc.promote_metric)
@@ -284,8 +301,8 @@ def _train_in_run(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Any
         r.weights = None
     return TrainResult(run_id, info.model_uri, promo.name, promo.version, promo.alias,
                        float("nan") if threshold is None else threshold, test_m, val_m,
-                       baseline.test if baseline else None, record.run_id, record.table_version, ckpt_dir, results,
-                       r0.history, head.name)
+                       baselines[0].test if baselines else None, record.run_id, record.table_version, ckpt_dir, results,
+                       r0.history, head.name, {b.kind: b.test for b in baselines})
 
 
 def _log_inputs(cfg: Config, task: Task, data: TrainingData, weights: dict[int, float] | None, spe: int,
@@ -314,6 +331,26 @@ def _log_inputs(cfg: Config, task: Task, data: TrainingData, weights: dict[int, 
     log_config(cfg)
 
 
+@contextmanager
+def petastorm_caches(cfg: Config, data: DataFrame) -> Iterator[tuple[Any, Any]]:
+    """Petastorm caches (train, validation) of the labeled rows, deleted on exit; a search shares one pair among
+    its trials."""
+    tc = cfg.training
+    cache = to_uri(f"{cfg.workspace.rstrip('/')}/cache/petastorm")
+    n_files = tc.num_workers * tc.data.files_per_worker
+    columns = data.select("features", "label", "split")
+    train_conv = ParquetCache.materialize(columns.filter(F.col("split") == "train").drop("split"), cache, n_files)
+    try:
+        val_conv = ParquetCache.materialize(columns.filter(F.col("split") == "validation").drop("split"), cache,
+                                            n_files)
+        try:
+            yield train_conv, val_conv
+        finally:
+            val_conv.delete()
+    finally:
+        train_conv.delete()
+
+
 def fit(spark: SparkSession, cfg: Config, data: DataFrame, vector_size: int, weights: dict[int, float] | None,
         spe: int, vsteps: int, ckpt_dir: str, resume_dir: str | None, head: str = "binary", num_classes: int = 2,
         input_shape: tuple[int, ...] | None = None, label_scale: tuple[float, float] | None = None
@@ -322,28 +359,26 @@ def fit(spark: SparkSession, cfg: Config, data: DataFrame, vector_size: int, wei
     stage of the configured launcher; per-rank results ordered by rank. The workers build the network, loss and
     metrics of `head` (with `num_classes` for multiclass, `label_scale` for regression) over vectors, or images of
     `input_shape`."""
-    tc = cfg.training
-    ws = cfg.workspace.rstrip("/")
-    cache = to_uri(f"{ws}/cache/petastorm")
-    n_files = tc.num_workers * tc.data.files_per_worker
-    columns = data.select("features", "label", "split")
-    train_conv = ParquetCache.materialize(columns.filter(F.col("split") == "train").drop("split"), cache, n_files)
-    try:
-        val_conv = ParquetCache.materialize(columns.filter(F.col("split") == "validation").drop("split"), cache,
-                                            n_files)
-        try:
-            spec = WorkerSpec(backend=tc.backend, training=tc.model_dump(mode="json"), vector_size=vector_size,
-                              steps_per_epoch=spe, validation_steps=vsteps, class_weight=weights,
-                              train_data=train_conv, val_data=val_conv, checkpoint_dir=ckpt_dir,
-                              resume_from=resume_dir, head=head, num_classes=num_classes, input_shape=input_shape,
-                              label_scale=label_scale)
-            LOG.info("train: %d %s workers, %s head, %d steps/epoch of %d rows/worker, validation %d steps, "
-                     "checkpoints %s", tc.num_workers, tc.backend, head, spe, tc.batch_size, vsteps, ckpt_dir)
-            return make_launcher(spark, tc).run(spec)
-        finally:
-            val_conv.delete()
-    finally:
-        train_conv.delete()
+    with petastorm_caches(cfg, data) as caches:
+        return fit_on(spark, cfg.training, caches, vector_size, weights, spe, vsteps, ckpt_dir, resume_dir, head,
+                      num_classes, input_shape, label_scale)
+
+
+def fit_on(spark: SparkSession, tc: TrainingConf, caches: tuple[Any, Any], vector_size: int,
+           weights: dict[int, float] | None, spe: int, vsteps: int, ckpt_dir: str, resume_dir: str | None,
+           head: str = "binary", num_classes: int = 2, input_shape: tuple[int, ...] | None = None,
+           label_scale: tuple[float, float] | None = None,
+           on_epoch: Callable[[dict[str, Any]], bool] | None = None) -> list[WorkerResult]:
+    """The barrier stage of `tc`'s launcher on materialized caches; `on_epoch` sees rank 0's report of each epoch
+    on the driver and stops the training by returning True (TrainingStopped)."""
+    spec = WorkerSpec(backend=tc.backend, training=tc.model_dump(mode="json"), vector_size=vector_size,
+                      steps_per_epoch=spe, validation_steps=vsteps, class_weight=weights,
+                      train_data=caches[0], val_data=caches[1], checkpoint_dir=ckpt_dir,
+                      resume_from=resume_dir, head=head, num_classes=num_classes, input_shape=input_shape,
+                      label_scale=label_scale)
+    LOG.info("train: %d %s workers, %s head, %d steps/epoch of %d rows/worker, validation %d steps, "
+             "checkpoints %s", tc.num_workers, tc.backend, head, spe, tc.batch_size, vsteps, ckpt_dir)
+    return make_launcher(spark, tc).run(spec, on_epoch)
 
 
 def _log_fit(results: list[WorkerResult]) -> None:
@@ -417,25 +452,67 @@ def check_pyfunc(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Any,
     return diff
 
 
-def _baseline(cfg: Config, task: Task, data: DataFrame, weights: dict[int, float] | None) -> Any:
-    """The head's MLlib baseline as a nested run; its test metrics also go on the parent run as baseline_test_*."""
+def _baselines(cfg: Config, task: Task, data: DataFrame, weights: dict[int, float] | None) -> list[Any]:
+    """The head's MLlib baselines, one nested run each, ordered best first by the promotion metric on validation
+    (never test); the best one's test metrics also go on the parent run as baseline_test_*, every one's as
+    baseline_<kind>_test_*."""
     conf = cfg.training.baseline
-    with job_run(cfg, f"{JOB}.baseline", nested=True):
-        result = task.head.baseline(data, conf, weights, cfg.training.seed, task.classes)
-        mlflow.log_params({"kind": result.kind, **flat("grid.", conf.model_dump(mode="json")),
-                           **{f"best.{k}": v for k, v in result.best_params.items()}})
-        mlflow.log_metrics({**({"threshold": result.threshold} if result.threshold is not None else {}),
-                            **{f"validation_{k}": v for k, v in result.validation.items()},
-                            **{f"test_{k}": v for k, v in result.test.items()}})
-    mlflow.log_metrics({f"baseline_test_{k}": v for k, v in result.test.items()})
-    return result
+    head = task.head
+    results = head.baselines(data, conf, weights, cfg.training.seed, task.classes)
+    for result in results:
+        with job_run(cfg, f"{JOB}.baseline", nested=True):
+            mlflow.set_tag("baseline_kind", result.kind)
+            mlflow.log_params({"kind": result.kind, **flat("grid.", conf.model_dump(mode="json")),
+                               **{f"best.{k}": v for k, v in result.best_params.items()}})
+            mlflow.log_metrics({**({"threshold": result.threshold} if result.threshold is not None else {}),
+                                **{f"validation_{k}": v for k, v in result.validation.items()},
+                                **{f"test_{k}": v for k, v in result.test.items()}})
+        mlflow.log_metrics({f"baseline_{result.kind}_test_{k}": v for k, v in result.test.items()})
+    metric, lower = head.promotion(cfg.training.promote_metric)
+    ordered = sorted(results, key=lambda r: _rank_value(r.validation.get(metric, float("nan")), lower))
+    if ordered:
+        mlflow.log_metrics({f"baseline_test_{k}": v for k, v in ordered[0].test.items()})
+        mlflow.set_tag("best_baseline", ordered[0].kind)
+    return ordered
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _rank_value(value: float, lower_is_better: bool) -> float:
+    """Sort key, best first; NaN last."""
+    if np.isnan(value):
+        return float("inf")
+    return value if lower_is_better else -value
+
+
+def report_comparison(task: Task, promote_metric: str, test_labels: np.ndarray, val_m: dict[str, float],
+                      test_m: dict[str, float], baselines: list[Any]) -> dict[str, Any]:
+    """The training report: the Keras model against every baseline (best first, chosen on validation) on the same
+    test rows, as report/model_comparison.json and .md on the run."""
+    metric, lower = task.head.promotion(promote_metric)
+    rows = [{"model": "keras", "params": {}, "validation": val_m.get(metric), "test": test_m.get(metric),
+             "test_rows": len(test_labels)}]
+    rows += [{"model": b.kind, "params": b.best_params, "validation": b.validation.get(metric),
+              "test": b.test.get(metric), "test_rows": len(b.test_labels)} for b in baselines]
+    report = {"metric": metric, "lower_is_better": lower, "best_baseline": baselines[0].kind if baselines else None,
+              "same_test_rows": all(r["test_rows"] == len(test_labels) for r in rows), "models": rows}
+    lines = [f"# Keras model vs MLlib baselines ({metric}, test split)", "",
+             f"Best baseline (by validation {metric}): {report['best_baseline']}", "",
+             f"| model | validation {metric} | test {metric} | test rows | tuned params |", "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {_fmt(r['validation'])} | {_fmt(r['test'])} | {r['test_rows']} | "
+              f"{', '.join(f'{k}={v}' for k, v in r['params'].items())} |" for r in rows]
+    mlflow.log_dict(report, "report/model_comparison.json")
+    mlflow.log_text("\n".join(lines) + "\n", "report/model_comparison.md")
+    return report
 
 
 def _log_plots(task: Task, history: list[dict[str, float]], test: tuple[np.ndarray, np.ndarray],
-               threshold: float | None, baseline: Any, backend: str) -> None:
+               threshold: float | None, baselines: list[Any], backend: str) -> None:
     with tempfile.TemporaryDirectory(prefix="train-plots-") as tmp:
         out = Path(tmp)
-        task.head.plots(out, *test, threshold, baseline, task.classes, backend)
+        task.head.plots(out, *test, threshold, baselines, task.classes, backend)
         if history:
             plot_history(history, out / "training_history.png")
         mlflow.log_artifacts(tmp, "plots")

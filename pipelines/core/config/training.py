@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipelines.core.config.base import Strict
 
@@ -87,17 +87,101 @@ class HorovodConf(Strict):
     gloo_timeout_s: int = Field(default=120, gt=0)  # HOROVOD_GLOO_TIMEOUT_SECONDS: rendezvous and connect
 
 
+class GbtGridConf(Strict):
+    """GBTClassifier's TrainValidationSplit grid (binary head only: MLlib's GBT classifies two classes)."""
+
+    max_iter: int = Field(default=20, ge=1)
+    max_depths: list[int] = Field(default_factory=lambda: [3, 5], min_length=1)
+    step_sizes: list[float] = Field(default_factory=lambda: [0.1], min_length=1)
+
+
+class RfGridConf(Strict):
+    """RandomForestClassifier's TrainValidationSplit grid."""
+
+    num_trees: list[int] = Field(default_factory=lambda: [20, 50], min_length=1)
+    max_depths: list[int] = Field(default_factory=lambda: [5, 8], min_length=1)
+
+
 class BaselineConf(Strict):
-    """MLlib baseline on the same features, tuned with TrainValidationSplit, logged as a nested run."""
+    """MLlib baselines on the same features, each tuned with TrainValidationSplit and logged as a nested run.
+
+    `kinds` lists them; the binary head runs every kind, the multiclass and regression heads run their linear
+    model only (multinomial logistic / linear regression) and skip gbt and rf with a log line."""
 
     enabled: bool = True
-    kind: Literal["logreg", "gbt"] = "logreg"
+    kinds: list[Literal["logreg", "gbt", "rf"]] = Field(default_factory=lambda: ["logreg"], min_length=1)
     reg_params: list[float] = Field(default_factory=lambda: [0.0, 0.01])  # logreg
     elastic_net_params: list[float] = Field(default_factory=lambda: [0.0, 0.5])  # logreg
-    max_depths: list[int] = Field(default_factory=lambda: [3, 5])  # gbt
-    max_iter: int = Field(default=50, ge=1)
+    max_iter: int = Field(default=50, ge=1)  # logreg / linreg
+    gbt: GbtGridConf = GbtGridConf()
+    rf: RfGridConf = RfGridConf()
     train_ratio: float = Field(default=0.8, gt=0, lt=1)
     parallelism: int = Field(default=2, ge=1)
+
+
+class FloatRange(Strict):
+    """A float search dimension: uniform in [low, high], or log-uniform when `log`."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> FloatRange:
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high, got low={self.low} high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+class SearchSpaceConf(Strict):
+    """What a trial may choose: learning rate (per worker), hidden layers, dropout, per-worker batch size."""
+
+    learning_rate: FloatRange = FloatRange(low=1e-4, high=3e-3, log=True)
+    hidden_units: list[list[int]] = Field(default_factory=lambda: [[32], [64], [128], [64, 32]], min_length=1)
+    dropout: FloatRange = FloatRange(low=0.0, high=0.5)
+    batch_size: list[int] = Field(default_factory=lambda: [128, 256, 512], min_length=1)
+
+    @field_validator("hidden_units")
+    @classmethod
+    def _units(cls, v: list[list[int]]) -> list[list[int]]:
+        if any(not layers or any(u < 1 for u in layers) for layers in v):
+            raise ValueError("each choice needs at least one layer, each with >= 1 unit")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batches(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v):
+            raise ValueError(f"batch sizes must be >= 1, got {v}")
+        return v
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout(cls, v: FloatRange) -> FloatRange:
+        if v.low < 0 or v.high >= 1:
+            raise ValueError(f"dropout must lie in [0, 1), got [{v.low}, {v.high}]")
+        return v
+
+
+class PrunerConf(Strict):
+    """Optuna's MedianPruner on the per-epoch validation metric rank 0 reports to the driver."""
+
+    enabled: bool = True
+    startup_trials: int = Field(default=2, ge=0)  # trials that always run to the end
+    warmup_epochs: int = Field(default=1, ge=0)  # epochs of a trial before it may be pruned
+
+
+class SearchConf(Strict):
+    """`train --search`: `trials` barrier trainings chosen by Optuna (TPE, seeded), then the best retrains."""
+
+    trials: int = Field(default=8, ge=1)
+    seed: int = 7
+    epochs: int | None = Field(default=None, ge=1)  # epochs per trial; None = training.epochs
+    timeout_s: int | None = Field(default=None, gt=0)  # stop starting trials after this long
+    pruner: PrunerConf = PrunerConf()
+    space: SearchSpaceConf = SearchSpaceConf()
 
 
 class FaultConf(Strict):
@@ -136,6 +220,7 @@ class TrainingConf(Strict):
     early_stopping: EarlyStoppingConf = EarlyStoppingConf()
     horovod: HorovodConf = HorovodConf()
     baseline: BaselineConf = BaselineConf()
+    search: SearchConf = SearchConf()
     fault: FaultConf = FaultConf()
 
     @field_validator("fault")
