@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 
 from pipelines.core.config import REPO_ROOT, Config, ConfigError, load_config
 from pipelines.core.delta import DeltaStore
-from pipelines.demo import land_demo
+from pipelines.demo import demo_datasets, land_demo
 from pipelines.flows import get_flow
 from pipelines.ingest import ingest
 from pipelines.stages.featurize import run_features
@@ -36,7 +36,7 @@ def digits(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> tup
     ws = tmp_path_factory.mktemp("digits")
     cfg = load_config("local", [f"storage.workspace={ws}", "pipeline=digits", *FAST])
     store = DeltaStore(spark)
-    land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, cfg.demo.datasets)
+    land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, demo_datasets(cfg))
     ingest(spark, cfg, store, "t")
     flow = get_flow(cfg)
     run_features(spark, cfg, store, flow)
