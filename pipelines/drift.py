@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 EPS = 1e-4
@@ -40,67 +41,108 @@ def psi_from_counts(ref: list[float], cur: list[float]) -> float:
     return total
 
 
-def _edges(ref: DataFrame, col: str, bins: int) -> list[float]:
-    qs = ref.approxQuantile(col, [i / bins for i in range(1, bins)], 0.001)
-    return sorted(set(qs))
+def _quantiles(df: DataFrame, cols: list[str], probs: list[float]) -> dict[str, dict[float, float]]:
+    """Approximate quantiles (probability -> value) of every column in one pass, nulls ignored per column."""
+    if not cols:
+        return {}
+    got = df.select(*[F.col(c).cast("double").alias(c) for c in cols]).approxQuantile(cols, probs, 0.001)
+    return {c: dict(zip(probs, q, strict=True)) if q else {} for c, q in zip(cols, got, strict=True)}  # all null: []
 
 
-def _bucket_counts(df: DataFrame, col: str, edges: list[float]) -> tuple[list[float], int]:
-    """Counts per bin (-inf, e1], (e1, e2], ..., (ek, inf) and the number of nulls.
+def _at(quantiles: dict[float, float], probs: list[float]) -> list[float]:
+    """The distinct values at `probs`, sorted (bin edges)."""
+    return sorted({quantiles[p] for p in probs if p in quantiles})
+
+
+def _bin(col: str, edges: list[float]) -> Column:
+    """Bin index of `col` over (-inf, e1], (e1, e2], ..., (ek, inf); -1 for null.
 
     One flat CASE WHEN with a branch per edge (first match wins): nesting one CASE per edge overflows the JVM
     stack during analysis once there are a few hundred edges (a KS grid over probabilities).
     """
+    value = F.col(col).cast("double")
     expr = None
     for i, edge in enumerate(edges):
-        cond = F.col(col) <= edge
+        cond = value <= edge
         expr = F.when(cond, F.lit(i)) if expr is None else expr.when(cond, F.lit(i))
     expr = F.lit(0) if expr is None else expr.otherwise(F.lit(len(edges)))
-    rows = df.select(F.when(F.col(col).isNull(), F.lit(-1)).otherwise(expr).alias("b")).groupBy("b").count()
-    got = {r["b"]: r["count"] for r in rows.collect()}
-    return [float(got.get(i, 0)) for i in range(len(edges) + 1)], got.get(-1, 0)
+    return F.when(value.isNull(), F.lit(-1)).otherwise(expr)
+
+
+def _counts(df: DataFrame, keyed: dict[str, Column]) -> dict[str, dict[Any, int]]:
+    """Rows per value of every named expression, all in one aggregation (one pass over `df`)."""
+    if not keyed:
+        return {}
+    pairs = F.explode(F.array(*[F.struct(F.lit(k).alias("k"), v.cast("string").alias("v"))
+                                for k, v in keyed.items()]))
+    rows = df.select(pairs.alias("p")).groupBy("p.k", "p.v").count().collect()
+    out: dict[str, dict[Any, int]] = {k: {} for k in keyed}
+    for r in rows:
+        out[r["k"]][r["v"]] = int(r["count"])
+    return out
+
+
+def drift_report(ref: DataFrame, cur: DataFrame, numeric: list[str], categorical: list[str],
+                 bins: int = 10, ks_points: int = 200, top: int = 50) -> list[FeatureDrift]:
+    """Drift of every listed column between `ref` and `cur`, in a fixed number of passes whatever the number of
+    columns: quantiles of both sides (two passes), bin and category counts of both sides (two), count and mean of
+    both sides (two).
+
+    Numeric: PSI over reference deciles (nulls as their own bin) and the KS distance on a grid of reference and
+    current quantiles. Categorical: PSI over the reference's `top` categories plus 'other' and null.
+    """
+    psi_probs = [i / bins for i in range(1, bins)]
+    ks_probs = [i / ks_points for i in range(1, ks_points)]
+    r_q = _quantiles(ref, numeric, sorted(set(psi_probs + ks_probs)))  # one summary serves both
+    c_q = _quantiles(cur, numeric, ks_probs)
+    edges = {c: _at(r_q[c], psi_probs) for c in numeric}
+    grids = {c: sorted(set(_at(r_q[c], ks_probs) + _at(c_q[c], ks_probs))) for c in numeric}
+    keyed = {**{f"psi:{c}": _bin(c, edges[c]) for c in numeric}, **{f"ks:{c}": _bin(c, grids[c]) for c in numeric},
+             **{f"cat:{c}": F.col(c) for c in categorical}}
+    r_counts, c_counts = _counts(ref, keyed), _counts(cur, keyed)
+    means = [F.mean(F.col(c).cast("double")).alias(c) for c in numeric]
+    r_stats = ref.agg(F.count(F.lit(1)).alias("_n"), *means).first()
+    c_stats = cur.agg(F.count(F.lit(1)).alias("_n"), *means).first()
+    out = []
+    for c in numeric:
+        n = len(edges[c]) + 1
+        psi = psi_from_counts(_hist(r_counts[f"psi:{c}"], n, nulls=True), _hist(c_counts[f"psi:{c}"], n, nulls=True))
+        rc, cc = _hist(r_counts[f"ks:{c}"], len(grids[c]) + 1), _hist(c_counts[f"ks:{c}"], len(grids[c]) + 1)
+        out.append(FeatureDrift(c, "numeric", psi, _ks(rc, cc) if grids[c] else 0.0, r_stats["_n"], c_stats["_n"],
+                                r_stats[c], c_stats[c]))
+    for c in categorical:
+        rc, cc = r_counts[f"cat:{c}"], c_counts[f"cat:{c}"]
+        keep = [k for k, _ in sorted(((k, v) for k, v in rc.items() if k is not None), key=lambda kv: -kv[1])[:top]]
+
+        def hist(counts: dict[Any, int], keep: list[Any] = keep) -> list[float]:
+            other = sum(v for k, v in counts.items() if k is not None and k not in keep)
+            return [float(counts.get(k, 0)) for k in keep] + [float(other), float(counts.get(None, 0))]
+
+        out.append(FeatureDrift(c, "categorical", psi_from_counts(hist(rc), hist(cc)), None, sum(rc.values()),
+                                sum(cc.values()), None, None))
+    return out
+
+
+def _hist(counts: dict[Any, int], n: int, nulls: bool = False) -> list[float]:
+    """Counts of bins 0..n-1 (keys are the bin numbers as strings), then the null bin (-1) when `nulls`."""
+    return [float(counts.get(str(i), 0)) for i in range(n)] + ([float(counts.get("-1", 0))] if nulls else [])
+
+
+def _ks(rc: list[float], cc: list[float]) -> float:
+    """Largest gap between the two empirical CDFs over the same grid bins."""
+    rt, ct = sum(rc) or 1.0, sum(cc) or 1.0
+    ks = r_cdf = c_cdf = 0.0
+    for a, b in zip(rc, cc, strict=True):
+        r_cdf, c_cdf = r_cdf + a / rt, c_cdf + b / ct
+        ks = max(ks, abs(r_cdf - c_cdf))
+    return ks
 
 
 def numeric_drift(ref: DataFrame, cur: DataFrame, col: str, bins: int = 10, ks_points: int = 200) -> FeatureDrift:
     """PSI over reference deciles (nulls as their own bin) and the KS distance for one numeric column."""
-    ref_v = ref.select(F.col(col).cast("double").alias(col))
-    cur_v = cur.select(F.col(col).cast("double").alias(col))
-    edges = _edges(ref_v.na.drop(), col, bins)
-    r_counts, r_null = _bucket_counts(ref_v, col, edges)
-    c_counts, c_null = _bucket_counts(cur_v, col, edges)
-    psi = psi_from_counts(r_counts + [r_null], c_counts + [c_null])
-    grid = sorted(set(_edges(ref_v.na.drop(), col, ks_points) + _edges(cur_v.na.drop(), col, ks_points)))
-    ks = 0.0
-    if grid:
-        rc, _ = _bucket_counts(ref_v.na.drop(), col, grid)
-        cc, _ = _bucket_counts(cur_v.na.drop(), col, grid)
-        rt, ct = sum(rc) or 1.0, sum(cc) or 1.0
-        r_cdf = c_cdf = 0.0
-        for a, b in zip(rc, cc, strict=True):
-            r_cdf, c_cdf = r_cdf + a / rt, c_cdf + b / ct
-            ks = max(ks, abs(r_cdf - c_cdf))
-    r_stats = ref_v.agg(F.count(F.lit(1)), F.mean(col)).first()
-    c_stats = cur_v.agg(F.count(F.lit(1)), F.mean(col)).first()
-    return FeatureDrift(col, "numeric", psi, ks, r_stats[0], c_stats[0], r_stats[1], c_stats[1])
+    return drift_report(ref, cur, [col], [], bins, ks_points)[0]
 
 
 def categorical_drift(ref: DataFrame, cur: DataFrame, col: str, top: int = 50) -> FeatureDrift:
     """PSI over the reference's `top` categories plus 'other' and null."""
-    def counts(df: DataFrame) -> dict[str | None, int]:
-        return {r[col]: r["count"] for r in df.groupBy(col).count().collect()}
-
-    rc, cc = counts(ref), counts(cur)
-    keep = [k for k, _ in sorted(((k, v) for k, v in rc.items() if k is not None), key=lambda kv: -kv[1])[:top]]
-    def hist(c: dict[str | None, int]) -> list[float]:
-        other = sum(v for k, v in c.items() if k is not None and k not in keep)
-        return [float(c.get(k, 0)) for k in keep] + [float(other), float(c.get(None, 0))]
-
-    return FeatureDrift(col, "categorical", psi_from_counts(hist(rc), hist(cc)), None, sum(rc.values()),
-                        sum(cc.values()), None, None)
-
-
-def drift_report(ref: DataFrame, cur: DataFrame, numeric: list[str], categorical: list[str],
-                 bins: int = 10) -> list[FeatureDrift]:
-    """Drift of every listed column between `ref` and `cur`."""
-    return ([numeric_drift(ref, cur, c, bins) for c in numeric]
-            + [categorical_drift(ref, cur, c) for c in categorical])
+    return drift_report(ref, cur, [], [col], top=top)[0]

@@ -42,3 +42,21 @@ def test_sides_interleave_and_warmups_are_not_counted(monkeypatch: pytest.Monkey
 def test_fewer_than_three_runs_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 3"):
         harness.measure({"A": lambda: None}, runs=2)
+
+
+def test_gauges_are_reported_as_values_not_per_second(tmp_path: Path) -> None:
+    """A peak (max_*) or a rate the side measured itself (*_per_s) is not divided by the run's seconds."""
+    peaks = iter([999.0, 10.0, 30.0, 20.0, 999.0, 40.0, 40.0, 44.0])  # warm-ups 999 (A) and 999 (B)
+    runs = harness.measure({"A": lambda: {"max_mb": next(peaks)}, "B": lambda: {"max_mb": next(peaks)}},
+                           runs=3, warmup=1)
+    report = harness.Report("gauges", runs)
+    assert [r.counters["max_mb"] for r in report.timed("A")] == [30.0, 999.0, 40.0]
+    report = harness.Report("gauges", [harness.Run("A", i, 5.0, 0, 0, {"max_mb": v, "samples_per_s": 2 * v})
+                                       for i, v in enumerate([1.0, 10.0, 30.0, 20.0])]
+                            + [harness.Run("B", i, 7.0, 0, 0, {"max_mb": v, "samples_per_s": v})
+                               for i, v in enumerate([1.0, 40.0, 40.0, 44.0])])
+    assert report.value("A", "max_mb") == harness.Stats(20.0, 10.0, 30.0)
+    assert report.ratio("B", "A", "max_mb") == pytest.approx(40 / 20)
+    assert report.ratio("A", "B", "samples_per_s") == pytest.approx(40 / 40)
+    text = report.write([("B", "A", "max_mb")], tmp_path).read_text()
+    assert "max_mb median 20.0 (min 10.0, max 30.0)" in text and "ratio B / A (max_mb): 2.000x" in text

@@ -7,7 +7,7 @@ import math
 import pytest
 from pyspark.sql import SparkSession
 
-from pipelines.drift import categorical_drift, numeric_drift, psi_from_counts
+from pipelines.drift import categorical_drift, drift_report, numeric_drift, psi_from_counts
 
 
 def test_psi_exact() -> None:
@@ -50,3 +50,21 @@ def test_many_distinct_values_do_not_overflow(spark: SparkSession) -> None:
     cur = spark.range(0, 5000).selectExpr("rand(2) * 0.5 as p")
     d = numeric_drift(ref, cur, "p", bins=10, ks_points=400)
     assert d.ks == pytest.approx(0.5, abs=0.05) and d.psi > 0.5
+
+
+def test_report_of_many_columns_matches_hand_computed_psi(spark: SparkSession) -> None:
+    """All columns in one report (one pass per statistic): each column's PSI equals the one computed here by hand
+    from the known deciles, so columns cannot borrow each other's bins or counts."""
+    ref = spark.range(0, 2000).selectExpr("cast(id % 100 as double) as x", "cast(id % 10 as double) as y",
+                                          "if(id % 4 = 0, 'a', 'b') as c")
+    cur = spark.range(0, 1000).selectExpr("cast(id % 50 as double) as x", "if(id % 2 = 0, null, 5.0) as y",
+                                          "if(id % 4 = 0, 'b', 'a') as c")
+    x, y, c = drift_report(ref, cur, ["x", "y"], ["c"])
+    # x: reference deciles 9, 19, ..., 89 -> ten bins of 10%; the batch fills the first five with 20% each
+    assert x.psi == pytest.approx(psi_from_counts([0.1] * 10 + [0.0], [0.2] * 5 + [0.0] * 5 + [0.0]))
+    assert (x.ref_count, x.cur_count, x.ref_mean, x.cur_mean) == (2000, 1000, pytest.approx(49.5),
+                                                                  pytest.approx(24.5))
+    # y: deciles 0..8 -> bins {0}, ..., {8}, {9}; the batch: half null, half 5.0 (bin 5)
+    assert y.psi == pytest.approx(psi_from_counts([0.1] * 10 + [0.0], [0.0] * 5 + [0.5] + [0.0] * 4 + [0.5]))
+    assert c.psi == pytest.approx(psi_from_counts([500, 1500, 0, 0], [750, 250, 0, 0]))
+    assert [d.feature for d in (x, y, c)] == ["x", "y", "c"] and c.kind == "categorical"

@@ -34,12 +34,21 @@ class FeaturesResult:
     feature_names: list[str] | None = None
 
 
-def split_counts(table: DataFrame, head: str, classes: list[str] | None) -> dict[str, dict[str, Any]]:
-    """Per split: rows, labelled rows, and the label's positives and rate (binary), rows per class
-    (multiclass) or mean (regression)."""
+def split_aggregates(table: DataFrame) -> list[Any]:
+    """Per split, in one pass: rows, labelled rows, the label's mean, and the shortest and longest feature array."""
     label = F.col(LABEL)
-    rows = table.groupBy("split").agg(F.count("*").alias("rows"), F.count(label).alias("labeled"),
-                                      F.avg(label.cast("double")).alias("mean")).collect()
+    return table.groupBy("split").agg(F.count("*").alias("rows"), F.count(label).alias("labeled"),
+                                      F.avg(label.cast("double")).alias("mean"),
+                                      F.min(F.size(FEATURES)).alias("lo"), F.max(F.size(FEATURES)).alias("hi")
+                                      ).collect()
+
+
+def split_counts(table: DataFrame, head: str, classes: list[str] | None, rows: list[Any] | None = None
+                 ) -> dict[str, dict[str, Any]]:
+    """Per split: rows, labelled rows, and the label's positives and rate (binary), rows per class
+    (multiclass) or mean (regression); `rows` are split_aggregates(table) when already computed."""
+    label = F.col(LABEL)
+    rows = rows if rows is not None else split_aggregates(table)
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         d = out[r["split"]] = {"rows": int(r["rows"]), "labeled": int(r["labeled"]),
@@ -72,21 +81,23 @@ def save_preprocessing(model: PipelineModel, cfg: Config, run_id: str, recorder:
 
 
 def write_feature_table(store: DeltaStore, cfg: Config, fs: FeatureSet, run_id: str, versions: dict[str, int]
-                        ) -> tuple[int, int, DataFrame]:
+                        ) -> tuple[int, int, DataFrame, list[Any]]:
     """One new version of the silver table; the rows read back must equal the rows built and every feature
-    array must have one length. Returns (version, vector size, the written version as a DataFrame)."""
+    array must have one length. Returns (version, vector size, the written version as a DataFrame, its
+    split_aggregates: the same pass serves the checks and the split counts)."""
     path = cfg.catalog.path("features")
     meta = {"run_id": run_id, "job": FEATURES_JOB, "pipeline": cfg.features.pipeline,
             "bronze_versions": json.dumps(versions, sort_keys=True), "git_commit": git_commit()}
     version = store.write(fs.table, path, "overwrite", metadata=meta)
     written = store.read(path, version)
-    agg = written.agg(F.count("*").alias("n"), F.min(F.size(FEATURES)).alias("lo"),
-                      F.max(F.size(FEATURES)).alias("hi")).first()
-    if agg["n"] != fs.counts["rows_out"]:
-        raise RuntimeError(f"wrote {agg['n']} rows to {path} but built {fs.counts['rows_out']}")
-    if agg["lo"] != agg["hi"]:
-        raise RuntimeError(f"{path}: feature arrays of different lengths {agg['lo']}..{agg['hi']}")
-    return version, int(agg["lo"] or 0), written
+    by_split = split_aggregates(written)
+    n = sum(r["rows"] for r in by_split)
+    lo, hi = min((r["lo"] for r in by_split), default=0), max((r["hi"] for r in by_split), default=0)
+    if n != fs.counts["rows_out"]:
+        raise RuntimeError(f"wrote {n} rows to {path} but built {fs.counts['rows_out']}")
+    if lo != hi:
+        raise RuntimeError(f"{path}: feature arrays of different lengths {lo}..{hi}")
+    return version, int(lo or 0), written, by_split
 
 
 def run_features(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Flow) -> FeaturesResult:
@@ -101,8 +112,8 @@ def run_features(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Flow
         fs = flow.featurize(spark, cfg, frames)
         try:
             with stage("features.write") as s:
-                version, size, written = write_feature_table(store, cfg, fs, rec.run_id, versions)
-                fs.splits = split_counts(written, flow.head(cfg), fs.classes)
+                version, size, written, by_split = write_feature_table(store, cfg, fs, rec.run_id, versions)
+                fs.splits = split_counts(written, flow.head(cfg), fs.classes, by_split)
                 s.add(table_version=version, rows=fs.counts["rows_out"], vector_size=size)
             model_path = save_preprocessing(fs.model, cfg, rec.run_id, rec)
             record = FeaturesRecord(rec.run_id, cfg.catalog.path("features"), version, model_path,

@@ -49,18 +49,20 @@ def realized_metrics(scored: DataFrame, labels: DataFrame, key: list[str]) -> di
     """ROC AUC and accuracy of stored predictions on the rows whose label is known now."""
     from pyspark.ml.evaluation import BinaryClassificationEvaluator
 
-    joined = scored.join(labels.filter(F.col(LABEL).isNotNull()), on=key, how="inner")
-    n = joined.count()
-    if n == 0:
-        return {"labeled_rows": 0.0}
-    acc = joined.select(F.avg((F.col("prediction") == F.col("label")).cast("double"))).first()[0]
-    classes = joined.select("label").distinct().count()
-    out = {"labeled_rows": float(n), "accuracy": float(acc), "label_rate": float(
-        joined.select(F.avg("label")).first()[0])}
-    if classes == 2:
-        ev = BinaryClassificationEvaluator(rawPredictionCol="probability", labelCol="label")
-        out["roc_auc"] = float(ev.evaluate(joined.select(F.col("probability").cast("double"),
-                                                          F.col("label").cast("double"))))
+    joined = scored.join(labels.filter(F.col(LABEL).isNotNull()), on=key, how="inner").cache()  # 2 passes below
+    try:
+        row = joined.agg(F.count("*").alias("n"), F.avg((F.col("prediction") == F.col("label")).cast("double"))
+                         .alias("acc"), F.avg("label").alias("rate"), F.countDistinct("label").alias("classes")
+                         ).first()
+        if row["n"] == 0:
+            return {"labeled_rows": 0.0}
+        out = {"labeled_rows": float(row["n"]), "accuracy": float(row["acc"]), "label_rate": float(row["rate"])}
+        if row["classes"] == 2:
+            ev = BinaryClassificationEvaluator(rawPredictionCol="probability", labelCol="label")
+            out["roc_auc"] = float(ev.evaluate(joined.select(F.col("probability").cast("double"),
+                                                              F.col("label").cast("double"))))
+    finally:
+        joined.unpersist()
     return out
 
 

@@ -4,7 +4,8 @@ for regression.
 
 The TF model is judged against them on the same test rows with the same metric code, and a binary threshold is
 chosen on the same validation split, so the comparison is like for like. The best baseline is the one with the
-best validation metric (not test: choosing on test would flatter it).
+best validation metric (not test: choosing on test would flatter it). They are fitted on at most
+`training.baseline.max_train_rows` train rows (a seeded sample), and always judged on every validation and test row.
 """
 
 from __future__ import annotations
@@ -38,6 +39,17 @@ class BaselineResult:
     threshold: float | None = None  # binary only
 
 
+def train_rows(prepared: DataFrame, conf: BaselineConf, seed: int) -> DataFrame:
+    """The train split the baseline is tuned and fitted on: a seeded sample of about `max_train_rows` rows when the
+    split is bigger (tree ensembles on every row cost minutes for little change); judged on every validation and
+    test row either way."""
+    train = prepared.filter(F.col("split") == "train")
+    if conf.max_train_rows is None:
+        return train
+    total = train.count()
+    return train.sample(fraction=conf.max_train_rows / total, seed=seed) if total > conf.max_train_rows else train
+
+
 def _estimator(kind: str, conf: BaselineConf, seed: int) -> tuple[Any, list[Any]]:
     """The binary estimator of `kind` and its grid from config."""
     if kind == "gbt":
@@ -69,7 +81,7 @@ def train_baseline(data: DataFrame, conf: BaselineConf, class_weight: dict[int, 
                                evaluator=BinaryClassificationEvaluator(labelCol="label",
                                                                        metricName="areaUnderROC"),
                                parallelism=conf.parallelism, seed=seed)
-    model = tvs.fit(prepared.filter(F.col("split") == "train"))
+    model = tvs.fit(train_rows(prepared, conf, seed))
     best = model.bestModel
     best_params = {p.name: best.getOrDefault(p) for p in grid[0]}
     scored = (model.transform(prepared.filter(F.col("split").isin("validation", "test")))
@@ -104,7 +116,7 @@ def train_multiclass_baseline(data: DataFrame, conf: BaselineConf, class_weight:
     tvs = TrainValidationSplit(estimator=est, estimatorParamMaps=grid, trainRatio=conf.train_ratio,
                                evaluator=MulticlassClassificationEvaluator(labelCol="label", metricName="accuracy"),
                                parallelism=conf.parallelism, seed=seed)
-    model = tvs.fit(prepared.filter(F.col("split") == "train"))
+    model = tvs.fit(train_rows(prepared, conf, seed))
     best = model.bestModel
     best_params = {p.name: best.getOrDefault(p) for p in grid[0]}
     scored = (model.transform(prepared.filter(F.col("split").isin("validation", "test")))
@@ -135,7 +147,7 @@ def train_regression_baseline(data: DataFrame, conf: BaselineConf, seed: int) ->
     tvs = TrainValidationSplit(estimator=est, estimatorParamMaps=grid, trainRatio=conf.train_ratio,
                                evaluator=RegressionEvaluator(labelCol="label", metricName="rmse"),
                                parallelism=conf.parallelism, seed=seed)
-    model = tvs.fit(prepared.filter(F.col("split") == "train"))
+    model = tvs.fit(train_rows(prepared, conf, seed))
     best = model.bestModel
     best_params = {p.name: best.getOrDefault(p) for p in grid[0]}
     scored = (model.transform(prepared.filter(F.col("split").isin("validation", "test")))

@@ -2,36 +2,42 @@
 
 For each scale k (default 1, 2, 4) a scratch workspace gets bronze tables with the flights rows replicated k times
 by union (copy i shifts `flight` by i * 100000, so natural keys stay unique and nothing is deduplicated away) and
-the dimension tables copied as they are. Then, in one Spark session:
-  baseline  read bronze flights -> write Parquet (no transformation)
-  features  run_features: read, clean, joins, split, fit the PipelineModel, write the silver table, MLflow run
-and the report gives both times and their ratio per scale. Table set-up is not timed; one untimed run of both at
-the first scale warms the JVM and MLflow first; the baseline is the best of 3 (it is short), the job runs once.
+the dimension tables copied as they are (set-up, not timed). Then, in one Spark session, through the harness (a
+warm-up of every side, then the sides interleaved, 3 timed runs each):
+  baseline@kx  read bronze flights -> write Parquet (no transformation)
+  features@kx  run_features: read, clean, joins, split, fit the PipelineModel, write the silver table, MLflow run
+with the ratios features / baseline per scale and each side's growth from the first scale, and the job's stage
+times (its own stage log lines), so the report shows where the time goes. Needs the flights bronze tables in the
+default workspace (the README's run-all).
 
-    .venv/bin/python benchmarks/bench_features.py [--scales 1,2,4] [--stats] [--out benchmarks/results/features.txt]
+    .venv/bin/python -m tests.benchmarks.bench_features [--scales 1,4] [--runs 3] [--stats]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import logging
+import re
 import shutil
+import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from pyspark.sql import DataFrame, SparkSession
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipelines.core.config import Config, load_config
 from pipelines.core.delta import DeltaStore
-from pipelines.core.logs import setup_logging
+from pipelines.core.logs import LOG, setup_logging
 from pipelines.core.session import get_spark
 from pipelines.flows import get_flow
 from pipelines.stages.featurize import run_features
+from tests.benchmarks.harness import Report, measure
 
 FLIGHT_SHIFT = 100_000
+STAGE = re.compile(r"stage=(features\.\w+) .*duration=([0-9.]+)s")
 
 
 def replicate(flights: DataFrame, k: int) -> DataFrame:
@@ -55,19 +61,36 @@ def build_workspace(store: DeltaStore, src: Config, ws: Path, k: int, stats: boo
     return cfg
 
 
-def baseline(spark: SparkSession, store: DeltaStore, cfg: Config, out: Path) -> tuple[float, int]:
-    """Seconds for read bronze flights -> write Parquet, and the rows written."""
-    start = time.perf_counter()
+def baseline(store: DeltaStore, cfg: Config, out: Path) -> dict[str, float]:
+    """Read bronze flights -> write Parquet, nothing else; the rows written, counted from the files' footers."""
     store.read(cfg.catalog.path(cfg.features.source_table)).write.mode("overwrite").parquet(str(out))
-    seconds = time.perf_counter() - start
-    return seconds, spark.read.parquet(str(out)).count()
+    return {"rows": float(sum(pq.ParquetFile(f).metadata.num_rows for f in out.glob("*.parquet")))}
+
+
+class StageTimes(logging.Handler):
+    """Collects `stage=NAME ... duration=Ss` log lines of the features job (pipelines.core.logs.stage)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seconds: dict[str, list[float]] = {}
+        self.current: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = STAGE.search(record.getMessage())
+        if m:
+            self.current[m[1]] = self.current.get(m[1], 0.0) + float(m[2])
+
+    def close_run(self, side: str) -> None:
+        for name, secs in self.current.items():
+            self.seconds.setdefault(f"{side} {name}", []).append(secs)
+        self.current = {}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scales", default="1,2,4", help="replication factors, comma separated")
+    p.add_argument("--scales", default="1,4", help="replication factors, comma separated")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per side after one warm-up")
     p.add_argument("--stats", action="store_true", help="include the training-split statistics in the job")
-    p.add_argument("--out", default="benchmarks/results/features.txt", help="report file")
     p.add_argument("--scratch", default=None, help="folder for the scratch workspaces (default: a temp folder)")
     args = p.parse_args(argv)
     setup_logging("WARNING")
@@ -76,49 +99,44 @@ def main(argv: list[str] | None = None) -> int:
     store = DeltaStore(spark, src.storage.engine, src.storage.max_records_per_file)
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="bench-features-"))
     scales = [int(s) for s in args.scales.split(",")]
-    load_before = os.getloadavg()
-    rows = []
+    stages = StageTimes()
+    LOG.addHandler(stages)
+    LOG.setLevel(logging.INFO)
+    sides = {}
     try:
-        store.read(src.catalog.path(src.features.source_table)).count()  # warm the JVM and the file cache
         for k in scales:
-            ws = scratch / f"x{k}"
-            cfg = build_workspace(store, src, ws, k, args.stats)
-            if k == scales[0]:  # untimed warm-up: JIT, class loading, MLflow store set-up
-                baseline(spark, store, cfg, ws / "baseline.parquet")
-                run_features(spark, cfg, store, get_flow(cfg))
-            base_s, n = min(baseline(spark, store, cfg, ws / "baseline.parquet") for _ in range(3))
-            start = time.perf_counter()
-            res = run_features(spark, cfg, store, get_flow(cfg))
-            feat_s = time.perf_counter() - start
-            if res.counts["rows_out"] != n:
-                raise RuntimeError(f"scale {k}: features wrote {res.counts['rows_out']} rows, baseline {n}")
-            rows.append((k, n, base_s, feat_s))
-            print(f"x{k}: rows={n} baseline={base_s:.1f}s features={feat_s:.1f}s ratio={feat_s / base_s:.1f}",
-                  flush=True)
-            shutil.rmtree(ws, ignore_errors=True)
+            cfg = build_workspace(store, src, scratch / f"x{k}", k, args.stats)
+
+            def base(cfg: Config = cfg, k: int = k) -> dict[str, float]:
+                return baseline(store, cfg, scratch / f"x{k}" / "baseline.parquet")
+
+            def job(cfg: Config = cfg, k: int = k) -> dict[str, float]:
+                res = run_features(spark, cfg, store, get_flow(cfg))
+                stages.close_run(f"features@{k}x")
+                return {"rows": float(res.counts["rows_out"])}
+
+            sides[f"baseline@{k}x"], sides[f"features@{k}x"] = base, job
+        runs = measure(sides, runs=args.runs)
     finally:
+        LOG.removeHandler(stages)
         if not args.scratch:
             shutil.rmtree(scratch, ignore_errors=True)
-    load_after = os.getloadavg()
-    lines = [
-        "features job vs plain read-bronze -> write-Parquet (same rows, same session)",
-        f"machine: {os.cpu_count()} cores, master {spark.sparkContext.master}, "
-        f"shuffle partitions {spark.conf.get('spark.sql.shuffle.partitions')}, storage engine {store.engine}, "
-        f"stats {'on' if args.stats else 'off'}",
-        f"load average (1 min) before {load_before[0]:.1f}, after {load_after[0]:.1f} (shared machine)",
-        "",
-        f"{'scale':>5} {'rows':>10} {'baseline_s':>11} {'features_s':>11} {'ratio':>6} {'features_rows/s':>16}",
-    ]
-    for k, n, b, f in rows:
-        lines.append(f"{k:>4}x {n:>10} {b:>11.1f} {f:>11.1f} {f / b:>6.1f} {n / f:>16,.0f}")
-    if len(rows) > 1:
-        k0, _, b0, f0 = rows[0]
-        growth = ", ".join(f"x{k}: baseline {b / b0:.2f}, features {f / f0:.2f}" for k, _, b, f in rows[1:])
-        lines += ["", f"time growth relative to x{k0}: {growth}"]
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    for r in runs:
+        if r.side.startswith("features") and r.counters["rows"] != next(
+                b.counters["rows"] for b in runs if b.side == r.side.replace("features", "baseline")):
+            raise RuntimeError(f"{r.side}: features wrote {r.counters['rows']:.0f} rows, baseline another count")
+    notes = [f"master {spark.sparkContext.master}, shuffle partitions {spark.conf.get('spark.sql.shuffle.partitions')}"
+             f", AQE {spark.conf.get('spark.sql.adaptive.enabled')}, storage engine {store.engine}, "
+             f"stats {'on' if args.stats else 'off'}; the features side includes its MLflow run and the saved model",
+             "features job stage seconds, median of the timed runs (warm-up excluded):"]
+    for name, secs in stages.seconds.items():
+        timed = secs[1:]
+        notes.append(f"  {name:<32} {statistics.median(timed):6.1f}")
+    ratios = [(f"features@{k}x", f"baseline@{k}x", None) for k in scales]
+    ratios += [(f"features@{k}x", f"features@{scales[0]}x", None) for k in scales[1:]]
+    ratios += [(f"baseline@{k}x", f"baseline@{scales[0]}x", None) for k in scales[1:]]
+    print(Report("features", runs, notes).write(ratios).read_text())
+    spark.stop()
     return 0
 
 

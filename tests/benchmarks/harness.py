@@ -27,8 +27,14 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[2]
 _clock = time.perf_counter  # the timer (a test replaces it)
+GAUGE = "max_"  # counters named max_* (peaks), *_per_s (rates the side measured itself) and *_share are values
 Counters = Mapping[str, float] | None
 Ratios = Sequence[tuple[str, str, str | None]]  # (a, b, counter or None for seconds)
+
+
+def is_gauge(counter: str) -> bool:
+    """A counter reported as its own value (median, min, max), not divided by the run's seconds."""
+    return counter.startswith(GAUGE) or counter.endswith(("_per_s", "_share"))
 
 
 @dataclass
@@ -110,8 +116,15 @@ class Report:
         """`counter` per second over the timed runs of `side` (for example rows/s)."""
         return Stats.of([r.counters[counter] / r.seconds for r in self.timed(side)])
 
+    def value(self, side: str, counter: str) -> Stats:
+        """`counter` itself over the timed runs of `side` (a gauge such as a peak memory: names start with max_)."""
+        return Stats.of([r.counters[counter] for r in self.timed(side)])
+
     def ratio(self, a: str, b: str, counter: str | None = None) -> float:
-        """Median of a over median of b: rates when `counter` is given (higher is faster), else seconds."""
+        """Median of a over median of b: a gauge's values (max_*), rates for other counters (higher is faster),
+        else seconds."""
+        if counter and is_gauge(counter):
+            return self.value(a, counter).median / self.value(b, counter).median
         if counter:
             return self.rate(a, counter).median / self.rate(b, counter).median
         return self.seconds(a).median / self.seconds(b).median
@@ -129,10 +142,15 @@ class Report:
             loads = f"{min(r.load_before for r in t):.1f}..{max(r.load_after for r in t):.1f}"
             lines.append(f"{side:<32} {len(t):>4} {s.median:>9.2f} {s.min:>8.2f} {s.max:>8.2f}  {loads}")
             for counter in t[0].counters:
+                if is_gauge(counter):
+                    vs = self.value(side, counter)
+                    lines.append(f"{'':<4}{counter} median {vs.median:,.1f} (min {vs.min:,.1f}, max {vs.max:,.1f})")
+                    continue
                 rs = self.rate(side, counter)
                 lines.append(f"{'':<4}{counter}/s median {rs.median:,.0f} (min {rs.min:,.0f}, max {rs.max:,.0f})")
         for a, b, counter in ratios:
-            lines.append(f"ratio {a} / {b} ({f'{counter}/s' if counter else 'seconds'}): "
+            unit = counter if counter and is_gauge(counter) else f"{counter}/s" if counter else "seconds"
+            lines.append(f"ratio {a} / {b} ({unit}): "
                          f"{self.ratio(a, b, counter):.3f}x")
         return "\n".join([*lines, *self.notes])
 

@@ -85,6 +85,7 @@ class HorovodConf(Strict):
     # spark.driver.bindAddress, else all interfaces (ranks on other hosts must reach it)
     iface: str | None = None  # network interface for gloo; None = lo locally, else the one holding the task's IP
     gloo_timeout_s: int = Field(default=120, gt=0)  # HOROVOD_GLOO_TIMEOUT_SECONDS: rendezvous and connect
+    timeline: str | None = None  # HOROVOD_TIMELINE: rank 0 writes Horovod's Chrome-trace timeline to this local file
 
 
 class GbtGridConf(Strict):
@@ -117,6 +118,7 @@ class BaselineConf(Strict):
     rf: RfGridConf = RfGridConf()
     train_ratio: float = Field(default=0.8, gt=0, lt=1)
     parallelism: int = Field(default=2, ge=1)
+    max_train_rows: int | None = Field(default=50_000, gt=0)  # seeded sample of the train split; None = every row
 
 
 class FloatRange(Strict):

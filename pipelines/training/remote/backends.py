@@ -46,7 +46,8 @@ class HorovodBackend:
     def task_env(spec: WorkerSpec, slot: Any, host: str, all_gather: Callable[[str], list[str]]) -> dict[str, str]:
         """The variables Horovod's gloo launcher sets per rank (horovod/runner/gloo_run.py), for this slot."""
         iface = spec.iface or ("lo" if spec.local else _iface_of(slot.hostname))
-        return {
+        timeline = spec.training["horovod"].get("timeline")
+        return {**({"HOROVOD_TIMELINE": timeline} if timeline else {}),  # as horovodrun: every rank, rank 0 writes
             "HOROVOD_GLOO_RENDEZVOUS_ADDR": spec.control_host,
             "HOROVOD_GLOO_RENDEZVOUS_PORT": str(spec.control_port),
             "HOROVOD_CONTROLLER": "gloo",
