@@ -160,17 +160,21 @@ class Walker:
             "source": mv.source, "tags": dict(mv.tags)})).id
 
     # ---- down: inputs --------------------------------------------------------------------------------------------
-    def down(self, node_id: str) -> None:
-        if node_id in self._down:
+    def _walk(self, node_id: str, seen: set[str], steps: dict[str, Any]) -> None:
+        """Visit `node_id` once per direction: the step for its kind adds its neighbours and walks on."""
+        if node_id in seen:
             return
-        self._down.add(node_id)
+        seen.add(node_id)
         node = self.graph.nodes[node_id]
-        walk = {"prediction": self._down_prediction, "model_version": self._down_model,
-                "train_run": self._down_train, "feature_table_version": self._down_feature_table,
-                "features_run": self._down_features, "bronze_version": self._down_bronze,
-                "predictions": self._down_predictions}.get(node.kind)
-        if walk:
-            walk(node)
+        step = steps.get(node.kind)
+        if step:
+            step(node)
+
+    def down(self, node_id: str) -> None:
+        self._walk(node_id, self._down, {
+            "prediction": self._down_prediction, "model_version": self._down_model, "train_run": self._down_train,
+            "feature_table_version": self._down_feature_table, "features_run": self._down_features,
+            "bronze_version": self._down_bronze, "predictions": self._down_predictions})
 
     def _down_prediction(self, node: Node) -> None:
         a = node.attrs
@@ -288,16 +292,11 @@ class Walker:
 
     # ---- up: consumers -------------------------------------------------------------------------------------------
     def up(self, node_id: str) -> None:
-        if node_id in self._up:
-            return
-        self._up.add(node_id)
-        node = self.graph.nodes[node_id]
-        walk = {"landing_file": self._up_file, "ingest_run": self._up_ingest, "bronze_version": self._up_bronze,
-                "features_run": self._up_features, "preprocessing": self._up_preprocessing,
-                "feature_table_version": self._up_feature_table, "train_run": self._up_train,
-                "model_version": self._up_model}.get(node.kind)
-        if walk:
-            walk(node)
+        self._walk(node_id, self._up, {
+            "landing_file": self._up_file, "ingest_run": self._up_ingest, "bronze_version": self._up_bronze,
+            "features_run": self._up_features, "preprocessing": self._up_preprocessing,
+            "feature_table_version": self._up_feature_table, "train_run": self._up_train,
+            "model_version": self._up_model})
 
     def _up_file(self, node: Node) -> None:
         run = self.ingest_run_node(node.attrs["run_id"], self._table_of(node.attrs["source"]))

@@ -23,6 +23,8 @@ README's run-all makes one).
 
     .venv/bin/python -m tests.benchmarks.bench_score [--rows 1000000] [--big-rows 4000000] [--runs 3]
         [--batches 10000,50000] [--workspace ./workspace]
+    .venv/bin/python -m tests.benchmarks.bench_score --profile --workspace ./workspace   (score_profile: the read
+        alone, an Arrow round trip through a pandas UDF that returns zeros, spark_udf, the network in one process)
 """
 
 from __future__ import annotations
@@ -222,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workspace", default=str(REPO / "workspace"), help="workspace holding the champion")
     p.add_argument("--data-dir", default=None, help="where the replicated Parquet rows go (default: a temp folder)")
     p.add_argument("--skip-memory", action="store_true", help="no standalone-cluster memory runs")
+    p.add_argument("--profile", action="store_true",
+                   help="instead: where spark_udf's time goes (read only, Arrow round trip, UDF); report score_profile")
     p.add_argument("--driver-mem-run", metavar="PATH", help=argparse.SUPPRESS)
     p.add_argument("--model-uri", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -288,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"rows": out["rows_scored"]}
 
     batches = [int(b) for b in args.batches.split(",")]
+    if args.profile:
+        return profile(spark, rows_df, udf_side(batches[0]), n_main, keras_side, compiled_side, data_dir)
     sides: dict[str, Any] = {f"spark_udf@{b}": udf_side(b) for b in batches}
     sides |= {"keras": keras_side, "compiled": compiled_side, "row_udf": row_side, "score_job": job_side}
     runs = measure(sides, runs=args.runs)
@@ -319,8 +325,41 @@ def main(argv: list[str] | None = None) -> int:
         report.runs += mem
         report.notes.append(f"memory: spark_udf alone in a fresh driver on a standalone cluster (2 workers x 1 core), "
                             f"{n_main:,} vs {n_big:,} rows; driver = Python + its JVM, peak RSS")
-        ratios += [("memory_4x", "memory_1x", None)]
+        ratios += [("memory_4x", "memory_1x", "max_driver_mb"), ("memory_4x", "memory_1x", "max_driver_jvm_mb")]
     print(report.write(ratios).read_text())
+    shutil.rmtree(data_dir, ignore_errors=True)
+    return 0
+
+
+def profile(spark: Any, rows_df: Any, udf_run: Any, n: int, keras_run: Any, compiled_run: Any, data_dir: Path
+            ) -> int:
+    """Sides that split spark_udf's time: the Parquet read alone, the same rows through a pandas UDF that returns
+    zeros (JVM -> Arrow -> pandas -> back, no model), the spark_udf, and the network in one process."""
+    import pandas as pd
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("double")  # type: ignore[call-overload]
+    def zeros(features: pd.Series) -> pd.Series:
+        return pd.Series(np.zeros(len(features)))
+
+    def read_only() -> dict[str, float]:
+        noop(rows_df)
+        return {"rows": n}
+
+    def arrow_only() -> dict[str, float]:
+        spark.conf.set(ARROW_BATCH, "10000")
+        noop(rows_df.select(zeros(FEATURES).alias("p")))
+        return {"rows": n}
+
+    runs = measure({"read_only": read_only, "arrow_round_trip": arrow_only, "spark_udf@10000": udf_run,
+                    "keras": keras_run, "compiled": compiled_run})
+    spark.stop()
+    report = Report("score_profile", runs, [
+        f"{n:,} rows of features (array<float> of 161) on local[2]: read_only = Parquet scan forced by a noop write; "
+        "arrow_round_trip = the same rows through a pandas UDF returning zeros (JVM arrays -> Arrow -> pandas -> "
+        "back); spark_udf adds MLflow's tensor check, np.stack and the compiled network"])
+    print(report.write([("arrow_round_trip", "read_only", None), ("spark_udf@10000", "arrow_round_trip", None),
+                        ("spark_udf@10000", "keras", "rows"), ("arrow_round_trip", "keras", "rows")]).read_text())
     shutil.rmtree(data_dir, ignore_errors=True)
     return 0
 

@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import tempfile
+from collections import namedtuple
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ def timeline_shares(path: str) -> dict[str, float]:
         return total
 
     return {"allreduce_share": union(spans["ALLREDUCE"]) / span,
-            "negotiate_share": union(spans["NEGOTIATE_ALLREDUCE"]) / span, "timeline_s": span / 1e6}
+            "negotiate_share": union(spans["NEGOTIATE_ALLREDUCE"]) / span}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                                            runs=3, warmup=0)
                     ratios.append((f"hvd_2w@{batch}", f"hvd_1w@{batch}", "samples_per_s"))
                     ratios.append((f"hvd_2w_timeline@{batch}", f"hvd_2w@{batch}", "samples_per_s"))
+            report.write(ratios)  # the scaling runs are on disk even if feeding fails
         report.runs += feeding(spark, cfg, data, weights, source.vector_size, args.steps, args.runs, tmp)
     data.rows.unpersist()
     ratios += [("petastorm", "numpy", "steps"), ("petastorm_noshuffle", "numpy_noshuffle", "steps"),
@@ -167,7 +169,7 @@ def feeding(spark: Any, cfg: Config, data: Any, weights: dict[int, float], n: in
         ds = tf.data.Dataset.from_tensor_slices({"features": x, "label": y})
         ds = ds.shuffle(shuffle, seed=7) if shuffle else ds
         batches = ds.repeat().batch(BATCH).prefetch(tf.data.AUTOTUNE)
-        return _as_xy(batches.map(lambda b: Batch(b["features"], b["label"])), spec, HEAD, weights)
+        return _as_xy(batches.map(lambda b: Batch(b["features"], b["label"])), spec, HEAD, weights)  # as Petastorm's
 
     def fit(ds: Any) -> dict[str, float]:
         model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
@@ -188,11 +190,7 @@ def feeding(spark: Any, cfg: Config, data: Any, weights: dict[int, float], n: in
         cache.delete()
 
 
-class Batch:
-    """What a Petastorm batch looks like to _as_xy: attributes `features` and `label`."""
-
-    def __init__(self, features: Any, label: Any) -> None:
-        self.features, self.label = features, label
+Batch = namedtuple("Batch", ["features", "label"])  # what a Petastorm batch is to _as_xy (tf.data takes namedtuples)
 
 
 if __name__ == "__main__":

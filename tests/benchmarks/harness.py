@@ -90,7 +90,7 @@ def provenance() -> dict[str, Any]:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {
         "commit": git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!tests/benchmarks/results")),
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "host": platform.node(), "cores": os.cpu_count(),
         "memory_gib": round(mem, 1), "python": platform.python_version(), "versions": versions,
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
