@@ -4,7 +4,8 @@
             Petastorm reader (ParquetCache.make_tf_dataset, as every Horovod rank reads: reader threads, shuffle
             buffer, prefetch from training.data) against fed from in-memory numpy (from_tensor_slices) with the same
             tf.data options (the same shuffle buffer, batch, prefetch AUTOTUNE, the same map to (x, y, weight)).
-            Knob variants: without the shuffle buffer on both sides, and Petastorm with 1 and 4 reader threads.
+            Knob variants: without the shuffle buffer on both sides, and Petastorm with 1 and 4 reader threads;
+            `*_read` sides only draw the same batches (no training step): what each input path delivers alone.
   scaling   samples/s of 2 Horovod workers against 1 (one TF thread each), through the job's own barrier-mode fit
             (fit_on: barrier stage, Petastorm shards, Horovod over gloo), at per-worker batches 256 and 2048;
             samples/s from rank 0's per-epoch training time over the epochs after the first (tracing); the launch
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         report.runs += feeding(spark, cfg, data, weights, source.vector_size, args.steps, args.runs, tmp)
     data.rows.unpersist()
     ratios += [("petastorm", "numpy", "steps"), ("petastorm_noshuffle", "numpy_noshuffle", "steps"),
-               ("petastorm_1thread", "petastorm", "steps"), ("petastorm_4threads", "petastorm", "steps")]
+               ("petastorm_1thread", "petastorm", "steps"), ("petastorm_4threads", "petastorm", "steps"),
+               ("petastorm_read", "numpy_read", "steps"), ("petastorm_read", "numpy", "steps")]
     print(report.write(ratios).read_text())
     spark.stop()
     return 0
@@ -175,6 +177,11 @@ def feeding(spark: Any, cfg: Config, data: Any, weights: dict[int, float], n: in
         model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
         return {"steps": float(steps)}
 
+    def drain(ds: Any) -> dict[str, float]:
+        for _ in ds.take(steps):
+            pass
+        return {"steps": float(steps)}
+
     readers = {"petastorm": (dc.reader_threads, dc.shuffle_buffer), "petastorm_noshuffle": (dc.reader_threads, 0),
                "petastorm_1thread": (1, dc.shuffle_buffer), "petastorm_4threads": (4, dc.shuffle_buffer)}
     contexts = {name: cache.make_tf_dataset(batch_size=BATCH, num_epochs=None, workers_count=threads, seed=7,
@@ -183,7 +190,9 @@ def feeding(spark: Any, cfg: Config, data: Any, weights: dict[int, float], n: in
     try:
         sets = {name: _as_xy(ctx.__enter__(), spec, HEAD, weights) for name, ctx in contexts.items()}
         sets |= {"numpy": numpy_ds(dc.shuffle_buffer), "numpy_noshuffle": numpy_ds(0)}
-        return measure({name: (lambda ds=ds: fit(ds)) for name, ds in sets.items()}, runs=runs)
+        sides = {name: (lambda ds=ds: fit(ds)) for name, ds in sets.items()}
+        sides |= {f"{name}_read": (lambda ds=sets[name]: drain(ds)) for name in ("petastorm", "numpy")}
+        return measure(sides, runs=runs)
     finally:
         for ctx in contexts.values():
             ctx.__exit__(None, None, None)
