@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd  # module level: pandas_udf resolves the string type hints in these globals
 import psutil
 
 from tests.benchmarks.harness import REPO, Report, measure
@@ -335,7 +336,6 @@ def profile(spark: Any, rows_df: Any, udf_run: Any, n: int, keras_run: Any, comp
             ) -> int:
     """Sides that split spark_udf's time: the Parquet read alone, the same rows through a pandas UDF that returns
     zeros (JVM -> Arrow -> pandas -> back, no model), the spark_udf, and the network in one process."""
-    import pandas as pd
     from pyspark.sql.functions import pandas_udf
 
     @pandas_udf("double")  # type: ignore[call-overload]
