@@ -1,10 +1,13 @@
 """Training input: a DataFrame materialized as Parquet files that Petastorm readers in the workers stream as
-tf.data datasets. It plays the role of petastorm's SparkDatasetConverter (same reader, same float32 columns,
-same unbatch-shuffle-batch-prefetch pipeline) with the files reached through fsspec, so a cache on hdfs://
-needs no libhdfs on the nodes (Petastorm's own HDFS connector does)."""
+tf.data datasets. It plays the role of petastorm's SparkDatasetConverter (same reader, same float32 columns)
+with the files reached through fsspec, so a cache on hdfs:// needs no libhdfs on the nodes (Petastorm's own HDFS
+connector does). Unlike the converter's unbatch-shuffle-batch pipeline, rows are shuffled and batched with
+whole-tensor ops (blocks of `shuffling_queue_capacity` rows permuted at once, then sliced into batches): the
+per-row tf.data path held Petastorm-fed training to about 0.5x-0.7x of numpy-fed on 2 cores."""
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,7 +58,6 @@ class ParquetCache:
                         shuffling_queue_capacity: int | None = None, prefetch: int | None = None,
                         **reader_kwargs: Any) -> Iterator[Any]:
         """A tf.data dataset of batches over the files (worker side); the reader stops when the block exits."""
-        import tensorflow as tf
         from petastorm import make_batch_reader
         from petastorm.tf_utils import make_petastorm_dataset
 
@@ -64,13 +66,36 @@ class ParquetCache:
         reader = make_batch_reader(list(self.file_urls), num_epochs=num_epochs, workers_count=workers_count or 4,
                                    **reader_kwargs)
         try:
-            ds = make_petastorm_dataset(reader).flat_map(tf.data.Dataset.from_tensor_slices)
-            if shuffling_queue_capacity:
-                ds = ds.shuffle(shuffling_queue_capacity)
-            yield ds.batch(batch_size).prefetch(prefetch or tf.data.AUTOTUNE)
+            yield shuffle_and_batch(make_petastorm_dataset(reader), batch_size, shuffling_queue_capacity,
+                                    reader_kwargs.get("seed"), prefetch)
         finally:
             reader.stop()
             reader.join()
 
     def delete(self) -> None:
         files.remove(self.url, recursive=True)
+
+
+def shuffle_and_batch(ds: Any, batch_size: int, shuffle: int | None, seed: int | None = None,
+                      prefetch: int | None = None) -> Any:
+    """Batches of any size -> shuffled batches of `batch_size` with whole-tensor ops: blocks of `shuffle` rows
+    permuted at once (no per-row tf.data elements), then sliced into batches and prefetched."""
+    import tensorflow as tf
+
+    if shuffle:
+        seed = seed or random.SystemRandom().randrange(2**31)
+        ds = ds.rebatch(shuffle).enumerate().map(_permutation(seed))
+    return ds.rebatch(batch_size).prefetch(prefetch or tf.data.AUTOTUNE)
+
+
+def _permutation(seed: int) -> Any:
+    """(block index, block of rows) -> the block's rows in a random order, reproducible from `seed`."""
+    import tensorflow as tf
+
+    def permute(i: Any, block: Any) -> Any:
+        n = tf.shape(tf.nest.flatten(block)[0])[0]
+        key = tf.stack([tf.constant(seed, tf.int64), tf.cast(i, tf.int64)])
+        order = tf.argsort(tf.random.stateless_uniform([n], seed=key))
+        return tf.nest.map_structure(lambda t: tf.gather(t, order), block)
+
+    return permute

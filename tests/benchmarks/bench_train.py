@@ -2,10 +2,12 @@
 
   feeding   training steps/s of the job's network in this process with one TensorFlow thread, fed by the job's own
             Petastorm reader (ParquetCache.make_tf_dataset, as every Horovod rank reads: reader threads, shuffle
-            buffer, prefetch from training.data) against fed from in-memory numpy (from_tensor_slices) with the same
-            tf.data options (the same shuffle buffer, batch, prefetch AUTOTUNE, the same map to (x, y, weight)).
-            Knob variants: without the shuffle buffer on both sides, and Petastorm with 1 and 4 reader threads;
-            `*_read` sides only draw the same batches (no training step): what each input path delivers alone.
+            buffer, prefetch from training.data) against fed from in-memory numpy with the same tf.data options
+            (the whole array as one element through the same shuffle_and_batch: blocks of the shuffle buffer
+            permuted at once, batch, prefetch AUTOTUNE, the same map to (x, y, weight)). Knob variants: without the
+            shuffle buffer on both sides, Petastorm with 1 and 4 reader threads, and numpy the per-row way
+            (from_tensor_slices -> shuffle(buffer) -> batch, the converter's pipeline before the change); `*_read`
+            sides only draw the same batches (no training step): what each input path delivers alone.
   scaling   samples/s of 2 Horovod workers against 1 (one TF thread each), through the job's own barrier-mode fit
             (fit_on: barrier stage, Petastorm shards, Horovod over gloo), at per-worker batches 256 and 2048;
             samples/s from rank 0's per-epoch training time over the epochs after the first (tracing); the launch
@@ -37,7 +39,7 @@ from pipelines.core.config import Config, load_config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.logs import setup_logging
 from pipelines.core.session import get_spark
-from pipelines.training.data import ParquetCache
+from pipelines.training.data import ParquetCache, shuffle_and_batch
 from pipelines.training.heads import get_head
 from pipelines.training.trainer import TrainingInputError, fit_on, load_training_data, petastorm_caches, resolve_source
 from tests.benchmarks.harness import Report, measure
@@ -138,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     data.rows.unpersist()
     ratios += [("petastorm", "numpy", "steps"), ("petastorm_noshuffle", "numpy_noshuffle", "steps"),
                ("petastorm_1thread", "petastorm", "steps"), ("petastorm_4threads", "petastorm", "steps"),
-               ("petastorm_read", "numpy_read", "steps"), ("petastorm_read", "numpy", "steps")]
+               ("petastorm_read", "numpy_read", "steps"), ("petastorm_read", "numpy", "steps"),
+               ("petastorm", "numpy_rowshuffle", "steps"), ("numpy", "numpy_rowshuffle", "steps")]
     print(report.write(ratios).read_text())
     spark.stop()
     return 0
@@ -168,10 +171,12 @@ def feeding(spark: Any, cfg: Config, data: Any, weights: dict[int, float], n: in
                   loss=HEAD.loss(), metrics=HEAD.keras_metrics())
 
     def numpy_ds(shuffle: int) -> Any:
-        ds = tf.data.Dataset.from_tensor_slices({"features": x, "label": y})
-        ds = ds.shuffle(shuffle, seed=7) if shuffle else ds
-        batches = ds.repeat().batch(BATCH).prefetch(tf.data.AUTOTUNE)
-        return _as_xy(batches.map(lambda b: Batch(b["features"], b["label"])), spec, HEAD, weights)  # as Petastorm's
+        whole = tf.data.Dataset.from_tensors(Batch(x, y)).repeat()  # one element per epoch, as Petastorm's chunks
+        return _as_xy(shuffle_and_batch(whole, BATCH, shuffle, 7), spec, HEAD, weights)
+
+    def numpy_rows(shuffle: int) -> Any:
+        ds = tf.data.Dataset.from_tensor_slices(Batch(x, y)).shuffle(shuffle, seed=7)
+        return _as_xy(ds.repeat().batch(BATCH).prefetch(tf.data.AUTOTUNE), spec, HEAD, weights)
 
     def fit(ds: Any) -> dict[str, float]:
         model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
@@ -189,7 +194,8 @@ def feeding(spark: Any, cfg: Config, data: Any, weights: dict[int, float], n: in
                 for name, (threads, shuffle) in readers.items()}
     try:
         sets = {name: _as_xy(ctx.__enter__(), spec, HEAD, weights) for name, ctx in contexts.items()}
-        sets |= {"numpy": numpy_ds(dc.shuffle_buffer), "numpy_noshuffle": numpy_ds(0)}
+        sets |= {"numpy": numpy_ds(dc.shuffle_buffer), "numpy_noshuffle": numpy_ds(0),
+                 "numpy_rowshuffle": numpy_rows(dc.shuffle_buffer)}
         sides = {name: (lambda ds=ds: fit(ds)) for name, ds in sets.items()}
         sides |= {f"{name}_read": (lambda ds=sets[name]: drain(ds)) for name in ("petastorm", "numpy")}
         return measure(sides, runs=runs)

@@ -74,7 +74,7 @@ class TrainDataConf(Strict):
     sample_fraction: float = Field(default=1.0, gt=0, le=1)  # per split, seeded: smoke runs and tests
     files_per_worker: int = Field(default=4, ge=1)  # Parquet files in the Petastorm cache per worker
     reader_threads: int = Field(default=2, ge=1)  # Petastorm reader pool per worker
-    shuffle_buffer: int = Field(default=10000, ge=0)  # rows; 0 = no in-memory shuffle
+    shuffle_buffer: int = Field(default=10000, ge=0)  # rows permuted together per block; 0 = no shuffle
 
 
 class HorovodConf(Strict):
