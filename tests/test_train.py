@@ -26,7 +26,7 @@ from pipelines.core.recorder import FEATURES_JOB, PREPROCESSING_ARTIFACT, Featur
 from pipelines.flows import get_flow
 from pipelines.stages.featurize import save_preprocessing
 from pipelines.training import checkpoints, pyfunc
-from pipelines.training.data import ParquetCache
+from pipelines.training.data import ParquetCache, arrow_to_numpy
 from pipelines.training.driver import TrainingFailed, TrainingTimeout, steps_per_epoch
 from pipelines.training.heads import get_head
 from pipelines.training.registry import CHALLENGER, CHAMPION, register_and_promote
@@ -119,6 +119,45 @@ def test_petastorm_batches_shuffle_whole_blocks_without_losing_rows(spark: Spark
     assert np.array_equal(got, np.concatenate(again))  # same seed, same order
     assert not np.array_equal(got, np.concatenate(one_pass(2, 300)))
     cache.delete()
+
+
+def test_list_columns_become_matrices_as_petastorm_makes_them() -> None:
+    """The vectorized Arrow -> numpy conversion gives what Petastorm's own gives (values, dtypes, shapes) for
+    fixed-length lists over several chunks and slices, images with a 2-D shape, and strings; ragged lists and
+    lists with nulls go to Petastorm's conversion, which reports the ragged ones."""
+    import pyarrow as pa
+    from petastorm.arrow_reader_worker import convert_arrow_table_to_numpy_dict as petastorm_convert
+    from petastorm.unischema import Unischema, UnischemaField
+
+    schema = Unischema("s", [UnischemaField("features", np.float32, (None,), None, False),
+                             UnischemaField("image", np.uint8, (2, 3), None, False),
+                             UnischemaField("word", np.str_, (), None, False),
+                             UnischemaField("ragged", np.float64, (None,), None, False)])
+    chunks = [pa.table({"features": pa.array([[i, i + 0.5, -i] for i in range(a, b)], pa.list_(pa.float32())),
+                        "image": pa.array([[i % 256] * 6 for i in range(a, b)], pa.list_(pa.uint8())),
+                        "word": pa.array([f"w{i}" for i in range(a, b)])}) for a, b in ((0, 7), (7, 20))]
+    table = pa.concat_tables(chunks)
+    assert table.column("features").num_chunks == 2
+    for t in (table, table.slice(5, 9), chunks[1].slice(3)):
+        got, want = arrow_to_numpy(t, schema, petastorm_convert), petastorm_convert(t, schema)
+        assert list(got) == list(want) == ["features", "image", "word"]
+        for name in want:
+            assert got[name].dtype == want[name].dtype and np.array_equal(got[name], want[name])
+    given: list[str] = []
+
+    def recording(t: pa.Table, s: Unischema) -> dict[str, np.ndarray]:
+        given.extend(t.column_names)
+        return petastorm_convert(t, s)
+
+    got = arrow_to_numpy(table.slice(5, 9), schema, recording)
+    assert given == ["word"]  # the list columns never reach Petastorm's per-row conversion
+    assert got["features"][0].tolist() == [5.0, 5.5, -5.0] and got["image"].shape == (9, 2, 3)
+    with_null = pa.table({"ragged": pa.array([[1.0, None], [2.0, 3.0]], pa.list_(pa.float64()))})
+    assert np.array_equal(arrow_to_numpy(with_null, schema, petastorm_convert)["ragged"],
+                          np.array([[1.0, np.nan], [2.0, 3.0]]), equal_nan=True)
+    ragged = pa.table({"ragged": pa.array([[1.0, 2.0], [3.0]], pa.list_(pa.float64()))})
+    with pytest.raises(RuntimeError, match="ragged"):
+        arrow_to_numpy(ragged, schema, petastorm_convert)
 
 
 def test_steps_are_fixed_per_rank_and_capped() -> None:
