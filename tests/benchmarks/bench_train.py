@@ -4,10 +4,11 @@
             Petastorm reader (ParquetCache.make_tf_dataset, as every Horovod rank reads: reader threads, shuffle
             buffer, prefetch from training.data) against fed from in-memory numpy with the same tf.data options
             (the whole array as one element through the same shuffle_and_batch: blocks of the shuffle buffer
-            permuted at once, batch, prefetch AUTOTUNE, the same map to (x, y, weight)). Knob variants: without the
-            shuffle buffer on both sides, Petastorm with 1 and 4 reader threads, and numpy the per-row way
-            (from_tensor_slices -> shuffle(buffer) -> batch, the converter's pipeline before the change); `*_read`
-            sides only draw the same batches (no training step): what each input path delivers alone.
+            permuted at once, batch, fixed prefetch without autotuning, the same map to (x, y, weight)). Knob
+            variants: without the shuffle buffer on both sides, Petastorm with 1 and 4 reader threads, and numpy the
+            per-row way (from_tensor_slices -> shuffle(buffer) -> batch -> prefetch AUTOTUNE, the pipeline of
+            Petastorm's converter); `*_read` sides only draw the same batches (no training step): what each input
+            path delivers alone.
   scaling   samples/s of 2 Horovod workers against 1 (one TF thread each), through the job's own barrier-mode fit
             (fit_on: barrier stage, Petastorm shards, Horovod over gloo), at per-worker batches 256 and 2048;
             samples/s from rank 0's per-epoch training time over the epochs after the first (tracing); the launch
