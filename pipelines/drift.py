@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from pyspark.ml.feature import Bucketizer
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -50,23 +51,36 @@ def _quantiles(df: DataFrame, cols: list[str], probs: list[float]) -> dict[str, 
 
 
 def _at(quantiles: dict[float, float], probs: list[float]) -> list[float]:
-    """The distinct values at `probs`, sorted (bin edges)."""
-    return sorted({quantiles[p] for p in probs if p in quantiles})
+    """The distinct values at `probs`, sorted (bin edges); a NaN quantile is no edge."""
+    return sorted({quantiles[p] for p in probs if p in quantiles and not math.isnan(quantiles[p])})
 
 
-def _bin(col: str, edges: list[float]) -> Column:
-    """Bin index of `col` over (-inf, e1], (e1, e2], ..., (ek, inf); -1 for null.
+def _binned(df: DataFrame, edges: dict[str, tuple[str, list[float]]]) -> tuple[DataFrame, dict[str, Column]]:
+    """`df` with the bin number of every named (column, edges) pair: bin i holds the values in (e_i, e_i+1],
+    bin 0 everything up to e_1, bin len(edges) the rest (NaN included), -1 a null.
 
-    One flat CASE WHEN with a branch per edge (first match wins): nesting one CASE per edge overflows the JVM
-    stack during analysis once there are a few hundred edges (a KS grid over probabilities).
+    Bucketizer's binary search on the JVM, one pass for all pairs: a CASE WHEN per edge grows past the JVM's
+    64 KB method limit with a KS grid of a few hundred edges per column, and Spark then interprets it row by row
+    (and prints the failed compilation). Bucketizer's buckets are left-closed [s_i, s_i+1); right-closed bins
+    are the same buckets over the next larger doubles, nextafter(e_i, inf).
     """
-    value = F.col(col).cast("double")
-    expr = None
-    for i, edge in enumerate(edges):
-        cond = value <= edge
-        expr = F.when(cond, F.lit(i)) if expr is None else expr.when(cond, F.lit(i))
-    expr = F.lit(0) if expr is None else expr.otherwise(F.lit(len(edges)))
-    return F.when(value.isNull(), F.lit(-1)).otherwise(expr)
+    bins: dict[str, Column] = {}
+    named = [(k, c, [e for e in es if math.nextafter(e, math.inf) < math.inf]) for k, (c, es) in edges.items()]
+    used = [(k, c, es) for k, c, es in named if es]
+    for k, c, es in named:
+        if not es:  # no edge below the largest double: one bin
+            bins[k] = F.when(F.col(c).isNull(), F.lit(-1)).otherwise(F.lit(0))
+    if not used:
+        return df, bins
+    inputs = {c: f"_drift_in_{i}" for i, c in enumerate(dict.fromkeys(c for _, c, _ in used))}
+    outputs = [f"_drift_bin_{i}" for i in range(len(used))]
+    cast = df.select("*", *[F.col(c).cast("double").alias(name) for c, name in inputs.items()])
+    splits = [[-math.inf, *[math.nextafter(e, math.inf) for e in es], math.inf] for _, _, es in used]
+    out = Bucketizer(splitsArray=splits, inputCols=[inputs[c] for _, c, _ in used], outputCols=outputs,
+                     handleInvalid="keep").transform(cast)
+    for (k, c, es), col in zip(used, outputs, strict=True):
+        bins[k] = F.when(F.col(c).isNull(), F.lit(-1)).otherwise(F.least(F.col(col).cast("int"), F.lit(len(es))))
+    return out, bins
 
 
 def _counts(df: DataFrame, keyed: dict[str, Column]) -> dict[str, dict[Any, int]]:
@@ -97,9 +111,11 @@ def drift_report(ref: DataFrame, cur: DataFrame, numeric: list[str], categorical
     c_q = _quantiles(cur, numeric, ks_probs)
     edges = {c: _at(r_q[c], psi_probs) for c in numeric}
     grids = {c: sorted(set(_at(r_q[c], ks_probs) + _at(c_q[c], ks_probs))) for c in numeric}
-    keyed = {**{f"psi:{c}": _bin(c, edges[c]) for c in numeric}, **{f"ks:{c}": _bin(c, grids[c]) for c in numeric},
-             **{f"cat:{c}": F.col(c) for c in categorical}}
-    r_counts, c_counts = _counts(ref, keyed), _counts(cur, keyed)
+    pairs = {**{f"psi:{c}": (c, edges[c]) for c in numeric}, **{f"ks:{c}": (c, grids[c]) for c in numeric}}
+    cats = {f"cat:{c}": F.col(c) for c in categorical}
+    r_binned, r_bins = _binned(ref, pairs)
+    c_binned, c_bins = _binned(cur, pairs)
+    r_counts, c_counts = _counts(r_binned, {**r_bins, **cats}), _counts(c_binned, {**c_bins, **cats})
     means = [F.mean(F.col(c).cast("double")).alias(c) for c in numeric]
     r_stats = ref.agg(F.count(F.lit(1)).alias("_n"), *means).first()
     c_stats = cur.agg(F.count(F.lit(1)).alias("_n"), *means).first()
