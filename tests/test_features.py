@@ -311,6 +311,26 @@ def test_stats_report_keys_and_values(e2e: tuple[Config, DeltaStore, FeaturesRes
     assert all(0 <= t["p_value"] <= 1 and t["degrees_of_freedom"] > 0 for t in rep["chi_square"].values())
 
 
+def test_driver_spearman_equals_sparks(spark: SparkSession) -> None:
+    """The driver-side Spearman (ties at average rank) gives Spark's Correlation.corr(method="spearman") matrix,
+    ties and a constant column included."""
+    from pyspark.ml.feature import VectorAssembler
+    from pyspark.ml.stat import Correlation
+
+    from pipelines.flows.tabular.stats import spearman
+
+    rows = spark.range(0, 400).selectExpr("cast(id % 7 as double) as a", "cast(id * id % 13 as double) as b",
+                                          "cast(-id as double) as c", "cast(id % 2 as double) as d")
+    vec = VectorAssembler(inputCols=rows.columns, outputCol="v").transform(rows).select("v")
+    want = Correlation.corr(vec, "v", "spearman").first()[0].toArray()
+    got = spearman(rows)
+    assert got == [[pytest.approx(v, abs=1e-9) for v in r] for r in want]
+    monotone = spearman(spark.range(0, 50).selectExpr("cast(id as double) as x", "cast(-id * id as double) as y"))
+    assert monotone[0][1] == pytest.approx(-1.0)  # a strictly decreasing function of x: ranks fully reversed
+    constant = spearman(rows.selectExpr("a", "1.0 as k"))
+    assert constant[1][0] is None and constant[0][0] == pytest.approx(1.0)
+
+
 def test_bronze_versions_are_pinned(spark: SparkSession, e2e: tuple[Config, DeltaStore, FeaturesResult]) -> None:
     cfg, store, _ = e2e
     path = cfg.catalog.path("flights")
