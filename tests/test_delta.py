@@ -249,6 +249,7 @@ def test_either_engine_continues_the_others_table(spark: SparkSession, tmp_path:
 def test_engine_choice(spark: SparkSession, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert DeltaStore(spark).engine == "delta-spark"  # the shared session has the project's jars
     assert {spark.conf.get(k) for k in DELTA_CONF} == set(DELTA_CONF.values())
+    assert spark.conf.get("spark.databricks.delta.snapshotPartitions") == "2"  # local[2]: a task per core
     with pytest.raises(ValueError, match="storage.engine"):
         DeltaStore(spark, "parquet")
     project = session_jars(load_config("local", []))

@@ -27,6 +27,7 @@ def test_dry_run_prints_full_command(tmp_path: Path) -> None:
     assert cmd.endswith(f"--conf-dir {REPO_ROOT}/conf")
     assert f"--conf spark.pyspark.python={sys.executable}" in cmd
     assert "log4j2.configurationFile" in cmd and "--set 'spark.master=local[3]'" in cmd
+    assert "--conf spark.databricks.delta.snapshotPartitions=3" in cmd  # one Delta log-replay task per core
     assert not (tmp_path / "dist").exists()  # a dry run builds nothing
 
 
@@ -69,6 +70,7 @@ def test_yarn_dry_run_command(tmp_path: Path) -> None:
                  "--conf-dir pipeline-conf"]:
         assert shlex.join(part.split()) in cmd, part
     assert "--packages" not in cmd  # nothing is downloaded when a job starts
+    assert "snapshotPartitions" not in cmd  # a cluster keeps Delta's own default
     missing = _launch("ingest", "--env", "yarn", "--dry-run", env={"MLFLOW_TRACKING_URI": ""})
     assert missing.returncode == 2 and "MLFLOW_TRACKING_URI is not set" in missing.stderr
 

@@ -29,7 +29,7 @@ from pipelines.core import files
 from pipelines.core.config import ENVS, REPO_ROOT, Config, ConfigError, load_config
 from pipelines.core.locks import file_lock
 from pipelines.core.logs import redact
-from pipelines.core.session import DELTA_CONF, delta_jars, derived_conf, prepare_event_log, session_jars
+from pipelines.core.session import delta_conf, delta_jars, derived_conf, prepare_event_log, session_jars
 
 JOBS = {
     "land-demo": "jobs/land_demo.py",
@@ -255,7 +255,7 @@ def build_command(job: str, cfg: Config, job_args: list[str], artifacts: Artifac
     java_opt = f"-Dlog4j2.configurationFile=file:{log4j}"
     conf = {"spark.pyspark.python": python, "spark.executorEnv.PYSPARK_PYTHON": python}
     if cfg.storage.engine != "embedded" and delta_jars():
-        conf |= DELTA_CONF
+        conf |= delta_conf(cfg)
     if artifacts.spark_archive:
         conf["spark.yarn.archive"] = artifacts.spark_archive
     if artifacts.env_archive is None:
