@@ -262,3 +262,24 @@ def test_engine_choice(spark: SparkSession, monkeypatch: pytest.MonkeyPatch, tmp
     assert session_jars(load_config("local", [])) == []  # auto: the embedded engine
     with pytest.raises(FileNotFoundError, match=r"bootstrap\.sh.*storage\.engine=embedded"):
         session_jars(load_config("local", ["storage.engine=delta-spark"]))
+
+
+def test_replace_conflicts_with_any_commit_that_touched_its_partitions() -> None:
+    """The embedded engine's conflict rule for a replace of partitions (no JVM): a later commit that added or
+    removed a file in one of them, or changed metadata or protocol, conflicts; one that touched only other
+    partitions does not."""
+    from pipelines.core.delta import replace_conflict
+
+    day = [{"flight_date": "2013-06-01", "flag": True}]
+
+    def add(values: dict | None, kind: str = "add") -> dict:
+        return {kind: {"path": "f.parquet", **({} if values is None else {"partitionValues": values})}}
+
+    same, other = {"flight_date": "2013-06-01", "flag": "true"}, {"flight_date": "2013-06-02", "flag": "true"}
+    assert replace_conflict([{"commitInfo": {}}, add(same)], day) == "add of f.parquet in a partition being replaced"
+    assert replace_conflict([add(same, "remove")], day) == "remove of f.parquet in a partition being replaced"
+    assert replace_conflict([add(None)], day)  # where a file belongs is unknown: assume the worst
+    assert replace_conflict([{"metaData": {"id": "x"}}], day) == "changed the table's metaData"
+    assert replace_conflict([{"protocol": {}}], day) == "changed the table's protocol"
+    assert replace_conflict([{"commitInfo": {}}, add(other), add(other, "remove"), {"txn": {}}], day) is None
+    assert replace_conflict([add({"flight_date": None, "flag": "false"})], [{"flight_date": None, "flag": False}])

@@ -42,6 +42,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import DeltaTable, Schema
+from deltalake.exceptions import CommitFailedError
 from deltalake.transaction import AddAction, CommitProperties, RemoveAction, create_table_with_add_actions
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -68,6 +69,10 @@ T = TypeVar("T")
 
 class DeltaWriteError(RuntimeError):
     """A write that could not be committed; the table is left at its previous version."""
+
+
+class PartitionConflict(DeltaWriteError):
+    """An embedded replace of partitions lost the race with a commit that touched those partitions."""
 
 
 @dataclass(frozen=True)
@@ -392,9 +397,8 @@ class DeltaStore:
             if not actions and not removes:
                 return dt.version()
             pause("delta.before_commit")
-            dt.create_write_transaction(
-                [*removes, *actions], "append", schema, partition_by, commit_properties=props
-            )
+            return _commit_replace(root, dt.version(), [*removes, *actions], replace_partitions, schema,
+                                   partition_by, metadata)
         elif mode == "append" and not actions:
             return dt.version()
         else:
@@ -402,6 +406,63 @@ class DeltaStore:
             dt.create_write_transaction(actions, mode, schema, partition_by, commit_properties=props)
         pause("delta.after_commit")
         return DeltaTable(str(root)).version()
+
+
+def _commit_replace(root: Path, read: int, actions: list[AddAction | RemoveAction],
+                    partitions: list[dict[str, Any]], schema: Schema, partition_by: list[str],
+                    metadata: dict[str, str] | None, rebases: int = 100) -> int:
+    """Commit a replace of `partitions` (the removes of their files as of version `read`, and the new files) as
+    delta-spark's optimistic concurrency would: exactly on top of the version it read, or on top of later commits
+    that touched none of those partitions. A later commit that added or removed a file in one of them (a stream's
+    MERGE that only added rows included; delta-rs would let that through) raises PartitionConflict, so the whole
+    write is done again on the new version (retry_on_conflict) instead of leaving those rows beside the new ones."""
+    base = read
+    for _ in range(rebases):
+        props = CommitProperties(custom_metadata={**EMBEDDED_ENGINE_INFO, **_user_metadata_entry(metadata)},
+                                 max_commit_retries=0)  # commit exactly as version base + 1, or fail
+        try:
+            DeltaTable(str(root), version=base).create_write_transaction(
+                actions, "append", schema, partition_by, commit_properties=props)
+            pause("delta.after_commit")
+            return base + 1
+        except CommitFailedError:
+            latest = DeltaTable(str(root)).version()
+            if latest == base:
+                raise
+        for version in range(base + 1, latest + 1):
+            why = replace_conflict(_commit_actions(root, version), partitions)
+            if why:
+                raise PartitionConflict(f"{root}: version {version}, committed after version {read} that this "
+                                        f"replace of partitions {partitions} read, {why}")
+        base = latest
+    raise PartitionConflict(f"{root}: other writers kept committing; gave up after {rebases} rebases")
+
+
+def _commit_actions(root: Path, version: int) -> list[dict[str, Any]]:
+    """The actions of one JSON commit; a commit that cannot be read counts as a metadata change (a conflict)."""
+    try:
+        text = (root / "_delta_log" / f"{version:020d}.json").read_text()
+    except OSError:
+        return [{"metaData": {}}]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def replace_conflict(actions: list[dict[str, Any]], partitions: list[dict[str, Any]]) -> str | None:
+    """Why a commit with `actions` conflicts with a concurrent replace of `partitions` (None when it does not):
+    it changed the table's metadata or protocol, or it added or removed a file in one of those partitions (a
+    file without partition values counts as in them)."""
+    wanted = [_partition_key(p) for p in partitions]
+    for action in actions:
+        for kind in ("metaData", "protocol"):
+            if kind in action:
+                return f"changed the table's {kind}"
+        for kind in ("add", "remove"):
+            if kind not in action:
+                continue
+            values = action[kind].get("partitionValues")
+            if values is None or _partition_key(values) in wanted:
+                return f"{kind} of {unquote(action[kind]['path'])} in a partition being replaced"
+    return None
 
 
 @dataclass(frozen=True)
@@ -550,19 +611,20 @@ def _add_action(file: Path, rel: Path) -> AddAction:
 
 
 def _removes_for(dt: DeltaTable, partitions: list[dict[str, Any]]) -> list[RemoveAction]:
-    wanted = [{k: None if v is None else str(v) for k, v in p.items()} for p in partitions]
+    wanted = [_partition_key(p) for p in partitions]
     adds = pa.table(dt.get_add_actions(flatten=False))
     now = int(time.time() * 1000)
     out = []
     for row in adds.to_pylist():
-        pv = {k: (None if v is None else _partition_str(v)) for k, v in (row.get("partition") or {}).items()}
+        pv = _partition_key(row.get("partition") or {})
         if pv in wanted:
             out.append(RemoveAction(row["path"], True, now, row["size_bytes"], pv))
     return out
 
 
-def _partition_str(v: Any) -> str:
-    return str(v).lower() if isinstance(v, bool) else str(v)
+def _partition_key(values: dict[str, Any]) -> dict[str, str | None]:
+    """Partition values as the Delta log spells them (strings, booleans lower-case, null as None)."""
+    return {k: None if v is None else str(v).lower() if isinstance(v, bool) else str(v) for k, v in values.items()}
 
 
 def _predicate(partitions: list[dict[str, Any]]) -> str:
@@ -703,7 +765,7 @@ def is_conflict(error: BaseException) -> bool:
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         text = f"{type(e).__name__}: {e}"
-        if any(name in text for name in CONFLICT_ERRORS):
+        if isinstance(e, PartitionConflict) or any(name in text for name in CONFLICT_ERRORS):
             return True
         e = e.__cause__ or e.__context__
     return False
