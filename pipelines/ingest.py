@@ -775,16 +775,21 @@ def ingest(spark: SparkSession, cfg: Config, store: DeltaStore, run_id: str,
     """Ingest the named sources, else ingest.select, else every configured source; return per-source results.
 
     The run holds the workspace's ingest lease throughout (waiting for a live holder, taking over a dead one), so
-    concurrent runs are serialized and the later one finds nothing new. Rows left by an earlier run that died or
-    failed before writing its ingest log are rolled back first."""
+    concurrent runs are serialized and the later one finds nothing new. Every commit it makes (bronze, quarantine,
+    the log, rollback deletes) is fenced by the lease: checked right before it commits, and the run's Spark jobs
+    are cancelled the moment the lease is lost, so a holder judged dead commits nothing more. Rows left by an
+    earlier run that died or failed before writing its ingest log are rolled back first."""
     sources = sources or cfg.ingest.select or None
     unknown = sorted(set(sources or []) - set(cfg.ingest.sources))
     if unknown:
         raise ValueError(f"unknown sources {unknown}; configured: {sorted(cfg.ingest.sources)}")
     lc = cfg.ingest.lease
+    jobs = f"ingest-{run_id}"  # this run's Spark jobs, to cancel when the lease is lost
     lease = Lease(join(cfg.workspace, "leases", "ingest"), run_id, lc.expiry_s, lc.heartbeat_s, lc.wait_s,
-                  lc.poll_s)
+                  lc.poll_s, on_lost=lambda _: spark.sparkContext.cancelJobsWithTag(jobs))
     dead = [*lease.acquire(), *cfg.ingest.roll_back]
+    store = store.fenced(lease.check)
+    spark.sparkContext.addJobTag(jobs)
     ok = False
     try:
         log_path = cfg.catalog.path("ingest_log")
@@ -793,12 +798,12 @@ def ingest(spark: SparkSession, cfg: Config, store: DeltaStore, run_id: str,
         seen = ingested_files(log)
         results = [ingest_source(spark, cfg, store, name, src, run_id, seen)
                    for name, src in cfg.ingest.sources.items() if not sources or name in sources]
-        lease.check()
         pause("ingest.before_log")
         write_ingest_log(spark, cfg, store, run_id, results)
         ok = True
         return results
     finally:
+        spark.sparkContext.removeJobTag(jobs)
         lease.release(ok, dead)
 
 

@@ -283,3 +283,33 @@ def test_replace_conflicts_with_any_commit_that_touched_its_partitions() -> None
     assert replace_conflict([{"protocol": {}}], day) == "changed the table's protocol"
     assert replace_conflict([{"commitInfo": {}}, add(other), add(other, "remove"), {"txn": {}}], day) is None
     assert replace_conflict([add({"flight_date": None, "flag": "false"})], [{"flight_date": None, "flag": False}])
+
+
+def test_a_fenced_store_commits_nothing_once_its_fence_fails(spark: SparkSession, store: DeltaStore,
+                                                             tmp_path: Path) -> None:
+    """The fence (a lease holder's check) runs right before every commit: when it raises, no write, delete or
+    merge commits, and no data file of the attempt is left in the table folder by the embedded engine."""
+    from pipelines.core.delta import merge_rows
+    from pipelines.core.lease import LeaseLost
+
+    path = str(tmp_path / "t")
+    store.write(_rows(spark, [(1, 2013, 1, "a")]), path, "append", ["year", "month"])
+    files = {p for p in Path(path).rglob("*.parquet")}
+
+    def lost() -> None:
+        raise LeaseLost("taken over")
+
+    fenced = store.fenced(lost)
+    attempts = [lambda: fenced.write(_rows(spark, [(2, 2013, 1, "b")]), path, "append"),
+                lambda: fenced.write(_rows(spark, [(3, 2013, 1, "c")]), path, "overwrite",
+                                     replace_partitions=[{"year": 2013, "month": 1}]),
+                lambda: fenced.write(_rows(spark, [(4, 2014, 1, "d")]), path, "overwrite"),
+                lambda: fenced.delete_where(path, "name", ["a"]),
+                lambda: merge_rows(fenced, _rows(spark, [(1, 2013, 1, "z")]), path, ["id"])]
+    for attempt in attempts:
+        with pytest.raises(Exception, match="taken over"):
+            attempt()
+    assert store.version(path) == 0 and [(r.id, r.name) for r in store.read(path).collect()] == [(1, "a")]
+    if store.engine == "embedded":
+        assert {p for p in Path(path).rglob("*.parquet")} == files
+    assert store.write(_rows(spark, [(5, 2013, 1, "e")]), path, "append") == 1  # the store itself is not fenced

@@ -194,58 +194,91 @@ def test_stream_quarantine_rows_are_never_rolled_back(spark: SparkSession, store
     assert [r.run_id for r in store.read(rows).collect()] == ["stream-0"]
 
 
-def test_lease_takes_over_only_dead_holders(tmp_path: Path) -> None:
-    """A live holder (same host: its pid runs; other host: a fresh heartbeat) is waited for and never taken over;
-    a dead one (pid gone, stale heartbeat) is, and its run is handed on as pending. Of contenders for a free lease,
-    exactly one wins (atomic create)."""
+def test_ingest_that_lost_its_lease_commits_nothing_more(spark: SparkSession, make_cfg: Callable[..., Config],
+                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ingest held right before its first bronze commit while another run takes the lease over (it judged this
+    holder dead: a clock, a heartbeat or a namespace misread): the fence stops that commit and every later one,
+    so no bronze, quarantine or log row of the old holder lands beside the new holder's."""
     import json
-    import socket
     import threading
-    from dataclasses import asdict
 
-    from pipelines.core.lease import Lease, LeaseRecord
+    cfg = make_cfg(SOURCE, "storage.engine=embedded")  # the embedded engine's commit runs on the driver: held there
+    store = DeltaStore(spark, "embedded")
+    folder = Path(cfg.catalog.landing) / "t"
+    folder.mkdir(parents=True)
+    (folder / "a.csv").write_bytes(b"id,name\n1,a\nnot-a-number,b\n")
+    points = tmp_path / "failpoints"
+    monkeypatch.setenv(failpoints.ENV, "delta.before_commit:wait")
+    monkeypatch.setenv(failpoints.DIR_ENV, str(points))
+    errors: list[str] = []
 
-    folder = tmp_path / "lease"
-    folder.mkdir()
-
-    def put(generation: int, host: str, pid: int, heartbeat_at: float) -> None:
-        rec = LeaseRecord(generation, host, pid, None, f"run-{generation}", heartbeat_at, 60)
-        (folder / f"{generation:012d}.json").write_text(json.dumps(asdict(rec)))
-
-    def take(run: str) -> list[str]:
-        lease = Lease(str(folder), run, expiry_s=60, heartbeat_s=1, wait_s=1, poll_s=0.2)
-        pending = lease.acquire()
-        lease.release(False)
-        return pending
-
-    put(1, "elsewhere", 1, time.time())
-    with pytest.raises(BadInput, match="held by live run run-1 .host elsewhere"):
-        take("a")
-    put(2, "elsewhere", 1, time.time() - 61)
-    assert take("b") == ["run-2"]  # stale heartbeat: taken over; then released as failed
-    child = subprocess.Popen(["sleep", "60"])
-    put(4, socket.gethostname(), child.pid, 0)
-    with pytest.raises(BadInput, match="held by live run run-4"):
-        take("c")
-    child.kill()
-    child.wait()
-    assert take("d") == ["run-4"]
-
-    won: list[Lease] = []
-    free = tmp_path / "free"
-
-    def contend(i: int) -> None:
-        lease = Lease(str(free), f"c{i}", wait_s=0, poll_s=0.1)
+    def run() -> None:
         try:
-            lease.acquire()
-            won.append(lease)
-        except BadInput:
-            pass
+            ingest(spark, cfg, store, "run-1", ["t"])
+        except Exception as e:  # the assertion below shows it
+            errors.append(f"{type(e).__name__}: {e}")
 
-    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(won) == 1 and len(list(free.glob("*.json"))) == 1
-    won[0].release(True)
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not (points / "delta.before_commit").exists():
+        assert thread.is_alive() and time.monotonic() < deadline, errors
+        time.sleep(0.05)
+    (held,) = sorted((Path(cfg.workspace) / "leases" / "ingest").glob("*.json"))
+    taker = {**json.loads(held.read_text()), "host": "elsewhere", "pid": 1, "run_id": "run-2", "pending": ["run-1"]}
+    taker["generation"] += 1
+    (held.parent / f"{taker['generation']:012d}.json").write_text(json.dumps(taker))
+    failpoints.release("delta.before_commit", points)
+    thread.join(300)
+    assert len(errors) == 1 and "taken over" in errors[0], errors
+    for table in ("t", "quarantine_rows", "quarantine_files", "ingest_log"):
+        assert not store.exists(cfg.catalog.path(table)), table
+
+
+def test_a_lost_lease_cancels_the_holders_running_spark_job(spark: SparkSession, tmp_path: Path) -> None:
+    """delta-spark commits at the end of its Spark job, after the fence check that preceded the job: so when the
+    holder's heartbeat fails (it may soon be judged dead) the lease cancels the jobs the holder tagged (ingest tags
+    its jobs so), and the write running then commits nothing."""
+    import shutil
+    import threading
+
+    from pipelines.core.lease import Lease
+
+    store = DeltaStore(spark, "delta-spark")
+    path, tag, points = str(tmp_path / "t"), "ingest-holder", tmp_path / "failpoints"
+    store.write(spark.createDataFrame([(0, "seed")], "id int, name string"), path, "append")
+    folder = tmp_path / "lease"
+    lease = Lease(str(folder), "holder", expiry_s=2, heartbeat_s=0.1, wait_s=0, poll_s=0.05,
+                  on_lost=lambda _: spark.sparkContext.cancelJobsWithTag(tag))
+    lease.acquire()
+
+    @F.udf("string")
+    def held(name: str) -> str:
+        failpoints.hold("task", str(points))
+        return name
+
+    rows = spark.createDataFrame([(1, "new")], "id int, name string").withColumn("name", held("name"))
+    errors: list[str] = []
+
+    def write() -> None:
+        spark.sparkContext.addJobTag(tag)
+        try:
+            store.fenced(lease.check).write(rows, path, "append")
+        except Exception as e:  # the assertion below shows it
+            errors.append(f"{type(e).__name__}: {e}")
+        finally:
+            spark.sparkContext.removeJobTag(tag)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not (points / "task").exists():
+        assert thread.is_alive() and time.monotonic() < deadline, errors
+        time.sleep(0.05)
+    shutil.rmtree(folder)  # the heartbeat can no longer be written
+    folder.write_text("not a folder")
+    thread.join(120)
+    failpoints.release("task", points)
+    assert not thread.is_alive() and len(errors) == 1 and "cancel" in errors[0].lower(), errors
+    assert store.version(path) == 0 and [r.id for r in store.read(path).collect()] == [0]
+    lease.release(False)

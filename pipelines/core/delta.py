@@ -24,6 +24,7 @@ returns it as `metadata`. `to_pandas` reads any of the tables into pandas with d
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -114,6 +115,18 @@ class DeltaStore:
                                + NO_DELTA_JARS.format(where=delta_jar_dir()))
         self.engine = engine
         self.max_records_per_file = max_records_per_file
+        self.fence: Callable[[], None] | None = None
+
+    def fenced(self, check: Callable[[], None]) -> DeltaStore:
+        """This store with a fence: every commit (write, delete, merge) first runs `check`, right before the commit,
+        and commits nothing when it raises (a lease holder that lost its lease, see pipelines.core.lease)."""
+        out = copy.copy(self)
+        out.fence = check
+        return out
+
+    def _fence(self) -> None:
+        if self.fence is not None:
+            self.fence()
 
     def _spark_table(self, path: str) -> Any:
         from delta.tables import DeltaTable as SparkDeltaTable
@@ -224,12 +237,15 @@ class DeltaStore:
             condition = F.col(column).isin(values)
             n = self.read(path).filter(condition).count()
             if n:
+                self._fence()
                 with _user_metadata(self.spark, metadata):
                     self._spark_table(path).delete(condition)
             return n
         quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
         props = CommitProperties(custom_metadata={**EMBEDDED_ENGINE_INFO, **_user_metadata_entry(metadata)})
-        metrics = DeltaTable(_local(path)).delete(f"{column} IN ({quoted})", commit_properties=props)
+        dt = DeltaTable(_local(path))
+        self._fence()
+        metrics = dt.delete(f"{column} IN ({quoted})", commit_properties=props)
         return int(metrics.get("num_deleted_rows", 0))
 
     def maintain(self, path: str, retention_hours: int, check_retention: bool = True) -> Maintenance:
@@ -305,6 +321,7 @@ class DeltaStore:
             writer = writer.option("overwriteSchema", "true")
         if metadata:
             writer = writer.option("userMetadata", _user_metadata_entry(metadata)["userMetadata"])
+        self._fence()  # delta-spark commits inside save, after its job: the lease also cancels that job when lost
         try:
             writer.save(path)
         except Exception as e:
@@ -385,6 +402,7 @@ class DeltaStore:
         if not exists or (mode == "overwrite" and replace_partitions is None):
             # CREATE, or CREATE OR REPLACE: one commit that may also change the schema and partitioning.
             pause("delta.before_commit")
+            self._fence()
             create_table_with_add_actions(
                 str(root), schema, actions, mode="overwrite" if exists else "error",
                 partition_by=partition_by or None, commit_properties=props,
@@ -398,11 +416,12 @@ class DeltaStore:
                 return dt.version()
             pause("delta.before_commit")
             return _commit_replace(root, dt.version(), [*removes, *actions], replace_partitions, schema,
-                                   partition_by, metadata)
+                                   partition_by, metadata, self._fence)
         elif mode == "append" and not actions:
             return dt.version()
         else:
             pause("delta.before_commit")
+            self._fence()
             dt.create_write_transaction(actions, mode, schema, partition_by, commit_properties=props)
         pause("delta.after_commit")
         return DeltaTable(str(root)).version()
@@ -410,7 +429,7 @@ class DeltaStore:
 
 def _commit_replace(root: Path, read: int, actions: list[AddAction | RemoveAction],
                     partitions: list[dict[str, Any]], schema: Schema, partition_by: list[str],
-                    metadata: dict[str, str] | None, rebases: int = 100) -> int:
+                    metadata: dict[str, str] | None, fence: Callable[[], None], rebases: int = 100) -> int:
     """Commit a replace of `partitions` (the removes of their files as of version `read`, and the new files) as
     delta-spark's optimistic concurrency would: exactly on top of the version it read, or on top of later commits
     that touched none of those partitions. A later commit that added or removed a file in one of them (a stream's
@@ -420,6 +439,7 @@ def _commit_replace(root: Path, read: int, actions: list[AddAction | RemoveActio
     for _ in range(rebases):
         props = CommitProperties(custom_metadata={**EMBEDDED_ENGINE_INFO, **_user_metadata_entry(metadata)},
                                  max_commit_retries=0)  # commit exactly as version base + 1, or fail
+        fence()
         try:
             DeltaTable(str(root), version=base).create_write_transaction(
                 actions, "append", schema, partition_by, commit_properties=props)
@@ -798,6 +818,7 @@ def merge_rows(store: DeltaStore, df: DataFrame, path: str, keys: list[str], par
         return store.write(df, path, "append", partition_by)
     on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     if store.engine == "delta-spark":
+        store._fence()
         with _user_metadata(store.spark, metadata):
             (store._spark_table(path).alias("t").merge(df.alias("s"), on)
              .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
@@ -809,6 +830,7 @@ def merge_rows(store: DeltaStore, df: DataFrame, path: str, keys: list[str], par
     target = pa.schema(dt.schema().to_arrow())
     source = df.toArrow().select(target.names).cast(target)
     props = CommitProperties(custom_metadata={**EMBEDDED_ENGINE_INFO, **_user_metadata_entry(metadata)})
+    store._fence()
     (dt.merge(source, on.replace("<=>", "="), source_alias="s", target_alias="t", commit_properties=props)
      .when_matched_update_all().when_not_matched_insert_all().execute())
     return DeltaTable(root).version()
