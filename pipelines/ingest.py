@@ -683,10 +683,13 @@ def _run_ids(store: DeltaStore, path: str, column: str) -> set[str]:
 
 def rollback_unlogged(cfg: Config, store: DeltaStore, run_id: str, dead: list[str], log: pd.DataFrame | None
                       ) -> dict[str, int]:
-    """Delete the bronze and quarantine rows of dead ingest runs that never wrote their ingest log entry.
+    """Delete the bronze and quarantine rows of dead ingest runs that never wrote their ingest log entry, and the
+    data files those runs wrote but never committed.
 
     An ingest run commits bronze (and quarantine) first and the ingest log last; a driver that dies in between
-    leaves rows whose files the log does not know, so the next run would ingest them again. Rows are deleted only
+    leaves rows whose files the log does not know, so the next run would ingest them again. A driver killed while
+    a write ran leaves that write's files in the table folder, referenced by no version; holding the lease, this
+    run knows their writer is gone (see DeltaStore.remove_dead_files). Rows are deleted only
     on evidence: `dead` are the runs the ingest lease proves stopped (a dead holder, or one that failed), or that a
     person named in ingest.roll_back; the log, which must be readable, proves they are unlogged; and the tracking
     server must be reachable to mark them KILLED. Rows of any other run (the streaming job's quarantine rows, a
@@ -717,6 +720,12 @@ def rollback_unlogged(cfg: Config, store: DeltaStore, run_id: str, dead: list[st
             LOG.warning("ingest: rolled back %d rows of dead unlogged run(s) %s from %s", n, ", ".join(orphans),
                         path)
             rolled[path] = n
+    # After the deletes: a compaction that read the dead runs' committed rows can no longer commit.
+    for path, column in (tables | {cfg.catalog.path("ingest_log"): "run_id"}).items():
+        files, size = store.remove_dead_files(path, column, orphans)
+        if files:
+            LOG.warning("ingest: removed %d files (%d bytes) that dead run(s) %s wrote to %s and never committed",
+                        files, size, ", ".join(orphans), path)
     return rolled
 
 

@@ -313,3 +313,39 @@ def test_a_fenced_store_commits_nothing_once_its_fence_fails(spark: SparkSession
     if store.engine == "embedded":
         assert {p for p in Path(path).rglob("*.parquet")} == files
     assert store.write(_rows(spark, [(5, 2013, 1, "e")]), path, "append") == 1  # the store itself is not fenced
+
+
+def test_remove_dead_files_takes_only_unreferenced_files_of_dead_runs(spark: SparkSession, store: DeltaStore,
+                                                                      tmp_path: Path) -> None:
+    """What a dead run left uncommitted goes; a file any version references (time travel), a file with another
+    run's rows (a live writer's) and a file without a footer (being written) stay. Also before the table's first
+    commit (the dead run's write would have created it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = "id int, year int, month int, _run_id string"
+    path = str(tmp_path / "t")
+
+    def plant(name: str, runs: list[str], folder: str = "year=2013/month=1") -> Path:
+        f = Path(path) / folder / name
+        f.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"id": list(range(len(runs))), "_run_id": runs}), f)
+        return f
+
+    first = plant("part-first.parquet", ["dead", "dead"])  # the dead run's write was the table's first
+    size = first.stat().st_size
+    assert store.remove_dead_files(path, "_run_id", ["dead"]) == (1, size) and not first.exists()
+    store.write(spark.createDataFrame([(1, 2013, 1, "live"), (2, 2013, 1, "dead")], schema), path, "append",
+                ["year", "month"])
+    store.delete_where(path, "_run_id", ["dead"])  # rolled back: its file is referenced by version 0 only
+    dead = [plant(f"part-dead-{i}.parquet", ["dead"], f"year=2013/month={i}") for i in (1, 2)]
+    mixed = plant("part-mixed.parquet", ["dead", "live"])
+    other = plant("part-other.parquet", ["writing"])
+    cut = Path(path) / "year=2013" / "month=1" / "part-cut.parquet"
+    cut.write_bytes(b"PAR1")
+    in_log = {str(f) for f in Path(path).rglob("*.parquet")} - {str(f) for f in (*dead, mixed, other, cut)}
+    sizes = sum(f.stat().st_size for f in dead)
+    assert store.remove_dead_files(path, "_run_id", ["dead", "gone"]) == (2, sizes)
+    assert {str(f) for f in Path(path).rglob("*.parquet")} == in_log | {str(mixed), str(other), str(cut)}
+    assert [r.id for r in store.read(path).collect()] == [1] and store.read(path, 0).count() == 2
+    assert store.remove_dead_files(path, "_run_id", []) == (0, 0)

@@ -282,3 +282,50 @@ def test_a_lost_lease_cancels_the_holders_running_spark_job(spark: SparkSession,
     assert not thread.is_alive() and len(errors) == 1 and "cancel" in errors[0].lower(), errors
     assert store.version(path) == 0 and [r.id for r in store.read(path).collect()] == [0]
     lease.release(False)
+
+
+def _parquet_files(table: str) -> dict[str, bool]:
+    """Every Parquet file in a table folder (not under _ or . folders) -> whether it has a readable footer."""
+    import pyarrow.parquet as pq
+
+    out = {}
+    for f in Path(table).rglob("*.parquet"):
+        if any(part.startswith(("_", ".")) for part in f.relative_to(table).parts):
+            continue
+        try:
+            out[str(f)] = pq.read_metadata(f).num_rows >= 0
+        except Exception:
+            out[str(f)] = False
+    return out
+
+
+def test_files_of_an_ingest_killed_while_writing_bronze_are_removed_by_the_run_that_takes_over(
+        spark: SparkSession, store: DeltaStore, make_cfg: Callable[..., Config], workspace: Path) -> None:
+    """delta-spark's tasks write bronze's files straight into the table folder; the ingest job is SIGKILLed while
+    they do (many small files, so the write is still running when its first files are complete). The next run
+    takes the lease over from the dead holder, and removes the files that run wrote and no version references;
+    every landed row is in bronze once."""
+    from deltalake import DeltaTable
+
+    cfg = make_cfg()
+    files = _land_flights(cfg, 3)
+    bronze = cfg.catalog.path("flights")
+    proc = _job(workspace, "storage.max_records_per_file=5")
+    deadline = time.monotonic() + 400
+    while len(_parquet_files(bronze)) < 4:  # each task closes a file before it opens the next: 2 are complete
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "the ingest job never wrote bronze"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not store.exists(bronze), "the write committed before the kill"
+    left = _parquet_files(bronze)
+    assert sum(left.values()) >= 2, left  # complete files of the dead run, no version references them
+
+    ingest(spark, cfg, store, "run-2", ["flights"])
+    rows = store.read(bronze)
+    assert rows.count() == _data_lines(files) == rows.drop("_run_id").distinct().count()
+    referenced = set(DeltaTable(bronze).file_uris())
+    unreferenced = {f: whole for f, whole in _parquet_files(bronze).items() if f not in referenced}
+    assert not any(unreferenced.values()), unreferenced  # only files cut short (no footer, no rows) may stay
+    assert set(unreferenced) <= set(left)

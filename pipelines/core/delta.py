@@ -37,7 +37,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlparse
 
 import pandas as pd
 import pyarrow as pa
@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable, Schema
 from deltalake.exceptions import CommitFailedError
 from deltalake.transaction import AddAction, CommitProperties, RemoveAction, create_table_with_add_actions
+from fsspec import AbstractFileSystem
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
@@ -276,6 +277,33 @@ class DeltaStore:
         return Maintenance(version_before, version_after, int(metrics["numFilesRemoved"]),
                            int(metrics["numFilesAdded"]), len(gone) + staging.files,
                            sum(before[f] for f in gone) + staging.bytes, staging.folders)
+
+    def remove_dead_files(self, path: str, column: str, runs: list[str]) -> tuple[int, int]:
+        """Delete the data files in table `path` that no version references and whose every row has `column` in
+        `runs` (runs proven dead, whose writers will never commit them); return (files, bytes) removed.
+
+        That is what a writer killed or failed before its commit left in the table folder: delta-spark's tasks
+        write there directly, and the embedded engine moves files there before its commit. "No version references"
+        means no add or remove in the log (JSON commits, checkpoints) names the file, so time travel loses nothing.
+        Left alone: files with rows of any other run (a live writer's, maintain's compaction) and files whose
+        Parquet footer cannot be read (still being written by someone, or cut short by the kill; they hold no
+        readable rows and VACUUM removes them after the retention). Either engine, local or HDFS; fenced."""
+        wanted = set(runs)
+        fs, root = files.filesystem(path)
+        root = root.rstrip("/")
+        if not wanted or not fs.isdir(root):  # a folder without a log yet: the dead run's write was its first
+            return 0, 0
+        logged = _logged_files(fs, root)
+        removed = size = 0
+        for rel, n_bytes in _data_files(path).items():
+            if rel in logged:
+                continue
+            values = _column_values(fs, f"{root}/{rel}", column)
+            if values and values <= wanted:
+                self._fence()
+                fs.rm_file(f"{root}/{rel}")
+                removed, size = removed + 1, size + n_bytes
+        return removed, size
 
     def _check_compatible(
         self,
@@ -574,6 +602,49 @@ def _data_files(path: str) -> dict[str, int]:
         if not any(part.startswith(("_", ".")) for part in rel.split("/")):
             out[rel] = int(info["size"])
     return out
+
+
+def _logged_files(fs: AbstractFileSystem, root: str) -> set[str]:
+    """Relative paths of every file that an add or remove action in the table's log names (JSON commits, v2
+    checkpoint manifests, Parquet checkpoints and their sidecars): the files some version references."""
+    out: set[str] = set()
+
+    def note(path: str | None) -> None:
+        if path:
+            rel = unquote(path)
+            if "://" in rel:  # an absolute path: relative when it is in this table
+                rel = urlparse(rel).path
+            out.add(rel.removeprefix(root + "/") if rel.startswith("/") else rel)
+
+    log = f"{root}/_delta_log"
+    for file in fs.find(log) if fs.isdir(log) else []:
+        if file.endswith(".json"):
+            for line in fs.cat_file(file).decode().splitlines():
+                action = json.loads(line) if line.strip() else {}
+                for kind in ("add", "remove"):
+                    note((action.get(kind) or {}).get("path"))
+        elif file.endswith(".parquet"):
+            with fs.open(file, "rb") as f:
+                checkpoint = pq.ParquetFile(f)
+                kinds = [k for k in ("add", "remove") if k in checkpoint.schema_arrow.names]
+                table = checkpoint.read(columns=kinds)
+            for kind in kinds:
+                for action in table.column(kind).to_pylist():
+                    note((action or {}).get("path"))
+    return out
+
+
+def _column_values(fs: AbstractFileSystem, file: str, column: str) -> set[Any]:
+    """The distinct values of `column` in a Parquet file; empty when the file has no such column or cannot be
+    read as Parquet (no footer yet: being written, or cut short)."""
+    try:
+        with fs.open(file, "rb") as f:
+            data = pq.ParquetFile(f)
+            if column not in data.schema_arrow.names:
+                return set()
+            return set(data.read(columns=[column]).column(0).unique().to_pylist())
+    except Exception:
+        return set()
 
 
 def _remove_if_empty(folder: Path) -> None:
