@@ -13,7 +13,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import zipfile
 from datetime import date
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from pipelines.core.config import REPO_ROOT
+from tests.support.held import HeldWriter
 
 SCRIPT = str(REPO_ROOT / "spark-submit.sh")
 # Each process signs in at a barrier folder after its imports and goes when all have: they race for real.
@@ -39,6 +39,7 @@ PACKAGING = """
 import sys, time, zipfile
 from pathlib import Path
 from pipelines.core.config import REPO_ROOT
+from tests.support.held import HeldWriter
 from pipelines.core.submit import build_code_zip, build_conf_archive
 dist = Path(sys.argv[1])
 barrier(*sys.argv[2:4])
@@ -231,24 +232,11 @@ def test_replace_of_a_date_sees_a_stream_upsert_between_its_read_and_its_commit(
             return tag
 
         batch = batch.withColumn("written_by", held("id", "written_by"))
-    errors: list[str] = []
-
-    def rescore() -> None:
-        try:
-            replace_partitions(store, path, batch, "flight_date", [day], model)
-        except Exception as e:  # the assertion below shows it
-            errors.append(f"{type(e).__name__}: {str(e)[:600]}")
-
-    writer = threading.Thread(target=rescore)
-    writer.start()
-    deadline = time.monotonic() + 300
-    while not (points / point).exists():
-        assert writer.is_alive() and time.monotonic() < deadline, f"the batch never reached {point}: {errors}"
-        time.sleep(0.05)
+    writer = HeldWriter(lambda: replace_partitions(store, path, batch, "flight_date", [day], model))
+    writer.wait_at(points / point)
     upsert_partitions(store, path, _gold(spark, day, range(100, 110), "stream"), ["id"], "flight_date")
     failpoints.release(point, points)
-    writer.join(300)
-    assert errors == [] and not writer.is_alive()
+    assert writer.join() == []
     gold = [(r.id, r.written_by) for r in spark.read.format("delta").load(path).collect()]  # Delta's own reader
     assert sorted(i for i, _ in gold) == list(range(0, 110)), sorted(i for i, _ in gold)[95:]  # each key once
     assert {tag for _, tag in gold} == {"batch"}

@@ -22,6 +22,7 @@ from pipelines.core.delta import DeltaStore
 from pipelines.core.errors import BadInput
 from pipelines.demo import land_demo
 from pipelines.ingest import ingest
+from tests.support.held import HeldWriter
 from tests.support.servers import free_port
 
 SOURCE = "ingest.sources.t={path: t/*.csv, table: t, columns: {id: int, name: string}}"
@@ -200,7 +201,6 @@ def test_ingest_that_lost_its_lease_commits_nothing_more(spark: SparkSession, ma
     holder dead: a clock, a heartbeat or a namespace misread): the fence stops that commit and every later one,
     so no bronze, quarantine or log row of the old holder lands beside the new holder's."""
     import json
-    import threading
 
     cfg = make_cfg(SOURCE, "storage.engine=embedded")  # the embedded engine's commit runs on the driver: held there
     store = DeltaStore(spark, "embedded")
@@ -210,26 +210,14 @@ def test_ingest_that_lost_its_lease_commits_nothing_more(spark: SparkSession, ma
     points = tmp_path / "failpoints"
     monkeypatch.setenv(failpoints.ENV, "delta.before_commit:wait")
     monkeypatch.setenv(failpoints.DIR_ENV, str(points))
-    errors: list[str] = []
-
-    def run() -> None:
-        try:
-            ingest(spark, cfg, store, "run-1", ["t"])
-        except Exception as e:  # the assertion below shows it
-            errors.append(f"{type(e).__name__}: {e}")
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    deadline = time.monotonic() + 300
-    while not (points / "delta.before_commit").exists():
-        assert thread.is_alive() and time.monotonic() < deadline, errors
-        time.sleep(0.05)
+    writer = HeldWriter(lambda: ingest(spark, cfg, store, "run-1", ["t"]))
+    writer.wait_at(points / "delta.before_commit")
     (held,) = sorted((Path(cfg.workspace) / "leases" / "ingest").glob("*.json"))
     taker = {**json.loads(held.read_text()), "host": "elsewhere", "pid": 1, "run_id": "run-2", "pending": ["run-1"]}
     taker["generation"] += 1
     (held.parent / f"{taker['generation']:012d}.json").write_text(json.dumps(taker))
     failpoints.release("delta.before_commit", points)
-    thread.join(300)
+    errors = writer.join()
     assert len(errors) == 1 and "taken over" in errors[0], errors
     for table in ("t", "quarantine_rows", "quarantine_files", "ingest_log"):
         assert not store.exists(cfg.catalog.path(table)), table
@@ -240,7 +228,6 @@ def test_a_lost_lease_cancels_the_holders_running_spark_job(spark: SparkSession,
     holder's heartbeat fails (it may soon be judged dead) the lease cancels the jobs the holder tagged (ingest tags
     its jobs so), and the write running then commits nothing."""
     import shutil
-    import threading
 
     from pipelines.core.lease import Lease
 
@@ -258,28 +245,21 @@ def test_a_lost_lease_cancels_the_holders_running_spark_job(spark: SparkSession,
         return name
 
     rows = spark.createDataFrame([(1, "new")], "id int, name string").withColumn("name", held("name"))
-    errors: list[str] = []
 
     def write() -> None:
         spark.sparkContext.addJobTag(tag)
         try:
             store.fenced(lease.check).write(rows, path, "append")
-        except Exception as e:  # the assertion below shows it
-            errors.append(f"{type(e).__name__}: {e}")
         finally:
             spark.sparkContext.removeJobTag(tag)
 
-    thread = threading.Thread(target=write)
-    thread.start()
-    deadline = time.monotonic() + 300
-    while not (points / "task").exists():
-        assert thread.is_alive() and time.monotonic() < deadline, errors
-        time.sleep(0.05)
+    writer = HeldWriter(write)
+    writer.wait_at(points / "task")
     shutil.rmtree(folder)  # the heartbeat can no longer be written
     folder.write_text("not a folder")
-    thread.join(120)
+    errors = writer.join(120)  # cancelled: the task is still held
     failpoints.release("task", points)
-    assert not thread.is_alive() and len(errors) == 1 and "cancel" in errors[0].lower(), errors
+    assert len(errors) == 1 and "cancel" in errors[0].lower(), errors
     assert store.version(path) == 0 and [r.id for r in store.read(path).collect()] == [0]
     lease.release(False)
 

@@ -16,7 +16,12 @@ the previous or the new version. What a killed writer leaves is litter, never a 
   every file (the write counts as done); moved files are removed only when the log shows no commit added them.
 - delta-spark: Spark writes the task files straight into the table folder, then commits in the JVM. A killed
   writer's files are untracked; `maintain` (VACUUM) deletes untracked files older than the retention, which is
-  what keeps a live writer's files safe, so with the default retention they go a week later.
+  what keeps a live writer's files safe, so with the default retention they go a week later, unless a caller
+  that can prove their writer dead (ingest, holding its lease) removes them at once (`remove_dead_files`).
+
+Concurrent writers: a replace of partitions conflicts with any commit since its read that touched them, on both
+engines (see `_commit_replace`), and is done again (`retry_on_conflict`). A store may be `fenced`: a check run
+right before every commit, which a lease holder uses to commit nothing once it lost the lease.
 
 Both engines record a write's `metadata` as JSON in the commit's userMetadata, where `history` (either engine)
 returns it as `metadata`. `to_pandas` reads any of the tables into pandas with delta-rs, without Spark.
