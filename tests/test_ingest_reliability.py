@@ -288,11 +288,11 @@ def test_files_of_an_ingest_killed_while_writing_bronze_are_removed_by_the_run_t
     from deltalake import DeltaTable
 
     cfg = make_cfg()
-    files = _land_flights(cfg, 3)
+    files = _land_flights(cfg, 1)
     bronze = cfg.catalog.path("flights")
-    proc = _job(workspace, "storage.max_records_per_file=5")
+    proc = _job(workspace, "storage.max_records_per_file=3")  # ~190 files, written one after another
     deadline = time.monotonic() + 400
-    while len(_parquet_files(bronze)) < 4:  # each task closes a file before it opens the next: 2 are complete
+    while len(_parquet_files(bronze)) < 4:  # a task closes a file before it opens the next: 3 are complete
         assert proc.poll() is None, proc.communicate()[0][-3000:]
         assert time.monotonic() < deadline, "the ingest job never wrote bronze"
         time.sleep(0.02)
