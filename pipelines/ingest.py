@@ -683,10 +683,13 @@ def _run_ids(store: DeltaStore, path: str, column: str) -> set[str]:
 
 def rollback_unlogged(cfg: Config, store: DeltaStore, run_id: str, dead: list[str], log: pd.DataFrame | None
                       ) -> dict[str, int]:
-    """Delete the bronze and quarantine rows of dead ingest runs that never wrote their ingest log entry.
+    """Delete the bronze and quarantine rows of dead ingest runs that never wrote their ingest log entry, and the
+    data files those runs wrote but never committed.
 
     An ingest run commits bronze (and quarantine) first and the ingest log last; a driver that dies in between
-    leaves rows whose files the log does not know, so the next run would ingest them again. Rows are deleted only
+    leaves rows whose files the log does not know, so the next run would ingest them again. A driver killed while
+    a write ran leaves that write's files in the table folder, referenced by no version; holding the lease, this
+    run knows their writer is gone (see DeltaStore.remove_dead_files). Rows are deleted only
     on evidence: `dead` are the runs the ingest lease proves stopped (a dead holder, or one that failed), or that a
     person named in ingest.roll_back; the log, which must be readable, proves they are unlogged; and the tracking
     server must be reachable to mark them KILLED. Rows of any other run (the streaming job's quarantine rows, a
@@ -717,6 +720,12 @@ def rollback_unlogged(cfg: Config, store: DeltaStore, run_id: str, dead: list[st
             LOG.warning("ingest: rolled back %d rows of dead unlogged run(s) %s from %s", n, ", ".join(orphans),
                         path)
             rolled[path] = n
+    # After the deletes: a compaction that read the dead runs' committed rows can no longer commit.
+    for path, column in (tables | {cfg.catalog.path("ingest_log"): "run_id"}).items():
+        files, size = store.remove_dead_files(path, column, orphans)
+        if files:
+            LOG.warning("ingest: removed %d files (%d bytes) that dead run(s) %s wrote to %s and never committed",
+                        files, size, ", ".join(orphans), path)
     return rolled
 
 
@@ -775,16 +784,21 @@ def ingest(spark: SparkSession, cfg: Config, store: DeltaStore, run_id: str,
     """Ingest the named sources, else ingest.select, else every configured source; return per-source results.
 
     The run holds the workspace's ingest lease throughout (waiting for a live holder, taking over a dead one), so
-    concurrent runs are serialized and the later one finds nothing new. Rows left by an earlier run that died or
-    failed before writing its ingest log are rolled back first."""
+    concurrent runs are serialized and the later one finds nothing new. Every commit it makes (bronze, quarantine,
+    the log, rollback deletes) is fenced by the lease: checked right before it commits, and the run's Spark jobs
+    are cancelled the moment the lease is lost, so a holder judged dead commits nothing more. Rows left by an
+    earlier run that died or failed before writing its ingest log are rolled back first."""
     sources = sources or cfg.ingest.select or None
     unknown = sorted(set(sources or []) - set(cfg.ingest.sources))
     if unknown:
         raise ValueError(f"unknown sources {unknown}; configured: {sorted(cfg.ingest.sources)}")
     lc = cfg.ingest.lease
+    jobs = f"ingest-{run_id}"  # this run's Spark jobs, to cancel when the lease is lost
     lease = Lease(join(cfg.workspace, "leases", "ingest"), run_id, lc.expiry_s, lc.heartbeat_s, lc.wait_s,
-                  lc.poll_s)
+                  lc.poll_s, on_lost=lambda _: spark.sparkContext.cancelJobsWithTag(jobs))
     dead = [*lease.acquire(), *cfg.ingest.roll_back]
+    store = store.fenced(lease.check)
+    spark.sparkContext.addJobTag(jobs)
     ok = False
     try:
         log_path = cfg.catalog.path("ingest_log")
@@ -793,12 +807,12 @@ def ingest(spark: SparkSession, cfg: Config, store: DeltaStore, run_id: str,
         seen = ingested_files(log)
         results = [ingest_source(spark, cfg, store, name, src, run_id, seen)
                    for name, src in cfg.ingest.sources.items() if not sources or name in sources]
-        lease.check()
         pause("ingest.before_log")
         write_ingest_log(spark, cfg, store, run_id, results)
         ok = True
         return results
     finally:
+        spark.sparkContext.removeJobTag(jobs)
         lease.release(ok, dead)
 
 

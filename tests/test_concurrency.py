@@ -21,6 +21,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from pipelines.core.config import REPO_ROOT
+from tests.support.held import HeldWriter
 
 SCRIPT = str(REPO_ROOT / "spark-submit.sh")
 # Each process signs in at a barrier folder after its imports and goes when all have: they race for real.
@@ -38,6 +39,7 @@ PACKAGING = """
 import sys, time, zipfile
 from pathlib import Path
 from pipelines.core.config import REPO_ROOT
+from tests.support.held import HeldWriter
 from pipelines.core.submit import build_code_zip, build_conf_archive
 dist = Path(sys.argv[1])
 barrier(*sys.argv[2:4])
@@ -193,3 +195,49 @@ def test_batch_score_and_stream_upsert_on_one_partition(spark: SparkSession, tmp
     expected |= {(1000 + 10 * r + j, f"stream{r}") for r in range(*later_streams) for j in range(10)}
     rows = [(r["id"], r["written_by"]) for r in store.read(path).collect()]
     assert len(rows) == len(expected) and set(rows) == expected, engine
+
+
+@pytest.mark.parametrize("engine", ["delta-spark", "embedded"])
+def test_replace_of_a_date_sees_a_stream_upsert_between_its_read_and_its_commit(
+        spark: SparkSession, tmp_path: Path, engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch scoring re-scores a date (keys 0-109: the stream's new keys 100-109 reached its input too) and is held
+    between its read of the table and its commit; meanwhile the stream's MERGE adds keys 100-109 to that date. The
+    replace must see that commit as a conflict and be done again on the new version: every key once, as the batch
+    wrote it. Where each engine reads: delta-spark when its transaction starts, before the Spark job (held inside
+    a task of that job); embedded when it lists the partition's files, right before its commit (held at the
+    `delta.before_commit` failpoint)."""
+    from pyspark.sql import functions as F
+
+    from pipelines.core import failpoints
+    from pipelines.core.delta import DeltaStore
+    from pipelines.stages.score import ResolvedModel, replace_partitions, upsert_partitions
+
+    day, point, points = date(2013, 6, 1), "score.between_read_and_commit", tmp_path / "failpoints"
+    model = ResolvedModel("m", "1", "models:/m/1", "/1", "run", {})
+    store = DeltaStore(spark, engine)
+    path = str(tmp_path / "gold")
+    store.write(_gold(spark, day, range(0, 100), "seed"), path, "overwrite", ["flight_date"])
+    batch = _gold(spark, day, range(0, 110), "batch")
+    if engine == "embedded":
+        point = "delta.before_commit"
+        monkeypatch.setenv(failpoints.ENV, f"{point}:wait")
+        monkeypatch.setenv(failpoints.DIR_ENV, str(points))
+    else:
+        folder = str(points)
+
+        @F.udf("string")
+        def held(i: int, tag: str) -> str:
+            if i == 0:
+                failpoints.hold(point, folder)
+            return tag
+
+        batch = batch.withColumn("written_by", held("id", "written_by"))
+    writer = HeldWriter(lambda: replace_partitions(store, path, batch, "flight_date", [day], model))
+    writer.wait_at(points / point)
+    upsert_partitions(store, path, _gold(spark, day, range(100, 110), "stream"), ["id"], "flight_date")
+    failpoints.release(point, points)
+    assert writer.join() == []
+    gold = [(r.id, r.written_by) for r in spark.read.format("delta").load(path).collect()]  # Delta's own reader
+    assert sorted(i for i, _ in gold) == list(range(0, 110)), sorted(i for i, _ in gold)[95:]  # each key once
+    assert {tag for _, tag in gold} == {"batch"}
+    assert [bool(h["metadata"].get("model")) for h in store.history(path)] == [True, False, False]  # stream, batch

@@ -262,3 +262,90 @@ def test_engine_choice(spark: SparkSession, monkeypatch: pytest.MonkeyPatch, tmp
     assert session_jars(load_config("local", [])) == []  # auto: the embedded engine
     with pytest.raises(FileNotFoundError, match=r"bootstrap\.sh.*storage\.engine=embedded"):
         session_jars(load_config("local", ["storage.engine=delta-spark"]))
+
+
+def test_replace_conflicts_with_any_commit_that_touched_its_partitions() -> None:
+    """The embedded engine's conflict rule for a replace of partitions (no JVM): a later commit that added or
+    removed a file in one of them, or changed metadata or protocol, conflicts; one that touched only other
+    partitions does not."""
+    from pipelines.core.delta import replace_conflict
+
+    day = [{"flight_date": "2013-06-01", "flag": True}]
+
+    def add(values: dict | None, kind: str = "add") -> dict:
+        return {kind: {"path": "f.parquet", **({} if values is None else {"partitionValues": values})}}
+
+    same, other = {"flight_date": "2013-06-01", "flag": "true"}, {"flight_date": "2013-06-02", "flag": "true"}
+    assert replace_conflict([{"commitInfo": {}}, add(same)], day) == "add of f.parquet in a partition being replaced"
+    assert replace_conflict([add(same, "remove")], day) == "remove of f.parquet in a partition being replaced"
+    assert replace_conflict([add(None)], day)  # where a file belongs is unknown: assume the worst
+    assert replace_conflict([{"metaData": {"id": "x"}}], day) == "changed the table's metaData"
+    assert replace_conflict([{"protocol": {}}], day) == "changed the table's protocol"
+    assert replace_conflict([{"commitInfo": {}}, add(other), add(other, "remove"), {"txn": {}}], day) is None
+    assert replace_conflict([add({"flight_date": None, "flag": "false"})], [{"flight_date": None, "flag": False}])
+
+
+def test_a_fenced_store_commits_nothing_once_its_fence_fails(spark: SparkSession, store: DeltaStore,
+                                                             tmp_path: Path) -> None:
+    """The fence (a lease holder's check) runs right before every commit: when it raises, no write, delete or
+    merge commits, and no data file of the attempt is left in the table folder by the embedded engine."""
+    from pipelines.core.delta import merge_rows
+    from pipelines.core.lease import LeaseLost
+
+    path = str(tmp_path / "t")
+    store.write(_rows(spark, [(1, 2013, 1, "a")]), path, "append", ["year", "month"])
+    files = {p for p in Path(path).rglob("*.parquet")}
+
+    def lost() -> None:
+        raise LeaseLost("taken over")
+
+    fenced = store.fenced(lost)
+    attempts = [lambda: fenced.write(_rows(spark, [(2, 2013, 1, "b")]), path, "append"),
+                lambda: fenced.write(_rows(spark, [(3, 2013, 1, "c")]), path, "overwrite",
+                                     replace_partitions=[{"year": 2013, "month": 1}]),
+                lambda: fenced.write(_rows(spark, [(4, 2014, 1, "d")]), path, "overwrite"),
+                lambda: fenced.delete_where(path, "name", ["a"]),
+                lambda: merge_rows(fenced, _rows(spark, [(1, 2013, 1, "z")]), path, ["id"])]
+    for attempt in attempts:
+        with pytest.raises(Exception, match="taken over"):
+            attempt()
+    assert store.version(path) == 0 and [(r.id, r.name) for r in store.read(path).collect()] == [(1, "a")]
+    if store.engine == "embedded":
+        assert {p for p in Path(path).rglob("*.parquet")} == files
+    assert store.write(_rows(spark, [(5, 2013, 1, "e")]), path, "append") == 1  # the store itself is not fenced
+
+
+def test_remove_dead_files_takes_only_unreferenced_files_of_dead_runs(spark: SparkSession, store: DeltaStore,
+                                                                      tmp_path: Path) -> None:
+    """What a dead run left uncommitted goes; a file any version references (time travel), a file with another
+    run's rows (a live writer's) and a file without a footer (being written) stay. Also before the table's first
+    commit (the dead run's write would have created it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = "id int, year int, month int, _run_id string"
+    path = str(tmp_path / "t")
+
+    def plant(name: str, runs: list[str], folder: str = "year=2013/month=1") -> Path:
+        f = Path(path) / folder / name
+        f.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"id": list(range(len(runs))), "_run_id": runs}), f)
+        return f
+
+    first = plant("part-first.parquet", ["dead", "dead"])  # the dead run's write was the table's first
+    size = first.stat().st_size
+    assert store.remove_dead_files(path, "_run_id", ["dead"]) == (1, size) and not first.exists()
+    store.write(spark.createDataFrame([(1, 2013, 1, "live"), (2, 2013, 1, "dead")], schema), path, "append",
+                ["year", "month"])
+    store.delete_where(path, "_run_id", ["dead"])  # rolled back: its file is referenced by version 0 only
+    dead = [plant(f"part-dead-{i}.parquet", ["dead"], f"year=2013/month={i}") for i in (1, 2)]
+    mixed = plant("part-mixed.parquet", ["dead", "live"])
+    other = plant("part-other.parquet", ["writing"])
+    cut = Path(path) / "year=2013" / "month=1" / "part-cut.parquet"
+    cut.write_bytes(b"PAR1")
+    in_log = {str(f) for f in Path(path).rglob("*.parquet")} - {str(f) for f in (*dead, mixed, other, cut)}
+    sizes = sum(f.stat().st_size for f in dead)
+    assert store.remove_dead_files(path, "_run_id", ["dead", "gone"]) == (2, sizes)
+    assert {str(f) for f in Path(path).rglob("*.parquet")} == in_log | {str(mixed), str(other), str(cut)}
+    assert [r.id for r in store.read(path).collect()] == [1] and store.read(path, 0).count() == 2
+    assert store.remove_dead_files(path, "_run_id", []) == (0, 0)

@@ -22,6 +22,7 @@ from pipelines.core.delta import DeltaStore
 from pipelines.core.errors import BadInput
 from pipelines.demo import land_demo
 from pipelines.ingest import ingest
+from tests.support.held import HeldWriter
 from tests.support.servers import free_port
 
 SOURCE = "ingest.sources.t={path: t/*.csv, table: t, columns: {id: int, name: string}}"
@@ -194,58 +195,117 @@ def test_stream_quarantine_rows_are_never_rolled_back(spark: SparkSession, store
     assert [r.run_id for r in store.read(rows).collect()] == ["stream-0"]
 
 
-def test_lease_takes_over_only_dead_holders(tmp_path: Path) -> None:
-    """A live holder (same host: its pid runs; other host: a fresh heartbeat) is waited for and never taken over;
-    a dead one (pid gone, stale heartbeat) is, and its run is handed on as pending. Of contenders for a free lease,
-    exactly one wins (atomic create)."""
+def test_ingest_that_lost_its_lease_commits_nothing_more(spark: SparkSession, make_cfg: Callable[..., Config],
+                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ingest held right before its first bronze commit while another run takes the lease over (it judged this
+    holder dead: a clock, a heartbeat or a namespace misread): the fence stops that commit and every later one,
+    so no bronze, quarantine or log row of the old holder lands beside the new holder's."""
     import json
-    import socket
-    import threading
-    from dataclasses import asdict
 
-    from pipelines.core.lease import Lease, LeaseRecord
+    cfg = make_cfg(SOURCE, "storage.engine=embedded")  # the embedded engine's commit runs on the driver: held there
+    store = DeltaStore(spark, "embedded")
+    folder = Path(cfg.catalog.landing) / "t"
+    folder.mkdir(parents=True)
+    (folder / "a.csv").write_bytes(b"id,name\n1,a\nnot-a-number,b\n")
+    points = tmp_path / "failpoints"
+    monkeypatch.setenv(failpoints.ENV, "delta.before_commit:wait")
+    monkeypatch.setenv(failpoints.DIR_ENV, str(points))
+    writer = HeldWriter(lambda: ingest(spark, cfg, store, "run-1", ["t"]))
+    writer.wait_at(points / "delta.before_commit")
+    (held,) = sorted((Path(cfg.workspace) / "leases" / "ingest").glob("*.json"))
+    taker = {**json.loads(held.read_text()), "host": "elsewhere", "pid": 1, "run_id": "run-2", "pending": ["run-1"]}
+    taker["generation"] += 1
+    (held.parent / f"{taker['generation']:012d}.json").write_text(json.dumps(taker))
+    failpoints.release("delta.before_commit", points)
+    errors = writer.join()
+    assert len(errors) == 1 and "taken over" in errors[0], errors
+    for table in ("t", "quarantine_rows", "quarantine_files", "ingest_log"):
+        assert not store.exists(cfg.catalog.path(table)), table
 
+
+def test_a_lost_lease_cancels_the_holders_running_spark_job(spark: SparkSession, tmp_path: Path) -> None:
+    """delta-spark commits at the end of its Spark job, after the fence check that preceded the job: so when the
+    holder's heartbeat fails (it may soon be judged dead) the lease cancels the jobs the holder tagged (ingest tags
+    its jobs so), and the write running then commits nothing."""
+    import shutil
+
+    from pipelines.core.lease import Lease
+
+    store = DeltaStore(spark, "delta-spark")
+    path, tag, points = str(tmp_path / "t"), "ingest-holder", tmp_path / "failpoints"
+    store.write(spark.createDataFrame([(0, "seed")], "id int, name string"), path, "append")
     folder = tmp_path / "lease"
-    folder.mkdir()
+    lease = Lease(str(folder), "holder", expiry_s=2, heartbeat_s=0.1, wait_s=0, poll_s=0.05,
+                  on_lost=lambda _: spark.sparkContext.cancelJobsWithTag(tag))
+    lease.acquire()
 
-    def put(generation: int, host: str, pid: int, heartbeat_at: float) -> None:
-        rec = LeaseRecord(generation, host, pid, None, f"run-{generation}", heartbeat_at, 60)
-        (folder / f"{generation:012d}.json").write_text(json.dumps(asdict(rec)))
+    @F.udf("string")
+    def held(name: str) -> str:
+        failpoints.hold("task", str(points))
+        return name
 
-    def take(run: str) -> list[str]:
-        lease = Lease(str(folder), run, expiry_s=60, heartbeat_s=1, wait_s=1, poll_s=0.2)
-        pending = lease.acquire()
-        lease.release(False)
-        return pending
+    rows = spark.createDataFrame([(1, "new")], "id int, name string").withColumn("name", held("name"))
 
-    put(1, "elsewhere", 1, time.time())
-    with pytest.raises(BadInput, match="held by live run run-1 .host elsewhere"):
-        take("a")
-    put(2, "elsewhere", 1, time.time() - 61)
-    assert take("b") == ["run-2"]  # stale heartbeat: taken over; then released as failed
-    child = subprocess.Popen(["sleep", "60"])
-    put(4, socket.gethostname(), child.pid, 0)
-    with pytest.raises(BadInput, match="held by live run run-4"):
-        take("c")
-    child.kill()
-    child.wait()
-    assert take("d") == ["run-4"]
-
-    won: list[Lease] = []
-    free = tmp_path / "free"
-
-    def contend(i: int) -> None:
-        lease = Lease(str(free), f"c{i}", wait_s=0, poll_s=0.1)
+    def write() -> None:
+        spark.sparkContext.addJobTag(tag)
         try:
-            lease.acquire()
-            won.append(lease)
-        except BadInput:
-            pass
+            store.fenced(lease.check).write(rows, path, "append")
+        finally:
+            spark.sparkContext.removeJobTag(tag)
 
-    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(won) == 1 and len(list(free.glob("*.json"))) == 1
-    won[0].release(True)
+    writer = HeldWriter(write)
+    writer.wait_at(points / "task")
+    shutil.rmtree(folder)  # the heartbeat can no longer be written
+    folder.write_text("not a folder")
+    errors = writer.join(120)  # cancelled: the task is still held
+    failpoints.release("task", points)
+    assert len(errors) == 1 and "cancel" in errors[0].lower(), errors
+    assert store.version(path) == 0 and [r.id for r in store.read(path).collect()] == [0]
+    lease.release(False)
+
+
+def _parquet_files(table: str) -> dict[str, bool]:
+    """Every Parquet file in a table folder (not under _ or . folders) -> whether it has a readable footer."""
+    import pyarrow.parquet as pq
+
+    out = {}
+    for f in Path(table).rglob("*.parquet"):
+        if any(part.startswith(("_", ".")) for part in f.relative_to(table).parts):
+            continue
+        try:
+            out[str(f)] = pq.read_metadata(f).num_rows >= 0
+        except Exception:
+            out[str(f)] = False
+    return out
+
+
+def test_files_of_an_ingest_killed_while_writing_bronze_are_removed_by_the_run_that_takes_over(
+        spark: SparkSession, store: DeltaStore, make_cfg: Callable[..., Config], workspace: Path) -> None:
+    """delta-spark's tasks write bronze's files straight into the table folder; the ingest job is SIGKILLed while
+    they do (many small files, so the write is still running when its first files are complete). The next run
+    takes the lease over from the dead holder, and removes the files that run wrote and no version references;
+    every landed row is in bronze once."""
+    from deltalake import DeltaTable
+
+    cfg = make_cfg()
+    files = _land_flights(cfg, 1)
+    bronze = cfg.catalog.path("flights")
+    proc = _job(workspace, "storage.max_records_per_file=3")  # ~190 files, written one after another
+    deadline = time.monotonic() + 400
+    while len(_parquet_files(bronze)) < 4:  # a task closes a file before it opens the next: 3 are complete
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "the ingest job never wrote bronze"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not store.exists(bronze), "the write committed before the kill"
+    left = _parquet_files(bronze)
+    assert sum(left.values()) >= 2, left  # complete files of the dead run, no version references them
+
+    ingest(spark, cfg, store, "run-2", ["flights"])
+    rows = store.read(bronze)
+    assert rows.count() == _data_lines(files) == rows.drop("_run_id").distinct().count()
+    referenced = set(DeltaTable(bronze).file_uris())
+    unreferenced = {f: whole for f, whole in _parquet_files(bronze).items() if f not in referenced}
+    assert not any(unreferenced.values()), unreferenced  # only files cut short (no footer, no rows) may stay
+    assert set(unreferenced) <= set(left)

@@ -6,9 +6,11 @@ workspace on hdfs:// (Delta tables written by delta-spark on HDFS), the packed v
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from pipelines.core.config import REPO_ROOT
 from tests.chain import FAST_TRAINING
 from tests.support.hadoop import HadoopCluster, hadoop_cluster, pinned_hadoop_version, pyspark_hadoop_version
 from tests.support.servers import mlflow_server
+from tests.test_concurrency import BARRIER
 from tests.test_standalone import barrier_executors
 
 YARN_SETTINGS = ["demo.fraction=0.01", "demo.datasets=[flights]", "ingest.select=[flights,weather,planes,airlines]",
@@ -62,6 +65,72 @@ def _submit(job: str, args: list[str], env: dict[str, str]) -> str:
     log = [ln for ln in out.splitlines() if not ln.lstrip().startswith("at ")]  # drop JVM frames
     assert res.returncode == 0, f"{job} on YARN failed:\n" + "\n".join(log[-120:])
     return out
+
+
+CONTENDER = """
+import sys, time
+from pipelines.core.lease import Lease
+folder, run = sys.argv[1], sys.argv[4]
+lease = Lease(folder, run, expiry_s=4, heartbeat_s=0.5, wait_s=300, poll_s=0.2)
+barrier(*sys.argv[2:4])
+pending = lease.acquire()
+print("HOLDS", lease.record.generation, ",".join(pending), flush=True)
+time.sleep(600)  # holds the lease, beating, until it is killed
+"""
+
+
+class _Contender:
+    """A real process racing for the lease; its HOLDS line (generation, pending runs) is read as it comes."""
+
+    def __init__(self, folder: str, barrier: Path, run: str, env: dict[str, str]) -> None:
+        self.run, self.holds, self.held_at = run, None, 0.0
+        self.proc = subprocess.Popen([sys.executable, "-c", BARRIER + CONTENDER, folder, str(barrier), "2", run],
+                                     cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True)
+        self.out: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.out.append(line)
+            if line.startswith("HOLDS"):
+                self.holds, self.held_at = line.split()[1:], time.monotonic()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=60)
+
+
+def test_ingest_lease_on_hdfs_one_holder_per_generation(hadoop: HadoopCluster, tmp_path: Path) -> None:
+    """Two real processes race for one lease folder on HDFS: exactly one holds generation 1; the other waits
+    while the holder lives (beating), and takes generation 2 over only after the holder was SIGKILLed, inheriting
+    its run as pending."""
+    folder = f"{hadoop.fs_uri}/user/pipeline/leases/ingest"
+    env = {**os.environ, **hadoop.env(), "PYTHONPATH": str(REPO_ROOT)}
+    contenders = [_Contender(folder, tmp_path / "barrier", run, env) for run in ("a", "b")]
+    try:
+        deadline = time.monotonic() + 120
+        while not any(c.holds for c in contenders):
+            assert time.monotonic() < deadline and all(c.proc.poll() is None for c in contenders), [
+                "".join(c.out)[-2000:] for c in contenders]
+            time.sleep(0.1)
+        time.sleep(6)  # longer than the expiry: a live holder is never taken over
+        (winner,) = [c for c in contenders if c.holds]
+        (loser,) = [c for c in contenders if c is not winner]
+        assert winner.holds == ["1"] and loser.holds is None and loser.proc.poll() is None
+        winner.kill()
+        killed = time.monotonic()
+        while loser.holds is None:
+            assert time.monotonic() < killed + 60 and loser.proc.poll() is None, "".join(loser.out)[-2000:]
+            time.sleep(0.1)
+        assert loser.holds == ["2", winner.run] and loser.held_at > killed
+        names = sorted(os.path.basename(p) for p in files.listdir(folder))
+        assert [n for n in names if n.endswith(".json")] == [f"{1:012d}.json", f"{2:012d}.json"], names
+    finally:
+        for c in contenders:
+            c.kill()
 
 
 def test_minicluster_matches_pyspark_hadoop() -> None:

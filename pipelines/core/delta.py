@@ -16,7 +16,12 @@ the previous or the new version. What a killed writer leaves is litter, never a 
   every file (the write counts as done); moved files are removed only when the log shows no commit added them.
 - delta-spark: Spark writes the task files straight into the table folder, then commits in the JVM. A killed
   writer's files are untracked; `maintain` (VACUUM) deletes untracked files older than the retention, which is
-  what keeps a live writer's files safe, so with the default retention they go a week later.
+  what keeps a live writer's files safe, so with the default retention they go a week later, unless a caller
+  that can prove their writer dead (ingest, holding its lease) removes them at once (`remove_dead_files`).
+
+Concurrent writers: a replace of partitions conflicts with any commit since its read that touched them, on both
+engines (see `_commit_replace`), and is done again (`retry_on_conflict`). A store may be `fenced`: a check run
+right before every commit, which a lease holder uses to commit nothing once it lost the lease.
 
 Both engines record a write's `metadata` as JSON in the commit's userMetadata, where `history` (either engine)
 returns it as `metadata`. `to_pandas` reads any of the tables into pandas with delta-rs, without Spark.
@@ -24,6 +29,7 @@ returns it as `metadata`. `to_pandas` reads any of the tables into pandas with d
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -36,13 +42,15 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlparse
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import DeltaTable, Schema
+from deltalake.exceptions import CommitFailedError
 from deltalake.transaction import AddAction, CommitProperties, RemoveAction, create_table_with_add_actions
+from fsspec import AbstractFileSystem
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
@@ -68,6 +76,10 @@ T = TypeVar("T")
 
 class DeltaWriteError(RuntimeError):
     """A write that could not be committed; the table is left at its previous version."""
+
+
+class PartitionConflict(DeltaWriteError):
+    """An embedded replace of partitions lost the race with a commit that touched those partitions."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,18 @@ class DeltaStore:
                                + NO_DELTA_JARS.format(where=delta_jar_dir()))
         self.engine = engine
         self.max_records_per_file = max_records_per_file
+        self.fence: Callable[[], None] | None = None
+
+    def fenced(self, check: Callable[[], None]) -> DeltaStore:
+        """This store with a fence: every commit (write, delete, merge) first runs `check`, right before the commit,
+        and commits nothing when it raises (a lease holder that lost its lease, see pipelines.core.lease)."""
+        out = copy.copy(self)
+        out.fence = check
+        return out
+
+    def _fence(self) -> None:
+        if self.fence is not None:
+            self.fence()
 
     def _spark_table(self, path: str) -> Any:
         from delta.tables import DeltaTable as SparkDeltaTable
@@ -219,12 +243,15 @@ class DeltaStore:
             condition = F.col(column).isin(values)
             n = self.read(path).filter(condition).count()
             if n:
+                self._fence()
                 with _user_metadata(self.spark, metadata):
                     self._spark_table(path).delete(condition)
             return n
         quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
         props = CommitProperties(custom_metadata={**EMBEDDED_ENGINE_INFO, **_user_metadata_entry(metadata)})
-        metrics = DeltaTable(_local(path)).delete(f"{column} IN ({quoted})", commit_properties=props)
+        dt = DeltaTable(_local(path))
+        self._fence()
+        metrics = dt.delete(f"{column} IN ({quoted})", commit_properties=props)
         return int(metrics.get("num_deleted_rows", 0))
 
     def maintain(self, path: str, retention_hours: int, check_retention: bool = True) -> Maintenance:
@@ -255,6 +282,33 @@ class DeltaStore:
         return Maintenance(version_before, version_after, int(metrics["numFilesRemoved"]),
                            int(metrics["numFilesAdded"]), len(gone) + staging.files,
                            sum(before[f] for f in gone) + staging.bytes, staging.folders)
+
+    def remove_dead_files(self, path: str, column: str, runs: list[str]) -> tuple[int, int]:
+        """Delete the data files in table `path` that no version references and whose every row has `column` in
+        `runs` (runs proven dead, whose writers will never commit them); return (files, bytes) removed.
+
+        That is what a writer killed or failed before its commit left in the table folder: delta-spark's tasks
+        write there directly, and the embedded engine moves files there before its commit. "No version references"
+        means no add or remove in the log (JSON commits, checkpoints) names the file, so time travel loses nothing.
+        Left alone: files with rows of any other run (a live writer's, maintain's compaction) and files whose
+        Parquet footer cannot be read (still being written by someone, or cut short by the kill; they hold no
+        readable rows and VACUUM removes them after the retention). Either engine, local or HDFS; fenced."""
+        wanted = set(runs)
+        fs, root = files.filesystem(path)
+        root = root.rstrip("/")
+        if not wanted or not fs.isdir(root):  # a folder without a log yet: the dead run's write was its first
+            return 0, 0
+        logged = _logged_files(fs, root)
+        removed = size = 0
+        for rel, n_bytes in _data_files(path).items():
+            if rel in logged:
+                continue
+            values = _column_values(fs, f"{root}/{rel}", column)
+            if values and values <= wanted:
+                self._fence()
+                fs.rm_file(f"{root}/{rel}")
+                removed, size = removed + 1, size + n_bytes
+        return removed, size
 
     def _check_compatible(
         self,
@@ -300,6 +354,7 @@ class DeltaStore:
             writer = writer.option("overwriteSchema", "true")
         if metadata:
             writer = writer.option("userMetadata", _user_metadata_entry(metadata)["userMetadata"])
+        self._fence()  # delta-spark commits inside save, after its job: the lease also cancels that job when lost
         try:
             writer.save(path)
         except Exception as e:
@@ -380,6 +435,7 @@ class DeltaStore:
         if not exists or (mode == "overwrite" and replace_partitions is None):
             # CREATE, or CREATE OR REPLACE: one commit that may also change the schema and partitioning.
             pause("delta.before_commit")
+            self._fence()
             create_table_with_add_actions(
                 str(root), schema, actions, mode="overwrite" if exists else "error",
                 partition_by=partition_by or None, commit_properties=props,
@@ -392,16 +448,74 @@ class DeltaStore:
             if not actions and not removes:
                 return dt.version()
             pause("delta.before_commit")
-            dt.create_write_transaction(
-                [*removes, *actions], "append", schema, partition_by, commit_properties=props
-            )
+            return _commit_replace(root, dt.version(), [*removes, *actions], replace_partitions, schema,
+                                   partition_by, metadata, self._fence)
         elif mode == "append" and not actions:
             return dt.version()
         else:
             pause("delta.before_commit")
+            self._fence()
             dt.create_write_transaction(actions, mode, schema, partition_by, commit_properties=props)
         pause("delta.after_commit")
         return DeltaTable(str(root)).version()
+
+
+def _commit_replace(root: Path, read: int, actions: list[AddAction | RemoveAction],
+                    partitions: list[dict[str, Any]], schema: Schema, partition_by: list[str],
+                    metadata: dict[str, str] | None, fence: Callable[[], None], rebases: int = 100) -> int:
+    """Commit a replace of `partitions` (the removes of their files as of version `read`, and the new files) as
+    delta-spark's optimistic concurrency would: exactly on top of the version it read, or on top of later commits
+    that touched none of those partitions. A later commit that added or removed a file in one of them (a stream's
+    MERGE that only added rows included; delta-rs would let that through) raises PartitionConflict, so the whole
+    write is done again on the new version (retry_on_conflict) instead of leaving those rows beside the new ones."""
+    base = read
+    for _ in range(rebases):
+        props = CommitProperties(custom_metadata={**EMBEDDED_ENGINE_INFO, **_user_metadata_entry(metadata)},
+                                 max_commit_retries=0)  # commit exactly as version base + 1, or fail
+        fence()
+        try:
+            DeltaTable(str(root), version=base).create_write_transaction(
+                actions, "append", schema, partition_by, commit_properties=props)
+            pause("delta.after_commit")
+            return base + 1
+        except CommitFailedError:
+            latest = DeltaTable(str(root)).version()
+            if latest == base:
+                raise
+        for version in range(base + 1, latest + 1):
+            why = replace_conflict(_commit_actions(root, version), partitions)
+            if why:
+                raise PartitionConflict(f"{root}: version {version}, committed after version {read} that this "
+                                        f"replace of partitions {partitions} read, {why}")
+        base = latest
+    raise PartitionConflict(f"{root}: other writers kept committing; gave up after {rebases} rebases")
+
+
+def _commit_actions(root: Path, version: int) -> list[dict[str, Any]]:
+    """The actions of one JSON commit; a commit that cannot be read counts as a metadata change (a conflict)."""
+    try:
+        text = (root / "_delta_log" / f"{version:020d}.json").read_text()
+    except OSError:
+        return [{"metaData": {}}]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def replace_conflict(actions: list[dict[str, Any]], partitions: list[dict[str, Any]]) -> str | None:
+    """Why a commit with `actions` conflicts with a concurrent replace of `partitions` (None when it does not):
+    it changed the table's metadata or protocol, or it added or removed a file in one of those partitions (a
+    file without partition values counts as in them)."""
+    wanted = [_partition_key(p) for p in partitions]
+    for action in actions:
+        for kind in ("metaData", "protocol"):
+            if kind in action:
+                return f"changed the table's {kind}"
+        for kind in ("add", "remove"):
+            if kind not in action:
+                continue
+            values = action[kind].get("partitionValues")
+            if values is None or _partition_key(values) in wanted:
+                return f"{kind} of {unquote(action[kind]['path'])} in a partition being replaced"
+    return None
 
 
 @dataclass(frozen=True)
@@ -495,6 +609,49 @@ def _data_files(path: str) -> dict[str, int]:
     return out
 
 
+def _logged_files(fs: AbstractFileSystem, root: str) -> set[str]:
+    """Relative paths of every file that an add or remove action in the table's log names (JSON commits, v2
+    checkpoint manifests, Parquet checkpoints and their sidecars): the files some version references."""
+    out: set[str] = set()
+
+    def note(path: str | None) -> None:
+        if path:
+            rel = unquote(path)
+            if "://" in rel:  # an absolute path: relative when it is in this table
+                rel = urlparse(rel).path
+            out.add(rel.removeprefix(root + "/") if rel.startswith("/") else rel)
+
+    log = f"{root}/_delta_log"
+    for file in fs.find(log) if fs.isdir(log) else []:
+        if file.endswith(".json"):
+            for line in fs.cat_file(file).decode().splitlines():
+                action = json.loads(line) if line.strip() else {}
+                for kind in ("add", "remove"):
+                    note((action.get(kind) or {}).get("path"))
+        elif file.endswith(".parquet"):
+            with fs.open(file, "rb") as f:
+                checkpoint = pq.ParquetFile(f)
+                kinds = [k for k in ("add", "remove") if k in checkpoint.schema_arrow.names]
+                table = checkpoint.read(columns=kinds)
+            for kind in kinds:
+                for action in table.column(kind).to_pylist():
+                    note((action or {}).get("path"))
+    return out
+
+
+def _column_values(fs: AbstractFileSystem, file: str, column: str) -> set[Any]:
+    """The distinct values of `column` in a Parquet file; empty when the file has no such column or cannot be
+    read as Parquet (no footer yet: being written, or cut short)."""
+    try:
+        with fs.open(file, "rb") as f:
+            data = pq.ParquetFile(f)
+            if column not in data.schema_arrow.names:
+                return set()
+            return set(data.read(columns=[column]).column(0).unique().to_pylist())
+    except Exception:
+        return set()
+
+
 def _remove_if_empty(folder: Path) -> None:
     with suppress(OSError):  # not empty (another writer's staging), or already gone
         folder.rmdir()
@@ -550,19 +707,20 @@ def _add_action(file: Path, rel: Path) -> AddAction:
 
 
 def _removes_for(dt: DeltaTable, partitions: list[dict[str, Any]]) -> list[RemoveAction]:
-    wanted = [{k: None if v is None else str(v) for k, v in p.items()} for p in partitions]
+    wanted = [_partition_key(p) for p in partitions]
     adds = pa.table(dt.get_add_actions(flatten=False))
     now = int(time.time() * 1000)
     out = []
     for row in adds.to_pylist():
-        pv = {k: (None if v is None else _partition_str(v)) for k, v in (row.get("partition") or {}).items()}
+        pv = _partition_key(row.get("partition") or {})
         if pv in wanted:
             out.append(RemoveAction(row["path"], True, now, row["size_bytes"], pv))
     return out
 
 
-def _partition_str(v: Any) -> str:
-    return str(v).lower() if isinstance(v, bool) else str(v)
+def _partition_key(values: dict[str, Any]) -> dict[str, str | None]:
+    """Partition values as the Delta log spells them (strings, booleans lower-case, null as None)."""
+    return {k: None if v is None else str(v).lower() if isinstance(v, bool) else str(v) for k, v in values.items()}
 
 
 def _predicate(partitions: list[dict[str, Any]]) -> str:
@@ -703,7 +861,7 @@ def is_conflict(error: BaseException) -> bool:
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         text = f"{type(e).__name__}: {e}"
-        if any(name in text for name in CONFLICT_ERRORS):
+        if isinstance(e, PartitionConflict) or any(name in text for name in CONFLICT_ERRORS):
             return True
         e = e.__cause__ or e.__context__
     return False
@@ -736,6 +894,7 @@ def merge_rows(store: DeltaStore, df: DataFrame, path: str, keys: list[str], par
         return store.write(df, path, "append", partition_by)
     on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     if store.engine == "delta-spark":
+        store._fence()
         with _user_metadata(store.spark, metadata):
             (store._spark_table(path).alias("t").merge(df.alias("s"), on)
              .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
@@ -747,6 +906,7 @@ def merge_rows(store: DeltaStore, df: DataFrame, path: str, keys: list[str], par
     target = pa.schema(dt.schema().to_arrow())
     source = df.toArrow().select(target.names).cast(target)
     props = CommitProperties(custom_metadata={**EMBEDDED_ENGINE_INFO, **_user_metadata_entry(metadata)})
+    store._fence()
     (dt.merge(source, on.replace("<=>", "="), source_alias="s", target_alias="t", commit_properties=props)
      .when_matched_update_all().when_not_matched_insert_all().execute())
     return DeltaTable(root).version()

@@ -54,8 +54,10 @@ class SourceConf(Strict):
 
 class LeaseConf(Strict):
     """The ingest lease (<workspace>/leases/ingest): one ingest at a time per workspace, and takeover of a dead
-    holder. A holder on another host is dead when its heartbeat is older than `expiry_s`; on the same host, when its
-    pid is gone. A run that finds a live holder waits up to `wait_s`, checking every `poll_s`."""
+    holder. A holder in another process space (another host, or a container) is dead when the waiting run saw its
+    heartbeat stand still for `expiry_s` on its own clock; in the same one, when its pid is gone. A holder whose
+    heartbeat cannot be written for half of `expiry_s` stops. A run that finds a live holder waits up to `wait_s`,
+    checking every `poll_s`."""
 
     expiry_s: float = Field(default=120, gt=0)
     heartbeat_s: float = Field(default=10, gt=0)
