@@ -6,6 +6,9 @@
   - in the training process, an instance: rank and size, the strategy scope, the optimizer wrapper, the dataset
     distribution, the callbacks (broadcast, metric averaging, warm-up), a barrier for fault injection, shutdown.
 
+What each listens on: Horovod's gloo rendezvous goes through a signing proxy of the training process on 127.0.0.1
+(remote/proxy.py) to the driver; gloo binds the interface `training.horovod.iface` (lo in local mode).
+
 TensorFlow and Horovod's TensorFlow module are imported only in the training process.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -44,12 +48,11 @@ class HorovodBackend:
 
     @staticmethod
     def task_env(spec: WorkerSpec, slot: Any, host: str, all_gather: Callable[[str], list[str]]) -> dict[str, str]:
-        """The variables Horovod's gloo launcher sets per rank (horovod/runner/gloo_run.py), for this slot."""
+        """The variables Horovod's gloo launcher sets per rank (horovod/runner/gloo_run.py), for this slot; the
+        rendezvous address is set by the training process itself (its signing proxy)."""
         iface = spec.iface or ("lo" if spec.local else _iface_of(slot.hostname))
         timeline = spec.training["horovod"].get("timeline")
         return {**({"HOROVOD_TIMELINE": timeline} if timeline else {}),  # as horovodrun: every rank, rank 0 writes
-            "HOROVOD_GLOO_RENDEZVOUS_ADDR": spec.control_host,
-            "HOROVOD_GLOO_RENDEZVOUS_PORT": str(spec.control_port),
             "HOROVOD_CONTROLLER": "gloo",
             "HOROVOD_CPU_OPERATIONS": "gloo",
             "HOROVOD_GLOO_IFACE": iface,
@@ -64,9 +67,14 @@ class HorovodBackend:
             "HOROVOD_CROSS_SIZE": str(slot.cross_size),
         }
 
-    def __init__(self, task: Any, conf: dict[str, Any]) -> None:
+    def __init__(self, spec: WorkerSpec, task: Any) -> None:
         import horovod.tensorflow.keras as hvd
 
+        from pipelines.training.remote.proxy import LOOPBACK, SigningProxy
+
+        self.proxy = SigningProxy(spec.control_host, spec.control_port, spec.secret)
+        port = self.proxy.start()
+        os.environ.update({"HOROVOD_GLOO_RENDEZVOUS_ADDR": LOOPBACK, "HOROVOD_GLOO_RENDEZVOUS_PORT": str(port)})
         hvd.init()
         self.hvd = hvd
         self.rank, self.size = hvd.rank(), hvd.size()
@@ -97,6 +105,7 @@ class HorovodBackend:
 
     def shutdown(self) -> None:
         self.hvd.shutdown()
+        self.proxy.stop()
 
 
 class MwmsBackend:
@@ -110,9 +119,10 @@ class MwmsBackend:
         return {"TF_CONFIG": json.dumps({"cluster": {"worker": workers},
                                          "task": {"type": "worker", "index": slot.rank}})}
 
-    def __init__(self, task: Any, conf: dict[str, Any]) -> None:
+    def __init__(self, spec: WorkerSpec, task: Any) -> None:
         import tensorflow as tf
 
+        conf = spec.training
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.RING,
             timeout_seconds=float(conf["horovod"]["gloo_timeout_s"]))
@@ -150,9 +160,9 @@ def backend_class(name: str) -> type[HorovodBackend] | type[MwmsBackend]:
     return BACKENDS[name]
 
 
-def start_backend(name: str, task: Any, conf: dict[str, Any]) -> Backend:
-    """Start the backend inside the training process (hvd.init(), or the strategy from TF_CONFIG)."""
-    return backend_class(name)(task, conf)
+def start_backend(spec: WorkerSpec, task: Any) -> Backend:
+    """Start spec.backend inside the training process (hvd.init(), or the strategy from TF_CONFIG)."""
+    return backend_class(spec.backend)(spec, task)
 
 
 def _iface_of(host: str) -> str:

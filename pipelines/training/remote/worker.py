@@ -1,10 +1,10 @@
 """The training process: one per rank and attempt, started by the barrier task (task.py) as
 `python -m pipelines.training.remote.worker <workdir>`.
 
-It reads (WorkerSpec, TaskInfo) from <workdir>/task.pkl, sets TensorFlow's threads, starts the backend
-(hvd.init(), or MultiWorkerMirroredStrategy), builds the network, loss and metrics of the spec's head, streams its
-Petastorm shard, runs model.fit with per-epoch checkpoints (rank 0) and writes its WorkerResult to result.pkl, or
-its traceback to error.txt and exits 1.
+It reads (WorkerSpec, TaskInfo) from <workdir>/task.pkl (a local file its own task wrote, mode 0600: it holds the
+launch's secret), sets TensorFlow's threads, starts the backend (hvd.init(), or MultiWorkerMirroredStrategy),
+builds the network, loss and metrics of the spec's head, streams its Petastorm shard, runs model.fit with per-epoch
+checkpoints (rank 0) and writes its WorkerResult to result.pkl, or its traceback to error.txt and exits 1.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import cloudpickle
 
 from pipelines.training import checkpoints
-from pipelines.training.remote.task import STARTED, TaskInfo, put
-from pipelines.training.spec import PROGRESS, WorkerResult, WorkerSpec
+from pipelines.training.remote.task import TaskInfo, put
+from pipelines.training.spec import PROGRESS, STARTED, WorkerResult, WorkerSpec
 
 
 def main(argv: list[str]) -> int:
@@ -56,7 +56,7 @@ def train_worker(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
     mark = time.perf_counter()
     tf.config.threading.set_intra_op_parallelism_threads(conf["threads_per_worker"])
     tf.config.threading.set_inter_op_parallelism_threads(conf["threads_per_worker"])
-    dist = start_backend(spec.backend, task, conf)
+    dist = start_backend(spec, task)
     head = get_head(spec.head)
     rank, size = dist.rank, dist.size
     tf.keras.utils.set_random_seed(conf["seed"])
