@@ -1,6 +1,6 @@
 """The training control plane without Spark: request signing and its checks, the JSON control messages, the
 driver's control server (a real one on loopback) with signed and forged requests, the rendezvous proxy's own-process
-rule. The real two-rank trainings under forged requests are in test_sockets.py."""
+rule, and the tf-mwms bind shim. The real two-rank trainings under forged requests are in test_sockets.py."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from pipelines.training import control
 from pipelines.training.driver import ControlChannel
+from pipelines.training.remote.backends import BIND_ADDRESS_ENV, bind_shim
 from pipelines.training.remote.proxy import SigningProxy, tcp_inode
 from pipelines.training.spec import ABORT, ATTEMPT, ATTEMPT_NO, ERROR, PROGRESS, STARTED, WorkerSpec
 from tests.support.logs import logged
@@ -173,3 +175,29 @@ def test_tcp_inode_reads_the_connecting_socket_row() -> None:
     assert tcp_inode(table, ("127.0.0.1", 0xA2B3), ("127.0.0.1", 0x1F90)) == 333  # the peer's side
     assert tcp_inode(table, ("127.0.0.1", 0x1F90), ("127.0.0.1", 0xA2B3)) == 222
     assert tcp_inode(table, ("127.0.0.2", 0xA2B3), ("127.0.0.1", 0x1F90)) is None
+
+
+def test_bind_shim_moves_wildcard_binds_to_the_named_address() -> None:
+    probe = ("import socket\n"
+             "for family, address in ((socket.AF_INET, '0.0.0.0'), (socket.AF_INET6, '::'),"
+             " (socket.AF_INET, '127.0.0.2')):\n"
+             "    s = socket.socket(family)\n"
+             "    try:\n"
+             "        s.bind((address, 0)); print(s.getsockname()[0])\n"
+             "    except OSError as e:\n"
+             "        print(e.errno)\n")
+    shim = bind_shim()
+
+    def binds(address: str | None) -> list[str]:
+        env = {"LD_PRELOAD": str(shim), **({BIND_ADDRESS_ENV: address} if address is not None else {})}
+        return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True,
+                              timeout=60).stdout.split()
+
+    assert binds("127.0.0.1") == ["127.0.0.1", "::ffff:127.0.0.1", "127.0.0.2"]
+    assert binds("::1") == [str(99), "::1", "127.0.0.2"]  # EADDRNOTAVAIL: an IPv4 socket cannot take ::1
+    assert binds("not-an-address") == ["99", "99", "127.0.0.2"]
+    assert binds(None) == ["0.0.0.0", "::", "127.0.0.2"]
+    assert Path(shim).parent == Path(sys.prefix) / "lib"
+    with socket.socket() as s:  # the shim is not in this process
+        s.bind(("0.0.0.0", 0))
+        assert s.getsockname()[0] == "0.0.0.0"

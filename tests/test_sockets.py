@@ -2,10 +2,11 @@
 
 Every TCP socket listening in the driver's process tree (this test process is the driver of the shared local
 session: its JVM, Python workers, the training processes and what they open, the driver's control server) binds
-loopback, during a real two-rank Horovod training and during scoring through
-mlflow.pyfunc.spark_udf (pipelines.stages.score). Listeners are sampled with psutil every 0.2 s.
+loopback, during a real two-rank training of each backend (Horovod over gloo, tf-mwms) and during scoring through
+mlflow.pyfunc.spark_udf (pipelines.stages.score). Listeners are sampled with psutil every 0.2 s. The tf-mwms run
+is also the check that that backend trains behind the same launcher.
 
-While the training runs (from rank 0's start report on), forged requests go to every port the tree listens on: a
+While each training runs (from rank 0's start report on), forged requests go to every port the tree listens on: a
 PUT of a crafted pickle (which would create a file if unpickled) to each control scope and to a gloo rendezvous
 scope, an unsigned GET, a PUT with a wrong signature, and replays of real signed requests of the ranks (recorded by
 a spy on the driver's verifier as it accepts them, and re-sent byte for byte). The training must finish, the files
@@ -43,9 +44,9 @@ from pipelines.training.spec import STARTED
 from pipelines.training.trainer import run_train
 from tests.support.logs import logged
 from tests.support.proctree import Listener, TreeWatcher, is_loopback, rank_processes
-from tests.test_train import SMALL, make_features_run
+from tests.test_train import SMALL, fit_only, make_features_run
 
-pytestmark = pytest.mark.slow  # a real training and a scoring run
+pytestmark = pytest.mark.slow  # two real trainings (one per backend) and a scoring run
 
 CONTROL_SCOPES = {"progress": "x", "attempt": "x", "error": "x-0", "started": "x"}
 RENDEZVOUS_SCOPE = "global"  # one of the scopes of Horovod's gloo rendezvous (global, local_<host>, cross_<n>)
@@ -205,9 +206,18 @@ def horovod_training(spark: SparkSession, features: tuple[Path, DeltaStore],
                             lambda: run_train(spark, cfg, store, get_flow(cfg)).workers)
 
 
-@pytest.fixture(params=["horovod"])
+@pytest.fixture(scope="module")
+def mwms_training(spark: SparkSession, features: tuple[Path, DeltaStore],
+                  tmp_path_factory: pytest.TempPathFactory) -> WatchedTraining:
+    """The distributed fit alone, with training.backend=tf-mwms."""
+    ws, store = features
+    return watched_training("tf-mwms", tmp_path_factory.mktemp("payloads-mwms") / "p",
+                            lambda: fit_only(spark, _cfg(ws, "training.backend=tf-mwms"), store, "mwms"))
+
+
+@pytest.fixture(params=["horovod", "tf-mwms"])
 def training(request: pytest.FixtureRequest) -> Iterator[WatchedTraining]:
-    yield request.getfixturevalue("horovod_training")
+    yield request.getfixturevalue("horovod_training" if request.param == "horovod" else "mwms_training")
 
 
 def _exposed(listeners: set[Listener]) -> list[Listener]:
@@ -260,6 +270,13 @@ def test_forged_requests_change_nothing_and_are_refused(training: WatchedTrainin
     assert run.private == [(0o700, 0o600)] * 2, "the task file with the secret is readable by others"
     leaked = [t for t in texts for form in (run.secret.hex(), base64.b64encode(run.secret).decode()) if form in t]
     assert leaked == [], "the job's secret is in a log line, command line or environment"
+
+
+def test_tf_mwms_backend_behind_the_same_launcher(mwms_training: WatchedTraining) -> None:
+    results = mwms_training.result or []
+    assert [(r.rank, r.size) for r in results] == [(0, 2), (1, 2)]
+    assert len({r.weights_sha256 for r in results}) == 1
+    assert [h["epoch"] for h in results[0].history] == [0, 1] and "val_auc" in results[0].history[-1]
 
 
 def test_scoring_listens_on_loopback_only(spark: SparkSession, features: tuple[Path, DeltaStore],

@@ -2,12 +2,15 @@
 
   - in the barrier task, `task_env(spec, slot, host, all_gather)`: the environment the training process gets
     (Horovod's per-rank variables for gloo; TF_CONFIG for MultiWorkerMirroredStrategy, built from an allGather
-    of every task's host:port);
+    of every task's host:port, and the bind shim);
   - in the training process, an instance: rank and size, the strategy scope, the optimizer wrapper, the dataset
     distribution, the callbacks (broadcast, metric averaging, warm-up), a barrier for fault injection, shutdown.
 
 What each listens on: Horovod's gloo rendezvous goes through a signing proxy of the training process on 127.0.0.1
-(remote/proxy.py) to the driver; gloo binds the interface `training.horovod.iface` (lo in local mode).
+(remote/proxy.py) to the driver; gloo binds the interface `training.horovod.iface` (lo in local mode). TensorFlow's
+gRPC server binds the wildcard address with no option to change it, so the tf-mwms training process runs with
+the bind shim (bind_address.c, built into the environment by bootstrap.sh, preloaded with LD_PRELOAD): a bind to
+the wildcard address binds the task's own host address instead (127.0.0.1 in local mode).
 
 TensorFlow and Horovod's TensorFlow module are imported only in the training process.
 """
@@ -18,10 +21,15 @@ import contextlib
 import json
 import os
 import socket
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from pipelines.training.spec import WorkerSpec
+
+BIND_SHIM = "libbind_address.so"  # in <environment>/lib; source: bind_address.c beside this module
+BIND_ADDRESS_ENV = "PIPELINE_BIND_ADDRESS"  # the shim's address for wildcard binds (not a secret)
 
 
 class Backend(Protocol):
@@ -113,11 +121,16 @@ class MwmsBackend:
 
     @staticmethod
     def task_env(spec: WorkerSpec, slot: Any, host: str, all_gather: Callable[[str], list[str]]) -> dict[str, str]:
-        """TF_CONFIG: every task's host and a free port of its own, ordered by rank (one allGather)."""
-        addresses = all_gather(json.dumps([slot.rank, f"{host}:{_free_port()}"]))
+        """TF_CONFIG: every task's host and a free port of its own, ordered by rank (one allGather); the bind shim
+        with the task's own address, where TensorFlow's gRPC server then listens."""
+        address = socket.gethostbyname(host)
+        shim = bind_shim()
+        addresses = all_gather(json.dumps([slot.rank, f"{host}:{_free_port(address)}"]))
         workers = [a for _, a in sorted(json.loads(x) for x in addresses)]
+        preload = " ".join(p for p in (str(shim), os.environ.get("LD_PRELOAD", "")) if p)
         return {"TF_CONFIG": json.dumps({"cluster": {"worker": workers},
-                                         "task": {"type": "worker", "index": slot.rank}})}
+                                         "task": {"type": "worker", "index": slot.rank}}),
+                "LD_PRELOAD": preload, BIND_ADDRESS_ENV: address}
 
     def __init__(self, spec: WorkerSpec, task: Any) -> None:
         import tensorflow as tf
@@ -178,7 +191,19 @@ def _iface_of(host: str) -> str:
     raise WorkerFailed(f"no network interface holds {host} ({ip}); set training.horovod.iface")
 
 
-def _free_port() -> int:
+def _free_port(address: str) -> int:
+    """A port free on `address` now (the process binds it moments later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
+        s.bind((address, 0))
         return s.getsockname()[1]
+
+
+def bind_shim() -> Path:
+    """The bind shim bootstrap.sh compiles into the environment (it travels in YARN's packed environment)."""
+    path = Path(sys.prefix) / "lib" / BIND_SHIM
+    if not path.is_file():
+        from pipelines.training.remote.task import WorkerFailed
+
+        raise WorkerFailed(f"{path} is missing: ./bootstrap.sh builds it (gcc); tf-mwms needs it to keep TensorFlow's "
+                           "gRPC server off the wildcard address")
+    return path
