@@ -6,7 +6,8 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3.11}
 VENV=${VENV:-.venv}
 stamp="$VENV/.bootstrap-stamp"
-want=$(cat requirements.txt requirements-dev.txt bootstrap.sh pyproject.toml | sha256sum | cut -d' ' -f1)
+SHIM_SRC=pipelines/training/remote/bind_address.c
+want=$(cat requirements.txt requirements-dev.txt bootstrap.sh pyproject.toml "$SHIM_SRC" | sha256sum | cut -d' ' -f1)
 
 # JVM artifacts (conf/jvm/pom.xml) into .jars/: delta/ (delta-spark engine) and hadoop/ (the tests' MiniCluster).
 JARS=${JARS_DIR:-.jars}
@@ -55,6 +56,10 @@ if ! "$VENV/bin/python" -c "import horovod.tensorflow" 2>/dev/null; then
   HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 \
   HOROVOD_WITHOUT_MXNET=1 "${pip[@]}" install -q --no-build-isolation "horovod==0.28.1"
 fi
+# The tf-mwms training process's bind shim (keeps TensorFlow's gRPC server off the wildcard address), in the
+# environment's lib/ so YARN's packed environment carries it.
+command -v gcc >/dev/null || { echo "bootstrap: gcc is required to build $SHIM_SRC (apt-get install gcc)" >&2; exit 1; }
+gcc -O2 -Wall -shared -fPIC -o "$VENV/lib/libbind_address.so" "$SHIM_SRC" -ldl
 # The project itself, editable, so jobs, notebooks and tests import the same code.
 "${pip[@]}" install -q --no-build-isolation --no-deps -e .
 "$VENV/bin/python" -c "import horovod.tensorflow, petastorm, pyspark, deltalake, mlflow, tensorflow" 

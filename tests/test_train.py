@@ -299,15 +299,6 @@ def test_dead_rank_fails_fast_with_its_error_then_resume(spark: SparkSession, fe
     assert run.data.metrics["initial_epoch"] == 2 and run.data.metrics["epochs_completed"] == 4
 
 
-def test_tf_mwms_backend_behind_the_same_launcher(spark: SparkSession, features_cfg: Callable[..., Config],
-                                                  store: DeltaStore) -> None:
-    cfg = features_cfg("training.backend=tf-mwms", "training.epochs=2", "training.max_steps_per_epoch=8")
-    results = fit_only(spark, cfg, store, "mwms")
-    assert [(r.rank, r.size) for r in results] == [(0, 2), (1, 2)]
-    assert len({r.weights_sha256 for r in results}) == 1
-    assert [h["epoch"] for h in results[0].history] == [0, 1] and "val_auc" in results[0].history[-1]
-
-
 def test_timeout_cancels_the_job_group_and_its_processes(spark: SparkSession, features_cfg: Callable[..., Config],
                                                          store: DeltaStore) -> None:
     import psutil

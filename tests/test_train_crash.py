@@ -8,6 +8,10 @@ checkpoint per epoch, gloo timeout 30 s) is killed twice while the test watches 
      that checkpoint.
 The job must then finish, and nothing it started may outlive it: no process of its tree, no work folder of the
 launcher under its TMPDIR, no temporary checkpoint file.
+
+The order of an epoch's writes is checked on its own, without Spark: a small process drives the real EpochRecorder
+and early stopping through two epochs (the second one the best) and is SIGKILLed at each write of the second epoch;
+the best weights a resume would take must be those of the epoch its checkpoint names as the best.
 """
 
 from __future__ import annotations
@@ -191,3 +195,61 @@ def test_kill_inside_checkpoint_write_resumes_from_previous(crash_run: CrashRun)
         path = run.checkpoint_dir / f"epoch-{epoch:04d}.npz"
         with np.load(path, allow_pickle=False) as data:
             assert int(json.loads(str(data["meta"]))["epoch"]) == epoch
+
+
+# Two epochs through the real callbacks (early stopping first, as in model.fit); the weights of epoch e are all e + 1,
+# and epoch 1 improves val_loss, so its checkpoint names it as the best. The failpoint is armed for epoch 1 only.
+RECORDER = """
+import os, sys
+import numpy as np
+import tensorflow as tf
+from pipelines.training.callbacks import EpochRecorder, ResumableEarlyStopping
+
+folder, point, failpoint_env = sys.argv[1:4]
+model = tf.keras.Sequential([tf.keras.layers.Dense(2, input_shape=(3,)), tf.keras.layers.Dense(1)])
+model.compile(optimizer=tf.keras.optimizers.legacy.Adam(), loss="mse")
+es = ResumableEarlyStopping(None, monitor="val_loss", mode="min", patience=10)
+recorder = EpochRecorder([], es, folder, 10, 0, None)
+for callback in (es, recorder):
+    callback.set_model(model)
+es.on_train_begin()
+for epoch, val_loss in enumerate([1.0, 0.5]):
+    if epoch == 1:
+        os.environ[failpoint_env] = point
+    model.set_weights([np.full(w.shape, epoch + 1, w.dtype) for w in model.get_weights()])
+    logs = {"loss": val_loss, "val_loss": val_loss}
+    es.on_epoch_end(epoch, logs)
+    recorder.on_epoch_end(epoch, logs)
+print("DONE", flush=True)
+"""
+
+
+@pytest.mark.parametrize("name", ["epoch-0001.npz", "epoch-0001.npz.done", "best.npz"])
+def test_kill_between_an_epochs_writes_keeps_its_best_weights(tmp_path: Path, name: str) -> None:
+    """SIGKILL while epoch 1 (an improvement) is being saved: whatever is complete afterwards agrees with itself:
+    the best weights a resume takes are those of the epoch the newest complete checkpoint names as the best."""
+    folder, marks = tmp_path / "ckpt", tmp_path / "failpoints"
+    point = f"checkpoint.write.{name}"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), failpoints.DIR_ENV: str(marks)}
+    proc = subprocess.Popen([sys.executable, "-c", RECORDER, str(folder), point, failpoints.ENV], cwd=REPO_ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    marker = marks / point
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed = proc.poll() is None
+    if killed:
+        os.kill(proc.pid, signal.SIGKILL)
+    out = proc.communicate(timeout=60)[0].decode(errors="replace")
+    assert killed or (proc.returncode == 0 and "DONE" in out), out[-3000:]
+    if name.startswith("epoch-"):  # the epoch's own file and marker are written on every code path
+        assert killed and int(marker.read_text()) == proc.pid, out[-3000:]
+
+    ckpt = checkpoints.load_latest(str(folder))
+    assert ckpt is not None, sorted(p.name for p in folder.iterdir())
+    named = ckpt.meta["early_stopping"]["best_epoch"]
+    best = checkpoints.load_best(str(folder))
+    assert best is not None, f"checkpoint of epoch {ckpt.epoch} names epoch {named} as the best; no best weights"
+    assert best[0] == named, (f"killed at {point}: the checkpoint of epoch {ckpt.epoch} names epoch {named} as the "
+                              f"best, but the best weights a resume takes are epoch {best[0]}'s")
+    assert all(np.all(w == named + 1) for w in best[1]), f"best weights are not epoch {named}'s"

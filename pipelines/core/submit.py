@@ -122,7 +122,8 @@ def build_conf_archive(conf_dir: Path, dest: Path) -> Path:
 
 
 def pack_environment(venv: Path, dest: Path, python_prefix: str | None = None) -> Path:
-    """venv-pack the virtual environment into `dest` (tar.gz); reused while the installed packages are unchanged.
+    """venv-pack the virtual environment into `dest` (tar.gz); reused while the installed packages and the native
+    libraries in its lib/ (the bind shim) are unchanged.
 
     With `python_prefix` (where Python lives on the nodes) the environment's python links point there. venv-pack
     0.2.0 gets those links wrong for a venv whose bin/python3.11 links to <base>/bin/python3.11 (it writes
@@ -131,7 +132,8 @@ def pack_environment(venv: Path, dest: Path, python_prefix: str | None = None) -
     import venv_pack.core as vp
 
     listing = "\n".join(sorted(p.name for p in (venv / "lib").glob("python*/site-packages/*")))
-    digest = hashlib.sha256(f"{listing}|{python_prefix}|{PACK_EXCLUDES}".encode()).hexdigest()
+    native = sorted(f"{p.name}:{hashlib.sha256(p.read_bytes()).hexdigest()}" for p in (venv / "lib").glob("*.so"))
+    digest = hashlib.sha256(f"{listing}|{native}|{python_prefix}|{PACK_EXCLUDES}".encode()).hexdigest()
     stamp = dest.with_suffix(dest.suffix + ".sha256")
     if dest.exists() and stamp.exists() and stamp.read_text() == digest:
         return dest

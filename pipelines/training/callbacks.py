@@ -81,14 +81,17 @@ class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
 
 
 class EpochRecorder(tf.keras.callbacks.Callback):
-    """Appends each epoch's logs to the history; with a folder (rank 0) writes the epoch's checkpoint, the best
-    weights when the monitored metric improved, and reports the epoch to the driver."""
+    """Appends each epoch's logs to the history; with a folder (rank 0) writes the epoch's checkpoint, which also
+    holds the best epoch so far and its weights (`best`: the resumed checkpoint's at start), so one file publishes
+    both and no kill leaves a checkpoint naming a best epoch whose weights are elsewhere; then reports the epoch to
+    the driver."""
 
     def __init__(self, history: list[dict[str, float]], es: ResumableEarlyStopping, folder: str | None,
-                 keep: int, attempt: int, report: Callable[[dict[str, Any]], None] | None) -> None:
+                 keep: int, attempt: int, report: Callable[[dict[str, Any]], None] | None,
+                 best: tuple[int, list[Any]] | None = None) -> None:
         super().__init__()
         self.history, self.es, self.folder, self.keep = history, es, folder, keep
-        self.attempt, self.report = attempt, report
+        self.attempt, self.report, self.best = attempt, report, best
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         record = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}}
@@ -97,10 +100,11 @@ class EpochRecorder(tf.keras.callbacks.Callback):
             return
         meta = {"history": self.history, "early_stopping": self.es.state(), "attempt": self.attempt}
         weights = self.model.get_weights()
-        checkpoints.save(self.folder, checkpoints.Checkpoint(epoch, weights, self.model.optimizer.get_weights(),
-                                                             meta), self.keep)
         if self.es.best_epoch == epoch:
-            checkpoints.save_best(self.folder, weights, epoch)
+            self.best = (epoch, weights)
+        best_epoch, best_weights = self.best or (None, None)
+        checkpoints.save(self.folder, checkpoints.Checkpoint(epoch, weights, self.model.optimizer.get_weights(),
+                                                             meta, best_epoch, best_weights), self.keep)
         if self.report is not None:
             try:
                 self.report({**record, "attempt": self.attempt})

@@ -1,11 +1,14 @@
-"""Per-epoch training checkpoints: model weights, optimizer state, epoch history and early-stopping state.
+"""Per-epoch training checkpoints: model weights, optimizer state, epoch history, early-stopping state and the best
+epoch so far with its weights.
 
 One file per epoch, `epoch-NNNN.npz`, in the run's folder, written by rank 0 to a temporary name
 (`<name>.<random>.tmp`) and renamed, then published by its completeness marker `epoch-NNNN.npz.done` (size and
 SHA-256 of the file). Only an epoch with a marker whose size and checksum match counts as a checkpoint, so a
 rank killed mid-write (or between the rename and the marker, or a store whose rename is a copy) never leaves a
-checkpoint that training resumes from; `clean` removes such leftovers at the start of each attempt. `best.npz`
-holds the weights of the best epoch on the monitored validation metric. Paths go through fsspec
+checkpoint that training resumes from; `clean` removes such leftovers at the start of each attempt. The weights of
+the best epoch on the monitored validation metric travel inside each epoch's file (stored once more only when the
+best epoch is an earlier one), so a complete checkpoint always holds the very weights of the epoch it names as the
+best: there is no second file a kill could leave behind or ahead of it. Paths go through fsspec
 (pipelines.core.files): local folders, hdfs:// (hdfs-native, no libhdfs) and object stores work alike.
 """
 
@@ -28,7 +31,6 @@ from pipelines.core.failpoints import pause
 _EPOCH_FILE = re.compile(r"^epoch-(\d{4,})\.npz$")
 _MARKER_FILE = re.compile(r"^epoch-(\d{4,})\.npz\.done$")
 DONE = ".done"  # completeness marker suffix
-BEST = "best.npz"
 
 
 @dataclass
@@ -39,6 +41,15 @@ class Checkpoint:
     weights: list[np.ndarray]
     optimizer: list[np.ndarray] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # history, early stopping, attempt
+    best_epoch: int | None = None  # the best epoch so far on the monitored metric
+    best_weights: list[np.ndarray] | None = None  # its weights (this epoch's `weights` when it is this epoch)
+
+    @property
+    def best(self) -> tuple[int, list[np.ndarray]] | None:
+        """(epoch, weights) of the best epoch so far, or None."""
+        if self.best_epoch == self.epoch:
+            return self.best_epoch, self.weights
+        return (self.best_epoch, self.best_weights) if self.best_epoch is not None and self.best_weights else None
 
 
 def _write(path: str, arrays: dict[str, np.ndarray]) -> bytes:
@@ -68,7 +79,9 @@ def save(folder: str, ckpt: Checkpoint, keep: int) -> str:
     """Write `ckpt` as epoch-NNNN.npz and keep only the newest `keep` epoch files; returns the path."""
     arrays = {f"w{i}": w for i, w in enumerate(ckpt.weights)}
     arrays.update({f"o{i}": w for i, w in enumerate(ckpt.optimizer)})
-    arrays["meta"] = np.array(json.dumps({"epoch": ckpt.epoch, **ckpt.meta}))
+    if ckpt.best_epoch is not None and ckpt.best_epoch != ckpt.epoch:
+        arrays.update({f"b{i}": w for i, w in enumerate(ckpt.best_weights or [])})
+    arrays["meta"] = np.array(json.dumps({"epoch": ckpt.epoch, "best_epoch": ckpt.best_epoch, **ckpt.meta}))
     path = _epoch_path(folder, ckpt.epoch)
     data = _write(path, arrays)
     _publish(path + DONE, json.dumps({"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}).encode())
@@ -97,12 +110,6 @@ def clean(folder: str) -> list[str]:
     return junk
 
 
-def save_best(folder: str, weights: list[np.ndarray], epoch: int) -> None:
-    """Weights of the best epoch so far (the model the job finally logs)."""
-    _write(f"{folder.rstrip('/')}/{BEST}",
-           {**{f"w{i}": w for i, w in enumerate(weights)}, "meta": np.array(json.dumps({"epoch": epoch}))})
-
-
 def list_epochs(folder: str) -> list[int]:
     """Epoch numbers with a published checkpoint (file and completeness marker) in `folder`, ascending."""
     names = set(files.listdir(folder))
@@ -121,12 +128,12 @@ def _verified(path: str) -> bytes | None:
     return data if ok else None
 
 
-def _read(path: str, raw: bytes | None = None) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
-    with np.load(io.BytesIO(raw if raw is not None else files.read_bytes(path)), allow_pickle=False) as data:
+def _read(raw: bytes) -> Checkpoint:
+    with np.load(io.BytesIO(raw), allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
-        weights = [data[f"w{i}"] for i in range(sum(k.startswith("w") for k in data.files))]
-        opt = [data[f"o{i}"] for i in range(sum(k.startswith("o") for k in data.files))]
-    return weights, opt, meta
+        arrays = {p: [data[f"{p}{i}"] for i in range(sum(k.startswith(p) for k in data.files))] for p in "wob"}
+    epoch, best_epoch = int(meta.pop("epoch")), meta.pop("best_epoch", None)
+    return Checkpoint(epoch, arrays["w"], arrays["o"], meta, best_epoch, arrays["b"] or None)
 
 
 def load_latest(folder: str) -> Checkpoint | None:
@@ -137,15 +144,11 @@ def load_latest(folder: str) -> Checkpoint | None:
         if raw is None:
             print(f"checkpoint {path} does not match its completeness marker: skipped", flush=True)
             continue
-        weights, opt, meta = _read(path, raw)
-        return Checkpoint(int(meta.pop("epoch")), weights, opt, meta)
+        return _read(raw)
     return None
 
 
 def load_best(folder: str) -> tuple[int, list[np.ndarray]] | None:
-    """(epoch, weights) of best.npz, or None."""
-    path = f"{folder.rstrip('/')}/{BEST}"
-    if not files.exists(path):
-        return None
-    weights, _, meta = _read(path)
-    return int(meta["epoch"]), weights
+    """(epoch, weights) of the best epoch as the newest complete checkpoint in `folder` records it, or None."""
+    ckpt = load_latest(folder)
+    return ckpt.best if ckpt else None

@@ -1,10 +1,9 @@
 """Driver side: launch N training workers as one Spark barrier stage and collect their results.
 
 A `Launcher` runs a WorkerSpec and returns one WorkerResult per rank. Both backends share the launch:
-  - a KV server on the driver (Horovod's gloo RendezvousServer, listening on training.horovod.bind_address:
-    127.0.0.1 in local mode) that is also the control channel: the tasks of each stage attempt register there (a
-    retried attempt resets the rendezvous), rank 0 reports where the attempt starts and every epoch, and a
-    failing rank reports its traceback before its task raises;
+  - a KV server on the driver (Horovod's gloo RendezvousServer) that is also the control channel: the tasks of
+    each stage attempt register there (a retried attempt resets the rendezvous), rank 0 reports where the attempt
+    starts and every epoch, and a failing rank reports its traceback before its task raises;
   - the barrier stage `parallelize(range(N), N).barrier().mapPartitions(barrier_task(spec))`, followed by a
     shuffle so the barrier stage is a ShuffleMapStage: Spark retries a failed one as a new stage attempt
     (spark.stage.maxConsecutiveAttempts, 4 by default), whereas a failed barrier ResultStage fails the job;
@@ -12,10 +11,17 @@ A `Launcher` runs a WorkerSpec and returns one WorkerResult per rank. Both backe
     (and with them the training processes);
   - with gpus_per_worker > 0, a stage-level ResourceProfile asking for that many GPUs per task.
 HorovodLauncher additionally serves the gloo rendezvous; TfMwmsLauncher's workers meet through TF_CONFIG.
+
+The KV server authenticates every request, rendezvous scopes included (pipelines.training.control: an HMAC with a
+secret made per launch, replays refused, answers signed) and never unpickles what it receives (JSON messages;
+rendezvous values are stored as opaque bytes). It listens on 127.0.0.1 in local mode; on a cluster on
+training.horovod.bind_address, else spark.driver.bindAddress, else every interface, since the ranks run on other
+hosts: what reaches it from the network without the job's secret is refused (403) and logged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -24,15 +30,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from horovod.runner.common.util import codec
 from horovod.runner.http.http_server import RendezvousHandler, RendezvousHTTPServer, RendezvousServer
 from horovod.runner.util.threads import in_thread
 from pyspark.sql import SparkSession
 
 from pipelines.core.config import TrainingConf
 from pipelines.core.logs import LOG
-from pipelines.training.remote.task import STARTED, barrier_task, sweep_workdirs
-from pipelines.training.spec import ABORT, ATTEMPT, ATTEMPT_NO, ERROR, PROGRESS, WorkerResult, WorkerSpec, assign_ranks
+from pipelines.training import control
+from pipelines.training.remote.task import barrier_task, sweep_workdirs
+from pipelines.training.spec import (
+    ABORT,
+    ATTEMPT,
+    ATTEMPT_NO,
+    CONTROL_SCOPES,
+    PROGRESS,
+    STARTED,
+    WorkerResult,
+    WorkerSpec,
+    assign_ranks,
+)
 
 
 class TrainingFailed(RuntimeError):
@@ -93,6 +109,90 @@ class BoundRendezvousServer(RendezvousServer):
         self._httpd.server_close()
 
 
+class SignedHandler(RendezvousHandler):
+    """Horovod's rendezvous handler behind the control channel's checks: every request must be signed with the
+    launch's secret (else 403, logged as a WARNING naming the request and its peer); values of the control scopes
+    are JSON messages for the channel, those of the rendezvous scopes opaque bytes; every answer is signed."""
+
+    channel: ControlChannel
+    _nonce: str | None = None
+
+    def do_GET(self) -> None:
+        request = self._authenticated()
+        if request is not None:
+            value = self._get_value(request[0], request[1])
+            self._answer(404) if value is None else self._answer(200, value)
+
+    def do_PUT(self) -> None:
+        request = self._authenticated()
+        if request is None:
+            return
+        scope, key, body = request
+        if scope not in CONTROL_SCOPES:
+            self._put_value(scope, key, body)
+            self._answer(200)
+            return
+        try:
+            message = control.decode(scope, body)
+        except ValueError as e:
+            LOG.warning("train: control channel: bad %s message from %s: %s", scope, self._peer(), e)
+            self._answer(400)
+            return
+        answer = self.channel.on_message(scope, key, message)
+        if answer is not None:
+            self._put_value(ATTEMPT_NO, key, control.encode(answer))
+        self._answer(200)
+
+    def do_DELETE(self) -> None:
+        if self._authenticated() is not None:
+            super().do_DELETE()  # answers through send_status_code
+
+    def send_status_code(self, status_code: int) -> None:
+        self._answer(status_code)
+
+    def _authenticated(self) -> tuple[str, str, bytes] | None:
+        """(scope, key, body) of a signed, new request; else answer it (400, 403, 408, 413) and return None."""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= control.MAX_BODY:
+            return self._refuse(413 if length > 0 else 400, f"body length {self.headers.get('Content-Length')!r}")
+        try:
+            body = self.rfile.read(length) if length else b""
+        except TimeoutError:
+            return self._refuse(408, "body not received")
+        try:
+            self.channel.verifier.check(self.command, self.path, self.headers.get(control.NONCE),
+                                        self.headers.get(control.SIGNATURE), body)
+        except control.Refused as e:
+            return self._refuse(403, str(e))
+        self._nonce = self.headers[control.NONCE]
+        parts = self.path.split("/")
+        if len(parts) != 3 or parts[0] or not parts[1]:
+            self._answer(400)
+            return None
+        return parts[1], parts[2], body
+
+    def _refuse(self, status: int, reason: str) -> None:
+        LOG.warning("train: control channel refused %s %r from %s (%s)", self.command, self.path[:200], self._peer(),
+                    reason)
+        self._answer(status)
+        return None
+
+    def _peer(self) -> str:
+        return f"{self.client_address[0]}:{self.client_address[1]}"
+
+    def _answer(self, status: int, body: bytes = b"") -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        if self._nonce is not None:
+            self.send_header(control.SIGNATURE, self.channel.verifier.sign_answer(self._nonce, status, body))
+        with contextlib.suppress(ConnectionError):  # a peer that left without reading its answer
+            self.end_headers()
+            self.wfile.write(body)
+
+
 @dataclass
 class _Report:
     at: float
@@ -115,8 +215,13 @@ class ControlChannel:
     attempts: dict[str, int] = field(default_factory=dict)
     errors: list[_Report] = field(default_factory=list)
     last_progress: dict[str, Any] | None = None
+    secret: bytes = field(default_factory=control.new_secret, repr=False)  # this launch's; the tasks get it in spec
+    verifier: control.Verifier = field(init=False, repr=False)
     _server: BoundRendezvousServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.verifier = control.Verifier(self.secret)
 
     def start(self) -> int:
         self._server = BoundRendezvousServer(self.bind_host)
@@ -127,18 +232,7 @@ class ControlChannel:
             self._server.stop()
 
     def _handler(self) -> type:
-        channel = self
-
-        class ControlHandler(RendezvousHandler):
-            def _put_value(self, scope: str, key: str, value: bytes) -> None:
-                if scope in (ATTEMPT, PROGRESS, ERROR, STARTED):
-                    answer = channel.on_message(scope, key, codec.loads_base64(value))
-                    if answer is not None:
-                        super()._put_value(ATTEMPT_NO, key, codec.dumps_base64(answer, to_ascii=False))
-                    return
-                super()._put_value(scope, key, value)
-
-        return ControlHandler
+        return type("ControlHandler", (SignedHandler,), {"channel": self})
 
     def on_message(self, scope: str, key: str, value: Any) -> int | None:
         """Handle one control message; for an attempt registration return the attempt number (or ABORT)."""
@@ -238,7 +332,7 @@ class BarrierLauncher:
                                  self.bind_host(), on_epoch)
         port = channel.start()
         spec = replace(spec, backend=self.backend, control_host=self.control_host(), control_port=port,
-                       local=self.local, iface=self.conf.horovod.iface)
+                       local=self.local, iface=self.conf.horovod.iface, secret=channel.secret)
         rdd = sc.parallelize(range(n), n)
         if self.conf.gpus_per_worker > 0:
             rdd = rdd.withResources(self._gpu_profile())

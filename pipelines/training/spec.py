@@ -9,17 +9,20 @@ from typing import Any
 
 from horovod.runner.common.util.hosts import HostInfo, SlotInfo, get_host_assignments
 
-# Control channel scopes on the driver's KV server (next to Horovod's own rendezvous scopes).
+# Control channel scopes on the driver's KV server (next to Horovod's own rendezvous scopes); values are JSON.
 ATTEMPT = "attempt"  # rank 0 registers an attempt: key = attempt token, value = the tasks' hosts
 ATTEMPT_NO = "attempt-no"  # the driver answers: key = token, value = attempt number, or ABORT
+STARTED = "started"  # rank 0 reports where its attempt starts: key = attempt, value = dict
 PROGRESS = "progress"  # a rank reports an epoch: key = rank, value = dict
 ERROR = "error"  # a rank reports its failure: key = token-rank, value = traceback text
+CONTROL_SCOPES = (ATTEMPT, STARTED, PROGRESS, ERROR)  # what the tasks send; the driver answers in ATTEMPT_NO
 ABORT = -1
 
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a training worker needs; pickled into the barrier stage's closure."""
+    """Everything a training worker needs; pickled into the barrier stage's closure (and so the control channel's
+    secret reaches the tasks with the task, never on a command line, in an environment variable or a log)."""
 
     backend: str  # horovod | tf-mwms
     training: dict[str, Any]  # TrainingConf.model_dump()
@@ -39,6 +42,7 @@ class WorkerSpec:
     num_classes: int = 2  # multiclass: the softmax's width; binary 2; regression 1
     input_shape: tuple[int, ...] | None = None  # images: Petastorm's TransformSpec reshapes rows to it
     label_scale: tuple[float, float] | None = None  # regression: (mean, std) of the train labels
+    secret: bytes = field(default=b"", repr=False)  # signs the control requests; per launch, filled in by the launcher
 
 
 @dataclass

@@ -2,9 +2,15 @@
 
   - in the barrier task, `task_env(spec, slot, host, all_gather)`: the environment the training process gets
     (Horovod's per-rank variables for gloo; TF_CONFIG for MultiWorkerMirroredStrategy, built from an allGather
-    of every task's host:port);
+    of every task's host:port, and the bind shim);
   - in the training process, an instance: rank and size, the strategy scope, the optimizer wrapper, the dataset
     distribution, the callbacks (broadcast, metric averaging, warm-up), a barrier for fault injection, shutdown.
+
+What each listens on: Horovod's gloo rendezvous goes through a signing proxy of the training process on 127.0.0.1
+(remote/proxy.py) to the driver; gloo binds the interface `training.horovod.iface` (lo in local mode). TensorFlow's
+gRPC server binds the wildcard address with no option to change it, so the tf-mwms training process runs with
+the bind shim (bind_address.c, built into the environment by bootstrap.sh, preloaded with LD_PRELOAD): a bind to
+the wildcard address binds the task's own host address instead (127.0.0.1 in local mode).
 
 TensorFlow and Horovod's TensorFlow module are imported only in the training process.
 """
@@ -13,11 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from pipelines.training.spec import WorkerSpec
+
+BIND_SHIM = "libbind_address.so"  # in <environment>/lib; source: bind_address.c beside this module
+BIND_ADDRESS_ENV = "PIPELINE_BIND_ADDRESS"  # the shim's address for wildcard binds (not a secret)
 
 
 class Backend(Protocol):
@@ -44,12 +56,11 @@ class HorovodBackend:
 
     @staticmethod
     def task_env(spec: WorkerSpec, slot: Any, host: str, all_gather: Callable[[str], list[str]]) -> dict[str, str]:
-        """The variables Horovod's gloo launcher sets per rank (horovod/runner/gloo_run.py), for this slot."""
+        """The variables Horovod's gloo launcher sets per rank (horovod/runner/gloo_run.py), for this slot; the
+        rendezvous address is set by the training process itself (its signing proxy)."""
         iface = spec.iface or ("lo" if spec.local else _iface_of(slot.hostname))
         timeline = spec.training["horovod"].get("timeline")
         return {**({"HOROVOD_TIMELINE": timeline} if timeline else {}),  # as horovodrun: every rank, rank 0 writes
-            "HOROVOD_GLOO_RENDEZVOUS_ADDR": spec.control_host,
-            "HOROVOD_GLOO_RENDEZVOUS_PORT": str(spec.control_port),
             "HOROVOD_CONTROLLER": "gloo",
             "HOROVOD_CPU_OPERATIONS": "gloo",
             "HOROVOD_GLOO_IFACE": iface,
@@ -64,9 +75,14 @@ class HorovodBackend:
             "HOROVOD_CROSS_SIZE": str(slot.cross_size),
         }
 
-    def __init__(self, task: Any, conf: dict[str, Any]) -> None:
+    def __init__(self, spec: WorkerSpec, task: Any) -> None:
         import horovod.tensorflow.keras as hvd
 
+        from pipelines.training.remote.proxy import LOOPBACK, SigningProxy
+
+        self.proxy = SigningProxy(spec.control_host, spec.control_port, spec.secret)
+        port = self.proxy.start()
+        os.environ.update({"HOROVOD_GLOO_RENDEZVOUS_ADDR": LOOPBACK, "HOROVOD_GLOO_RENDEZVOUS_PORT": str(port)})
         hvd.init()
         self.hvd = hvd
         self.rank, self.size = hvd.rank(), hvd.size()
@@ -97,6 +113,7 @@ class HorovodBackend:
 
     def shutdown(self) -> None:
         self.hvd.shutdown()
+        self.proxy.stop()
 
 
 class MwmsBackend:
@@ -104,15 +121,21 @@ class MwmsBackend:
 
     @staticmethod
     def task_env(spec: WorkerSpec, slot: Any, host: str, all_gather: Callable[[str], list[str]]) -> dict[str, str]:
-        """TF_CONFIG: every task's host and a free port of its own, ordered by rank (one allGather)."""
-        addresses = all_gather(json.dumps([slot.rank, f"{host}:{_free_port()}"]))
+        """TF_CONFIG: every task's host and a free port of its own, ordered by rank (one allGather); the bind shim
+        with the task's own address, where TensorFlow's gRPC server then listens."""
+        address = socket.gethostbyname(host)
+        shim = bind_shim()
+        addresses = all_gather(json.dumps([slot.rank, f"{host}:{_free_port(address)}"]))
         workers = [a for _, a in sorted(json.loads(x) for x in addresses)]
+        preload = " ".join(p for p in (str(shim), os.environ.get("LD_PRELOAD", "")) if p)
         return {"TF_CONFIG": json.dumps({"cluster": {"worker": workers},
-                                         "task": {"type": "worker", "index": slot.rank}})}
+                                         "task": {"type": "worker", "index": slot.rank}}),
+                "LD_PRELOAD": preload, BIND_ADDRESS_ENV: address}
 
-    def __init__(self, task: Any, conf: dict[str, Any]) -> None:
+    def __init__(self, spec: WorkerSpec, task: Any) -> None:
         import tensorflow as tf
 
+        conf = spec.training
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.RING,
             timeout_seconds=float(conf["horovod"]["gloo_timeout_s"]))
@@ -150,9 +173,9 @@ def backend_class(name: str) -> type[HorovodBackend] | type[MwmsBackend]:
     return BACKENDS[name]
 
 
-def start_backend(name: str, task: Any, conf: dict[str, Any]) -> Backend:
-    """Start the backend inside the training process (hvd.init(), or the strategy from TF_CONFIG)."""
-    return backend_class(name)(task, conf)
+def start_backend(spec: WorkerSpec, task: Any) -> Backend:
+    """Start spec.backend inside the training process (hvd.init(), or the strategy from TF_CONFIG)."""
+    return backend_class(spec.backend)(spec, task)
 
 
 def _iface_of(host: str) -> str:
@@ -168,7 +191,19 @@ def _iface_of(host: str) -> str:
     raise WorkerFailed(f"no network interface holds {host} ({ip}); set training.horovod.iface")
 
 
-def _free_port() -> int:
+def _free_port(address: str) -> int:
+    """A port free on `address` now (the process binds it moments later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
+        s.bind((address, 0))
         return s.getsockname()[1]
+
+
+def bind_shim() -> Path:
+    """The bind shim bootstrap.sh compiles into the environment (it travels in YARN's packed environment)."""
+    path = Path(sys.prefix) / "lib" / BIND_SHIM
+    if not path.is_file():
+        from pipelines.training.remote.task import WorkerFailed
+
+        raise WorkerFailed(f"{path} is missing: ./bootstrap.sh builds it (gcc); tf-mwms needs it to keep TensorFlow's "
+                           "gRPC server off the wildcard address")
+    return path

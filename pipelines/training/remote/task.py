@@ -3,7 +3,8 @@
 `barrier_task(spec)` is the function of the barrier stage. Per task it:
   1. reads its partition and every task's address from BarrierTaskContext;
   2. agrees on an attempt token (allGather of task ids) and lets rank 0 register the attempt with the driver,
-     which resets Horovod's rendezvous for a retried stage and answers the attempt number;
+     which resets Horovod's rendezvous for a retried stage and answers the attempt number (every request to the
+     driver is signed with the launch's secret, which comes in the spec; see pipelines.training.control);
   3. derives its Horovod slot (rank, local rank, ...) from the host assignment, asks the backend for the
      process environment (Horovod's per-rank variables, or TF_CONFIG from an allGather of host:port), and picks
      its GPUs from the task's resources;
@@ -14,11 +15,11 @@ collective ops are fixed at start-up while Spark reuses its Python workers acros
 (PR_SET_PDEATHSIG). A failure is reported to the driver (rank and traceback) before the task raises, so the
 driver can name the rank that failed.
 
-Each process works in `<tmp>/train-rank<N>-<random>/` (its task, log, result, and its TMPDIR, so what TensorFlow
-leaves there goes too). The task removes it when the process ends; a task Spark killed (SIGKILL of the Python
-worker, when another rank of the barrier stage failed) cannot, so the folder records its owner's pid and start
-time and `sweep_workdirs` removes folders whose owner is gone: every barrier task runs it before it starts, and
-the driver after the stage in local mode.
+Each process works in `<tmp>/train-rank<N>-<random>/` (mode 0700: its task file, 0600 since it holds the launch's
+secret, its log, result, and its TMPDIR, so what TensorFlow leaves there goes too). The task removes it when the
+process ends; a task Spark killed (SIGKILL of the Python worker, when another rank of the barrier stage failed)
+cannot, so the folder records its owner's pid and start time and `sweep_workdirs` removes folders whose owner is
+gone: every barrier task runs it before it starts, and the driver after the stage in local mode.
 """
 
 from __future__ import annotations
@@ -39,13 +40,13 @@ from typing import Any
 
 import cloudpickle
 
+from pipelines.training import control
 from pipelines.training.remote.backends import backend_class
 from pipelines.training.spec import ABORT, ATTEMPT, ATTEMPT_NO, ERROR, WorkerResult, WorkerSpec, assign_ranks
 
 LOG_TAIL_LINES = 60
 WORKDIR_PREFIX = "train-rank"
 OWNER_FILE = "owner"  # "<pid> <start time>" of the task's Python worker that owns the folder
-STARTED = "started"  # control channel scope: rank 0 reports where its attempt starts (key attempt, value dict)
 WORKER_MODULE = "pipelines.training.remote.worker"  # `python -m` entry of the training process
 
 
@@ -67,17 +68,19 @@ class TaskInfo:
 
 
 def put(spec: WorkerSpec, scope: str, key: str, value: Any) -> None:
-    """Send a message to the driver's control channel (its KV server)."""
-    from horovod.runner.http.http_client import put_data_into_kvstore
-
-    put_data_into_kvstore(spec.control_host, spec.control_port, scope, key, value)
+    """Send a message (JSON, signed) to the driver's control channel (its KV server)."""
+    status, _ = control.call(spec.control_host, spec.control_port, spec.secret, "PUT", f"/{scope}/{key}",
+                             control.encode(value))
+    if status != 200:
+        raise RuntimeError(f"the driver's control channel answered {status} to a {scope} message")
 
 
 def get(spec: WorkerSpec, scope: str, key: str) -> Any:
-    """Read the driver's answer from its KV server (waits until it is there)."""
-    from horovod.runner.http.http_client import read_data_from_kvstore
-
-    return read_data_from_kvstore(spec.control_host, spec.control_port, scope, key)
+    """Read the driver's answer (JSON, signed) from its KV server; it is there once the tasks passed a barrier."""
+    status, body = control.call(spec.control_host, spec.control_port, spec.secret, "GET", f"/{scope}/{key}")
+    if status != 200:
+        raise RuntimeError(f"the driver's control channel answered {status} to a read of {scope}/{key}")
+    return control.decode(scope, body)
 
 
 def barrier_task(spec: WorkerSpec) -> Callable[[Iterable[Any]], Iterator[WorkerResult]]:
@@ -162,7 +165,9 @@ def _run_training_process(spec: WorkerSpec, task: TaskInfo, env: dict[str, str])
     (workdir / OWNER_FILE).write_text(_owner())
     (workdir / "tmp").mkdir()
     env = {**env, "TMPDIR": str(workdir / "tmp")}
-    (workdir / "task.pkl").write_bytes(cloudpickle.dumps((spec, task)))
+    fd = os.open(workdir / "task.pkl", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # holds the secret
+    with os.fdopen(fd, "wb") as f:
+        f.write(cloudpickle.dumps((spec, task)))
     log_path = workdir / "worker.log"
     proc = None
     started = time.perf_counter()

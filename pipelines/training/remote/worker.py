@@ -1,10 +1,10 @@
 """The training process: one per rank and attempt, started by the barrier task (task.py) as
 `python -m pipelines.training.remote.worker <workdir>`.
 
-It reads (WorkerSpec, TaskInfo) from <workdir>/task.pkl, sets TensorFlow's threads, starts the backend
-(hvd.init(), or MultiWorkerMirroredStrategy), builds the network, loss and metrics of the spec's head, streams its
-Petastorm shard, runs model.fit with per-epoch checkpoints (rank 0) and writes its WorkerResult to result.pkl, or
-its traceback to error.txt and exits 1.
+It reads (WorkerSpec, TaskInfo) from <workdir>/task.pkl (a local file its own task wrote, mode 0600: it holds the
+launch's secret), sets TensorFlow's threads, starts the backend (hvd.init(), or MultiWorkerMirroredStrategy),
+builds the network, loss and metrics of the spec's head, streams its Petastorm shard, runs model.fit with per-epoch
+checkpoints (rank 0) and writes its WorkerResult to result.pkl, or its traceback to error.txt and exits 1.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from typing import Any
 
 import cloudpickle
 
-from pipelines.core import files
 from pipelines.training import checkpoints
-from pipelines.training.remote.task import STARTED, TaskInfo, put
-from pipelines.training.spec import PROGRESS, WorkerResult, WorkerSpec
+from pipelines.training.remote.task import TaskInfo, put
+from pipelines.training.spec import PROGRESS, STARTED, WorkerResult, WorkerSpec
 
 
 def main(argv: list[str]) -> int:
@@ -57,7 +56,7 @@ def train_worker(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
     mark = time.perf_counter()
     tf.config.threading.set_intra_op_parallelism_threads(conf["threads_per_worker"])
     tf.config.threading.set_inter_op_parallelism_threads(conf["threads_per_worker"])
-    dist = start_backend(spec.backend, task, conf)
+    dist = start_backend(spec, task)
     head = get_head(spec.head)
     rank, size = dist.rank, dist.size
     tf.keras.utils.set_random_seed(conf["seed"])
@@ -76,8 +75,6 @@ def train_worker(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
         ckpt = checkpoints.load_latest(spec.checkpoint_dir)
         if ckpt is None and spec.resume_from:
             ckpt = checkpoints.load_latest(spec.resume_from)
-            if rank == 0 and ckpt is not None:
-                _copy_best(spec.resume_from, spec.checkpoint_dir)
         if ckpt is not None:
             model.set_weights(ckpt.weights)
             optimizer._create_all_weights(model.trainable_variables)  # slots must exist before their state
@@ -93,7 +90,7 @@ def train_worker(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
     callbacks = [*dist.callbacks(lr, conf, spec.steps_per_epoch), timer,
                  FaultInjection(conf["fault"], rank, task.attempt, dist.sync), es,
                  EpochRecorder(history, es, spec.checkpoint_dir if rank == 0 else None,
-                               conf["keep_checkpoints"], task.attempt, report)]
+                               conf["keep_checkpoints"], task.attempt, report, ckpt.best if ckpt else None)]
     batch = conf["batch_size"]
     epochs = conf["epochs"]
     reader = {"batch_size": batch, "cur_shard": rank, "shard_count": size, "num_epochs": None,
@@ -113,7 +110,8 @@ def train_worker(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
         phases["fit"], mark = time.perf_counter() - mark, time.perf_counter()
     phases["close_readers"] = time.perf_counter() - mark
     weights = model.get_weights()
-    best = checkpoints.load_best(spec.checkpoint_dir) if rank == 0 else None
+    # the best epoch's weights as the newest checkpoint records them (the resumed one's when no epoch ran)
+    best = (checkpoints.load_best(spec.checkpoint_dir) or (ckpt.best if ckpt else None)) if rank == 0 else None
     ran = len(timer.train_seconds)
     result = WorkerResult(
         rank=rank, size=size, partition=task.partition, attempt=task.attempt, host=task.host,
@@ -171,12 +169,6 @@ def _as_xy(ds: Any, spec: WorkerSpec, head: Any, class_weight: dict[int, float] 
         return head.batch(tf.reshape(tf.cast(b.features, tf.float32), shape), b.label, weights)
 
     return ds.map(to_xyw, num_parallel_calls=1)
-
-
-def _copy_best(src: str, dst: str) -> None:
-    best = f"{src.rstrip('/')}/{checkpoints.BEST}"
-    if files.exists(best):
-        files.write_atomic(f"{dst.rstrip('/')}/{checkpoints.BEST}", files.read_bytes(best))
 
 
 if __name__ == "__main__":
