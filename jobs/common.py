@@ -1,4 +1,6 @@
-"""What every job shares: arguments, config loading, the session, exit codes. Jobs stay thin on top of it."""
+"""What every job shares: arguments, config loading, the session, exit codes. Jobs stay thin on top of it.
+
+Every failure is printed with secrets masked, an unexpected one as its masked traceback (exit code 1)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pyspark.sql import SparkSession
 from pipelines.core.config import ENVS, Config, ConfigError, load_config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.errors import BadInput, DriftAlert, MissingModel
-from pipelines.core.logs import LOG, log_to_file, setup_logging
+from pipelines.core.logs import LOG, log_to_file, redacted_traceback, setup_logging
 from pipelines.core.session import get_spark
 
 EXIT_OK = 0
@@ -64,6 +66,9 @@ def run_job(parser: argparse.ArgumentParser, body: Body, argv: list[str] | None 
     except DriftAlert as e:
         LOG.error("drift alert: %s", e)
         return EXIT_DRIFT
+    except Exception as e:  # what no job expects: its traceback, masked (MLflow's errors carry the tracking URL)
+        LOG.error("failed: %s", redacted_traceback(e).rstrip())
+        return EXIT_FAILED
 
 
 def parse_dates(text: str) -> list[date]:

@@ -8,13 +8,15 @@ its jars are present.
 
 Some settings follow from the config rather than being written in it (`derived_conf`): with the event log on,
 its folder is <workspace>/spark-events (created before the session starts); Spark's console progress bar is on
-only when stderr is a terminal; executors (Horovod ranks included) get TF's C++ log level. The config's own
-spark.conf wins over each of them. The Spark UI address is logged when the session starts.
+only when stderr is a terminal; executors (Horovod ranks included) get TF's C++ log level; Spark's redaction masks
+what the project treats as secret (logs.spark_redaction_conf). The config's own spark.conf wins over each of them.
+The Spark UI address is logged when the session starts.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from pyspark.sql import SparkSession
 
 from pipelines.core import files
 from pipelines.core.config import REPO_ROOT, Config
-from pipelines.core.logs import LOG, TF_LOG_LEVEL
+from pipelines.core.logs import LOG, TF_LOG_LEVEL, spark_redaction_conf
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -95,7 +97,8 @@ def derived_conf(cfg: Config, console: bool) -> dict[str, str]:
     """Spark settings that follow from the config and the terminal (`console`: stderr is a TTY); a key the config's
     spark.conf sets itself is left to it."""
     derived = {"spark.ui.showConsoleProgress": str(console).lower(),
-               "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)}
+               "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL),
+               **spark_redaction_conf()}
     if cfg.spark.conf.get("spark.eventLog.enabled") == "true":
         derived["spark.eventLog.dir"] = event_log_dir(cfg)
     return {k: v for k, v in derived.items() if k not in cfg.spark.conf}
@@ -145,7 +148,7 @@ def get_spark(cfg: Config, app_suffix: str = "") -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
     sc_conf = spark.sparkContext.getConf()
-    LOG.debug("spark conf: %s", " ".join(f"{k}={v}" for k, v in sorted(sc_conf.getAll())))  # masked by the handlers
+    LOG.debug("spark conf: %s", " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(sc_conf.getAll())))  # masked
     if sc_conf.get("spark.eventLog.enabled", "false") == "true":
         LOG.info("spark event log: %s", sc_conf.get("spark.eventLog.dir"))
     LOG.info("spark ui: %s", spark.sparkContext.uiWebUrl or "disabled (spark.ui.enabled=false)")

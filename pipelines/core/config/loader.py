@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from pipelines.core.config.base import ConfigError
 from pipelines.core.config.root import DEFAULT_PIPELINE, Config
+from pipelines.core.logs import MASK, SECRET_KEY
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ENVS = ("local", "standalone", "yarn")
@@ -155,7 +156,8 @@ def _merge(merged: DictConfig, over: dict, origin: dict[str, str], where: str) -
     try:
         return OmegaConf.merge(merged, OmegaConf.create(over))  # type: ignore[return-value]
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{getattr(e, 'full_key', '') or '?'}: {str(e).splitlines()[0]} [{where}]") from None
+        key = getattr(e, "full_key", "") or "?"
+        raise ConfigError(f"{key}: {_omegaconf_error(key, e)} [{where}]") from None
 
 
 def _pipeline_name(root: Path, env: str, overrides: list[str] | tuple[str, ...]) -> str:
@@ -189,13 +191,19 @@ def _resolve(merged: DictConfig, origin: dict[str, str]) -> dict:
         return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "") or "?"
-        first = str(e).splitlines()[0]
-        missing = _MISSING_ENV.search(first)
+        missing = _MISSING_ENV.search(str(e).splitlines()[0])
         if missing:
             msg = f"environment variable {missing.group(1)} is not set"
         else:
-            msg = f"{first} (environment variables are written ${{oc.env:VAR}} or ${{oc.env:VAR,default}})"
+            msg = f"{_omegaconf_error(key, e)} (environment variables are written ${{oc.env:VAR}} or " \
+                  "${oc.env:VAR,default})"
         raise ConfigError(f"{key}: {msg} [{_origin_of(key, origin)}]") from None
+
+
+def _omegaconf_error(key: str, e: OmegaConfBaseException) -> str:
+    """OmegaConf's message, unless the key names a secret: OmegaConf quotes the value it could not parse."""
+    return "not a valid value (not shown: the key names a secret)" if SECRET_KEY.search(key) else \
+        str(e).splitlines()[0]
 
 
 def load_config(
@@ -272,6 +280,8 @@ def _describe(err: ValidationError, origin: dict[str, str], data: dict) -> str:
                    if item["type"] == "union_tag_invalid" else f"missing {disc}; one of [{tags}]")
         elif item["type"] != "extra_forbidden" and "input" in item and not isinstance(item["input"], dict):
             msg += f" (got {item['input']!r})"
+        if SECRET_KEY.search(key) and isinstance(item.get("input"), str) and item["input"]:
+            msg = msg.replace(item["input"], MASK)  # a validator's message may quote the value itself
         if note:
             msg += f" (in {note})"
         lines.append(f"{key}: {msg} [{_origin_of(key, origin)}]")
