@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +166,42 @@ def test_ingest_records_the_landing_zone_masked(tmp_path: Path) -> None:
     assert params["landing"] == "hdfs://u:***@nn:8020/ws/tables/landing"
     assert json.loads(report)["flights"]["files"][0]["file"] == "hdfs://u:***@nn:8020/ws/tables/landing/flights/f1.csv"
     assert SECRET not in json.dumps(params) + report
+
+
+def test_private_files_are_private(tmp_path: Path) -> None:
+    """The properties and job files a submit writes: 0600 in a 0700 folder, removed afterwards; Java's properties
+    syntax escaped so Spark reads back exactly what was written."""
+    from pipelines.core.handoff import private_dir, read_job_file, write_job_file, write_properties
+
+    conf = {"spark.a": "x=y:z #1 \\ é", "spark.b key": " lead", "spark.c": "line1\nline2"}
+    with private_dir() as d:
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700
+        props = write_properties(d / "spark.properties", conf)
+        job = write_job_file(d / "job.json", ["a.b=1", f"x.secret={SECRET}"], {"MLFLOW_TRACKING_URI": "http://h"})
+        assert stat.S_IMODE(props.stat().st_mode) == stat.S_IMODE(job.stat().st_mode) == 0o600
+        assert _java_properties(props, tmp_path) == conf
+        assert read_job_file({"PIPELINE_JOB_FILE": str(job)}) == (
+            ["a.b=1", f"x.secret={SECRET}"], {"MLFLOW_TRACKING_URI": "http://h"})
+    assert not d.exists()
+    assert read_job_file({}) == ([], {})
+
+
+def _java_properties(path: Path, workdir: Path) -> dict[str, str]:
+    """`path` as java.util.Properties.load reads it (UTF-8, as Spark does), printed back as JSON strings."""
+    src = workdir / "Dump.java"
+    src.write_text(
+        "import java.io.*; import java.nio.charset.StandardCharsets; import java.util.*;\n"
+        "public class Dump { public static void main(String[] a) throws Exception {\n"
+        "  Properties p = new Properties();\n"
+        "  try (Reader r = new InputStreamReader(new FileInputStream(a[0]), StandardCharsets.UTF_8)) { p.load(r); }\n"
+        "  for (String k : new TreeSet<>(p.stringPropertyNames())) {\n"
+        "    System.out.println(esc(k) + \"\\t\" + esc(p.getProperty(k))); } }\n"
+        "  static String esc(String s) { StringBuilder b = new StringBuilder();\n"
+        "    for (char c : s.toCharArray()) b.append(String.format(\"%04x\", (int) c)); return b.toString(); } }\n")
+    res = subprocess.run(["java", str(src), str(path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+
+    def dec(h: str) -> str:
+        return "".join(chr(int(h[i:i + 4], 16)) for i in range(0, len(h), 4))
+
+    return dict(tuple(dec(x) for x in line.split("\t")) for line in res.stdout.splitlines())  # type: ignore[misc]

@@ -25,6 +25,7 @@ from pipelines.core.logs import MASK, SECRET_KEY
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ENVS = ("local", "standalone", "yarn")
 _MISSING_ENV = re.compile(r"Environment variable '([^']+)' not found")
+_ENV_REFERENCE = re.compile(r"\$\{oc\.env:\s*([A-Za-z_][A-Za-z0-9_]*)")
 _NO_DEFAULT = object()
 
 
@@ -176,6 +177,13 @@ def _pipeline_name(root: Path, env: str, overrides: list[str] | tuple[str, ...])
 
 def _conf_root(conf_dir: str | Path | None) -> Path:
     return Path(conf_dir or os.environ.get("PIPELINE_CONF_DIR") or REPO_ROOT / "conf")
+
+
+def env_references(conf_dir: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> set[str]:
+    """The environment variables a config may read: every ${oc.env:VAR} in the config folder's YAML files and in
+    `overrides` (what a driver in another environment, a YARN container, must be handed to load the same config)."""
+    texts = [p.read_text() for p in sorted(_conf_root(conf_dir).rglob("*.yaml"))] + list(overrides)
+    return {name for text in texts for name in _ENV_REFERENCE.findall(text)}
 
 
 def available_pipelines(conf_dir: str | Path | None = None) -> list[str]:
