@@ -1,8 +1,13 @@
-"""What every job shares: arguments, config loading, the session, exit codes. Jobs stay thin on top of it."""
+"""What every job shares: arguments, config loading, the session, exit codes. Jobs stay thin on top of it.
+
+A job started by spark-submit.sh gets its --set overrides (and, in a YARN container, the environment its config
+reads) from the private job file PIPELINE_JOB_FILE names, not from its command line. Every failure is printed with
+secrets masked, an unexpected one as its masked traceback (exit code 1)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
@@ -12,7 +17,8 @@ from pyspark.sql import SparkSession
 from pipelines.core.config import ENVS, Config, ConfigError, load_config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.errors import BadInput, DriftAlert, MissingModel
-from pipelines.core.logs import LOG, log_to_file, setup_logging
+from pipelines.core.handoff import read_job_file
+from pipelines.core.logs import LOG, log_to_file, redacted_traceback, setup_logging
 from pipelines.core.session import get_spark
 
 EXIT_OK = 0
@@ -43,8 +49,10 @@ def run_job(parser: argparse.ArgumentParser, body: Body, argv: list[str] | None 
     """Parse arguments, load config, get the session and store, run `body`; map failures to exit codes."""
     args = parser.parse_args(argv)
     setup_logging()
+    overrides, env = read_job_file()
+    os.environ.update(env)
     try:
-        cfg = load_config(args.env, args.overrides, args.conf_dir)
+        cfg = load_config(args.env, [*overrides, *args.overrides], args.conf_dir)
     except ConfigError as e:
         LOG.error("%s", e)
         return EXIT_BAD_INPUT
@@ -64,6 +72,9 @@ def run_job(parser: argparse.ArgumentParser, body: Body, argv: list[str] | None 
     except DriftAlert as e:
         LOG.error("drift alert: %s", e)
         return EXIT_DRIFT
+    except Exception as e:  # what no job expects: its traceback, masked (MLflow's errors carry the tracking URL)
+        LOG.error("failed: %s", redacted_traceback(e).rstrip())
+        return EXIT_FAILED
 
 
 def parse_dates(text: str) -> list[date]:

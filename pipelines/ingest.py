@@ -31,7 +31,7 @@ from pipelines.core.errors import BadInput
 from pipelines.core.failpoints import pause
 from pipelines.core.files import FileInfo, from_spark_path, join, list_files, spark_input
 from pipelines.core.lease import Lease
-from pipelines.core.logs import LOG, stage
+from pipelines.core.logs import LOG, redact, redact_config, stage
 from pipelines.core.tracking import git_commit
 from pipelines.ingest_images import ingest_image_files, split_by_filter
 
@@ -829,6 +829,13 @@ def to_json(results: list[SourceResult]) -> str:
     return json.dumps(summary(results), indent=2, default=str)
 
 
+def ingest_record(cfg: Config, results: list[SourceResult], engine: str) -> tuple[dict[str, str], str]:
+    """The params and the file report (JSON) an ingest run records in MLflow, masked (a landing URI's password)."""
+    params = {"sources": ",".join(r.source for r in results), "storage.engine": engine,
+              "landing": cfg.catalog.landing}
+    return redact_config(params), redact(to_json(results))
+
+
 def run_ingest(spark: SparkSession, cfg: Config, store: DeltaStore, sources: list[str] | None = None
                ) -> list[SourceResult]:
     """ingest() recorded as one MLflow run: parameters, counts per source, table versions, the file report."""
@@ -838,8 +845,8 @@ def run_ingest(spark: SparkSession, cfg: Config, store: DeltaStore, sources: lis
 
     with job_run(cfg, "ingest") as run:
         results = ingest(spark, cfg, store, run.info.run_id, sources)
-        mlflow.log_params({"sources": ",".join(r.source for r in results), "storage.engine": store.engine,
-                           "landing": cfg.catalog.landing})
+        params, report = ingest_record(cfg, results, store.engine)
+        mlflow.log_params(params)
         for r in results:
             mlflow.log_metrics({f"{r.source}.rows_in": r.rows_in, f"{r.source}.rows_ok": r.rows_ok,
                                 f"{r.source}.rows_quarantined": r.rows_quarantined,
@@ -850,5 +857,5 @@ def run_ingest(spark: SparkSession, cfg: Config, store: DeltaStore, sources: lis
         mlflow.log_metrics({"rows_in": sum(r.rows_in for r in results),
                             "rows_ok": sum(r.rows_ok for r in results),
                             "rows_quarantined": sum(r.rows_quarantined for r in results)})
-        mlflow.log_text(to_json(results), "ingest_report.json")
+        mlflow.log_text(report, "ingest_report.json")
     return results

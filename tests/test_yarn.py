@@ -1,7 +1,11 @@
 """The chain on a real Hadoop cluster: Hadoop's MiniCluster (HDFS + YARN with two NodeManagers) on 127.0.0.1, the
 workspace on hdfs:// (Delta tables written by delta-spark on HDFS), the packed virtual environment shipped with
 --archives, the project wheel with --py-files, MLflow through a tracking server on loopback, all submitted through
-./spark-submit.sh --env yarn: run-all in client deploy mode, then a score job in cluster deploy mode."""
+./spark-submit.sh --env yarn: run-all in client deploy mode, then a score job in cluster deploy mode. The cluster-mode
+score carries the secrets check: a tracking URI with a password ('@' and '='), a secret s3a key and an Azure account
+key, none of which may appear on any command line on the machine while it runs (sampled every 0.2 s), in the
+NodeManagers' container logs (YARN copies each container's launch script, with its environment, there), in the
+workspace on HDFS, in MLflow or in the console."""
 
 from __future__ import annotations
 
@@ -24,6 +28,15 @@ from pipelines.core import files
 from pipelines.core.config import REPO_ROOT
 from tests.chain import FAST_TRAINING
 from tests.support.hadoop import HadoopCluster, hadoop_cluster, pinned_hadoop_version, pyspark_hadoop_version
+from tests.support.secrets import (
+    NEEDLES,
+    SECRET_SETTINGS,
+    SECRETS_ENV,
+    CommandLines,
+    files_with,
+    leaks_in,
+    with_password,
+)
 from tests.support.servers import mlflow_server
 from tests.test_concurrency import BARRIER
 from tests.test_standalone import barrier_executors
@@ -58,13 +71,32 @@ def _archived_link(archive: Path, member: str) -> str:
     raise KeyError(member)
 
 
-def _submit(job: str, args: list[str], env: dict[str, str]) -> str:
+def _hdfs_files_with(root: str, skip: str) -> list[str]:
+    """Files under `root` on HDFS (not under `root`/`skip`) holding a sentinel."""
+    fs, path = files.filesystem(root)
+    hits = []
+    for f in fs.find(path):
+        if not f.startswith(f"{path.rstrip('/')}/{skip}/"):
+            data = fs.cat_file(f)
+            hits += [f"hdfs {f}: {n}" for n in NEEDLES if n.encode() in data]
+    return hits
+
+
+def _run(job: str, args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Submit `job` to YARN; its exit code and output (stdout and stderr)."""
     res = subprocess.run([str(REPO_ROOT / "spark-submit.sh"), job, "--env", "yarn", *args], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=2400)
-    out = res.stdout + res.stderr
+    return res.returncode, res.stdout + res.stderr
+
+
+def _succeeded(job: str, code: int, out: str) -> str:
     log = [ln for ln in out.splitlines() if not ln.lstrip().startswith("at ")]  # drop JVM frames
-    assert res.returncode == 0, f"{job} on YARN failed:\n" + "\n".join(log[-120:])
+    assert code == 0, f"{job} on YARN failed:\n" + "\n".join(log[-120:])
     return out
+
+
+def _submit(job: str, args: list[str], env: dict[str, str]) -> str:
+    return _succeeded(job, *_run(job, args, env))
 
 
 CONTENDER = """
@@ -192,10 +224,27 @@ def test_chain_on_yarn_with_hdfs_workspace(hadoop: HadoopCluster, tmp_path: Path
         day = dates[0]
         before = _delta_count(gold, f"flight_date = '{day}'")
         version = DeltaTable(gold).version()
-        cluster_env = {**env, "SPARK_DEPLOY_MODE": "cluster"}
+        cluster_env = {**env, **SECRETS_ENV, "SPARK_DEPLOY_MODE": "cluster", "MLFLOW_TRACKING_URI": with_password(uri)}
         start = time.monotonic()
-        _submit("score", ["--date", str(day), *[s for s in sets if "eventLog" not in s]], cluster_env)
-        print(f"score on YARN (cluster mode): {time.monotonic() - start:.0f}s")
+        with CommandLines() as lines:
+            code, out = _run("score", ["--date", str(day), *[s for s in sets if "eventLog" not in s],
+                                       *[f"--set={s}" for s in SECRET_SETTINGS]], cluster_env)
+        print(f"score on YARN (cluster mode): {time.monotonic() - start:.0f}s, {lines.samples} samples of "
+              f"{len(lines.processes)} processes' command lines")
+        recorded = str([[r.data.params, r.data.tags] for r in client.search_runs([exp.experiment_id])])
+
+        # The sentinels: on no command line, in no container log, file of the workspace or MLflow, nor the console.
+        nm_logs = [d for d in hadoop.workdir.rglob("*") if d.is_dir() and "logDir-nm" in d.name]
+        launch_scripts = [f for d in nm_logs for f in d.rglob("launch_container.sh")]
+        assert nm_logs and launch_scripts, "no NodeManager log folder with container launch scripts"
+        assert lines.samples > 50
+        leaks = lines.leaks() + leaks_in("console", out) + leaks_in("MLflow params and tags", recorded)
+        leaks += [hit for d in nm_logs for hit in files_with(d)]
+        leaks += files_with(tmp_path, skip=("dist",))  # the tracking server's store and artifacts, the event logs
+        leaks += _hdfs_files_with(ws, skip="dist")  # tables, models, checkpoints (dist: the packed environment)
+        assert leaks == [], "\n".join(leaks)
+
+        _succeeded("score", code, out)
         assert DeltaTable(gold).version() == version + 1
         assert _delta_count(gold, f"flight_date = '{day}'") == before
         score_runs = client.search_runs([exp.experiment_id], "tags.job = 'score'", order_by=["start_time DESC"])

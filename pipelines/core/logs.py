@@ -14,11 +14,14 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 LOG = logging.getLogger("pipeline")
@@ -38,18 +41,45 @@ _NOISE_PACKAGES = r"petastorm|pyarrow|mlflow|tensorflow|tf_keras|keras|horovod|p
 NOISE = re.compile(rf"[/\\]site-packages[/\\](?:{_NOISE_PACKAGES})[/\\].*(?:FutureWarning|DeprecationWarning)"
                    r"|env_manager|An input example was not provided")
 MASK = "***"
-# A key whose value is a secret: the words Spark's own spark.redaction.regex uses, and their usual neighbours.
-SECRET_KEY = re.compile(r"(?i)secret|password|passwd|token|credential|access[._-]?key|private[._-]?key|"
-                        r"api[._-]?key|session[._-]?key|auth")
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@'\"]*):(?P<pw>[^/\s@'\"]+)@")
-_ASSIGNED = re.compile(r"(?P<key>[A-Za-z0-9_.-]+)=(?P<value>[^\s'\",=]+)(?=[\s'\",]|$)")
+# What the project treats as secret, defined once: redact(), redact_config() and Spark's own redaction
+# (spark_redaction_conf: the event log, the UI, the History Server) are all built from these two patterns, written in
+# the regex syntax that Python and Java share. A key is secret when it holds one of the words (so also
+# fs.azure.account.key.<account>.dfs.core.windows.net and Spark's spark.authenticate.secret); a URI's password is the
+# part of scheme://user:password@ up to the authority's last '@' (a password may hold '@' itself).
+SECRET_WORDS = r"secret|password|passwd|token|credential|auth|(?:access|private|api|account|session)[._-]?key"
+URI_PASSWORD = r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@'\"]*:[^/\s'\"?#]*@"
+SECRET_KEY = re.compile(f"(?i:{SECRET_WORDS})")
+_URI_PASSWORD = re.compile(URI_PASSWORD)
+# key=value where the key names a secret. The value runs to its closing quote when quoted; otherwise to the quote that
+# ends the shell word it is in, or to where the next `key=` or `--option` starts, or to the end of the line: so '='
+# (base64 padding), commas and spaces stay inside it.
+_ASSIGNED = re.compile(rf"(?P<key>[\w.-]*(?i:{SECRET_WORDS})[\w.-]*)=(?P<value>\"[^\"\n]*\"?|'[^'\n]*'?|"
+                       r"[^'\"\n]*?(?=['\"]|\s+(?:-|[\w.-]+=)|\s*$))", re.M)
+# 'key': 'value' and "key": "value" (dict reprs and JSON in messages) where the key names a secret.
+_QUOTED = re.compile(rf"(?P<q>['\"])(?P<key>[^'\"\s]*(?i:{SECRET_WORDS})[^'\"\s]*)(?P=q)(?P<sep>\s*:\s*)"
+                     r"(?P<vq>['\"])(?:\\.|(?!(?P=vq)).)*(?P=vq)")
+
+
+def _mask_password(m: re.Match[str]) -> str:
+    scheme, _, userinfo = m[0].partition("://")
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:{MASK}@"
+
+
+def _mask_value(m: re.Match[str]) -> str:
+    value = m["value"]
+    if not value.strip():
+        return m[0]
+    quote = value[0] if value[0] in "'\"" else ""
+    return f"{m['key']}={quote}{MASK}{quote}"
 
 
 def redact(text: str) -> str:
-    """Mask credentials in `text`: the password of scheme://user:password@host, and the value of any
-    key=value whose key names a secret (fs.s3a.secret.key=..., MLFLOW_TRACKING_TOKEN=...)."""
-    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
-    return _ASSIGNED.sub(lambda m: f"{m['key']}={MASK}" if SECRET_KEY.search(m["key"]) else m[0], text)
+    """Mask credentials in `text`: the password of scheme://user:password@host, and the whole value of any
+    key=value (or quoted 'key': 'value') whose key names a secret (fs.s3a.secret.key=..., MLFLOW_TRACKING_TOKEN=...,
+    fs.azure.account.key.<account>...=...)."""
+    text = _URI_PASSWORD.sub(_mask_password, text)
+    text = _QUOTED.sub(lambda m: f"{m['q']}{m['key']}{m['q']}{m['sep']}{m['vq']}{MASK}{m['vq']}", text)
+    return _ASSIGNED.sub(_mask_value, text)
 
 
 def redact_config(obj: Any, key: str = "") -> Any:
@@ -63,11 +93,44 @@ def redact_config(obj: Any, key: str = "") -> Any:
     return obj
 
 
+def spark_redaction_conf() -> dict[str, str]:
+    """Spark's own redaction, from the same definition: spark.redaction.regex masks a setting whose key or value
+    matches (the Environment of the event log, UI and History Server), spark.redaction.string.regex the matching
+    part of Spark's texts (SQL plans)."""
+    return {"spark.redaction.regex": f"(?i:{SECRET_WORDS})|{URI_PASSWORD}",
+            "spark.redaction.string.regex": rf"{URI_PASSWORD}|[\w.-]*(?i:{SECRET_WORDS})[\w.-]*=[^\s,'\"]*"}
+
+
+def redacted_traceback(exc: BaseException) -> str:
+    """The traceback Python would print for `exc`, masked (MLflow's errors carry the tracking URL with its password)."""
+    return redact("".join(traceback.format_exception(exc)))
+
+
+def _excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    sys.stderr.write(redacted_traceback(exc.with_traceback(tb)))
+
+
+def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    sys.stderr.write(f"Exception in thread {name}:\n{redacted_traceback(args.exc_value)}")
+
+
 class _Redacting(logging.Filter):
-    """Masks secrets in every record the pipeline's handler writes (messages and their arguments)."""
+    """Masks secrets in every record the pipeline's handler writes: messages, their arguments and the traceback of
+    LOG.exception (rendered into the message here, since the formatter would add it unmasked)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = redact(record.getMessage()), None
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            message = f"{message}\n{redacted_traceback(record.exc_info[1]).rstrip()}"
+        elif record.exc_text:
+            message = f"{message}\n{record.exc_text}"
+        if record.stack_info:
+            message = f"{message}\n{record.stack_info}"
+        record.msg, record.args = redact(message), None
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
         return True
 
 
@@ -95,7 +158,9 @@ def _console(level: int | str, noise_filter: bool) -> logging.Handler:
 
 def setup_logging(level: str = "INFO") -> None:
     """Configure the console once: the `pipeline` logger at `level`; Python warnings (captured into the
-    `py.warnings` logger) and the libraries' loggers at WARNING, known noise left out. Idempotent."""
+    `py.warnings` logger) and the libraries' loggers at WARNING, known noise left out; tracebacks of exceptions that
+    nothing caught (the main thread's and other threads') printed masked. Idempotent."""
+    sys.excepthook, threading.excepthook = _excepthook, _thread_excepthook
     if not _owned(LOG, "console"):
         LOG.addHandler(_console(logging.NOTSET, noise_filter=False))
         LOG.propagate = False

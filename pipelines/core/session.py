@@ -8,21 +8,30 @@ its jars are present.
 
 Some settings follow from the config rather than being written in it (`derived_conf`): with the event log on,
 its folder is <workspace>/spark-events (created before the session starts); Spark's console progress bar is on
-only when stderr is a terminal; executors (Horovod ranks included) get TF's C++ log level. The config's own
-spark.conf wins over each of them. The Spark UI address is logged when the session starts.
+only when stderr is a terminal; executors (Horovod ranks included) get TF's C++ log level; Spark's redaction masks
+what the project treats as secret (logs.spark_redaction_conf). The config's own spark.conf wins over each of them.
+The Spark UI address is logged when the session starts.
+
+Started from Python, this process launches the JVM (spark-submit pyspark-shell): its settings go through a private
+properties file, not its command line (pyspark would pass each one as --conf key=value), and on a local master it
+binds loopback whatever SPARK_LOCAL_IP the environment exports (Spark's UI binds SPARK_LOCAL_IP, else 0.0.0.0).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 
+from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 from pipelines.core import files
 from pipelines.core.config import REPO_ROOT, Config
-from pipelines.core.logs import LOG, TF_LOG_LEVEL
+from pipelines.core.handoff import PROPERTIES, private_dir, write_properties
+from pipelines.core.logs import LOG, TF_LOG_LEVEL, spark_redaction_conf
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -95,7 +104,8 @@ def derived_conf(cfg: Config, console: bool) -> dict[str, str]:
     """Spark settings that follow from the config and the terminal (`console`: stderr is a TTY); a key the config's
     spark.conf sets itself is left to it."""
     derived = {"spark.ui.showConsoleProgress": str(console).lower(),
-               "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)}
+               "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL),
+               **spark_redaction_conf()}
     if cfg.spark.conf.get("spark.eventLog.enabled") == "true":
         derived["spark.eventLog.dir"] = event_log_dir(cfg)
     return {k: v for k, v in derived.items() if k not in cfg.spark.conf}
@@ -112,6 +122,51 @@ def _under_spark_submit() -> bool:
     return "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("PIPELINE_SUBMITTED") == "1"
 
 
+def loopback_env(cfg: Config, environ: MutableMapping[str, str]) -> None:
+    """On a local master, servers the project starts bind loopback: SPARK_LOCAL_IP=127.0.0.1 in `environ` (the
+    environment the driver's JVM starts with), whatever it said before."""
+    if cfg.spark.master.startswith("local"):
+        environ["SPARK_LOCAL_IP"] = "127.0.0.1"
+
+
+def session_conf(cfg: Config, launching: bool) -> dict[str, str]:
+    """Every setting of the session from `cfg`; `launching`: this process starts the JVM (not under spark-submit),
+    so the master, driver memory, log4j settings, jars and derived settings are its own to give."""
+    conf: dict[str, str] = {}
+    with_delta = bool(cfg.spark.packages) or cfg.storage.engine == "delta-spark"
+    if launching:
+        conf |= {"spark.master": cfg.spark.master, "spark.driver.memory": cfg.spark.driver_memory}
+        if LOG4J.exists():
+            opt = f"-Dlog4j2.configurationFile=file:{LOG4J}"
+            conf |= {"spark.driver.extraJavaOptions": opt, "spark.executor.extraJavaOptions": opt}
+        jars = session_jars(cfg)
+        if jars:
+            conf["spark.jars"] = ",".join(jars)
+        with_delta = with_delta or (cfg.storage.engine != "embedded" and bool(delta_jars()))
+        conf |= derived_conf(cfg, sys.stderr.isatty())  # spark-submit.sh passes them itself
+    conf |= cfg.spark.conf
+    if with_delta:
+        conf |= delta_conf(cfg)
+    return conf
+
+
+def _launch_jvm(conf: dict[str, str]) -> None:
+    """Start the JVM that this process's sessions use, its settings in a private properties file (removed once the
+    JVM has read it) instead of on spark-submit's command line, where pyspark's launcher would put them."""
+    previous = os.environ.get("PYSPARK_SUBMIT_ARGS")
+    with private_dir() as private:
+        props = write_properties(private / PROPERTIES, conf)
+        os.environ["PYSPARK_SUBMIT_ARGS"] = shlex.join(["--properties-file", str(props), "--load-spark-defaults"]) + \
+            " " + (previous or "pyspark-shell")
+        try:
+            SparkContext._ensure_initialized()  # returns once the JVM's gateway answers: the file was read
+        finally:
+            if previous is None:
+                del os.environ["PYSPARK_SUBMIT_ARGS"]
+            else:
+                os.environ["PYSPARK_SUBMIT_ARGS"] = previous
+
+
 def get_spark(cfg: Config, app_suffix: str = "") -> SparkSession:
     """Return the active session or build one from `cfg` (master, conf, Delta unless the engine is embedded)."""
     active = SparkSession.getActiveSession()
@@ -119,33 +174,20 @@ def get_spark(cfg: Config, app_suffix: str = "") -> SparkSession:
         return active
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    if cfg.spark.master.startswith("local"):
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # servers the project starts bind to loopback
-    builder = SparkSession.builder.appName(cfg.spark.app_name + (f"-{app_suffix}" if app_suffix else ""))
-    engine = cfg.storage.engine
-    with_delta = bool(cfg.spark.packages) or engine == "delta-spark"
-    if os.environ.get("PIPELINE_SUBMITTED") != "1":  # started from Python: this process launches the JVM
-        builder = builder.master(cfg.spark.master).config("spark.driver.memory", cfg.spark.driver_memory)
-        if LOG4J.exists():
-            opt = f"-Dlog4j2.configurationFile=file:{LOG4J}"
-            builder = builder.config("spark.driver.extraJavaOptions", opt)
-            builder = builder.config("spark.executor.extraJavaOptions", opt)
-        jars = session_jars(cfg)
-        if jars:
-            builder = builder.config("spark.jars", ",".join(jars))
-        with_delta = with_delta or (engine != "embedded" and bool(delta_jars()))
-        for key, value in derived_conf(cfg, sys.stderr.isatty()).items():  # spark-submit.sh passes them itself
-            builder = builder.config(key, value)
+    launching = os.environ.get("PIPELINE_SUBMITTED") != "1"  # started from Python: this process launches the JVM
+    conf = session_conf(cfg, launching)
+    if launching:
+        loopback_env(cfg, os.environ)
         prepare_event_log(cfg)
-    for key, value in cfg.spark.conf.items():
+        if SparkContext._gateway is None:
+            _launch_jvm(conf)
+    builder = SparkSession.builder.appName(cfg.spark.app_name + (f"-{app_suffix}" if app_suffix else ""))
+    for key, value in conf.items():
         builder = builder.config(key, value)
-    if with_delta:
-        for key, value in delta_conf(cfg).items():
-            builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
     sc_conf = spark.sparkContext.getConf()
-    LOG.debug("spark conf: %s", " ".join(f"{k}={v}" for k, v in sorted(sc_conf.getAll())))  # masked by the handlers
+    LOG.debug("spark conf: %s", " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(sc_conf.getAll())))  # masked
     if sc_conf.get("spark.eventLog.enabled", "false") == "true":
         LOG.info("spark event log: %s", sc_conf.get("spark.eventLog.dir"))
     LOG.info("spark ui: %s", spark.sparkContext.uiWebUrl or "disabled (spark.ui.enabled=false)")

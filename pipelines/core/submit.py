@@ -1,7 +1,10 @@
 """Builds and runs the spark-submit command for a job in an environment (the engine behind ./spark-submit.sh).
 
-The command carries the master and resources from conf, the project's own code for --py-files, the config
-folder, the quiet log4j settings and the Python to use on executors. --dry-run prints it instead.
+The command carries the master and resources from conf, the project's own code for --py-files and the config
+folder. Every Spark setting (the quiet log4j settings and the Python to use on executors among them) goes through a
+private properties file, and the job's --set overrides through a private job file (pipelines.core.handoff): no
+setting or override is an argument of spark-submit, its JVM or the job, where `ps` would show it to every user.
+--dry-run prints the command and what the files would hold, secrets masked.
 
 - local and standalone: executors share this machine's (or an identical) environment, so the code ships as a
   zip and executors run this virtual environment's Python.
@@ -17,6 +20,7 @@ import hashlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -26,10 +30,26 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core import files
-from pipelines.core.config import ENVS, REPO_ROOT, Config, ConfigError, load_config
+from pipelines.core.config import ENVS, REPO_ROOT, Config, ConfigError, env_references, load_config
+from pipelines.core.handoff import (
+    JOB_FILE,
+    JOB_FILE_ALIAS,
+    JOB_FILE_ENV,
+    PROPERTIES,
+    private_dir,
+    write_job_file,
+    write_properties,
+)
 from pipelines.core.locks import file_lock
 from pipelines.core.logs import redact
-from pipelines.core.session import delta_conf, delta_jars, derived_conf, prepare_event_log, session_jars
+from pipelines.core.session import (
+    delta_conf,
+    delta_jars,
+    derived_conf,
+    loopback_env,
+    prepare_event_log,
+    session_jars,
+)
 
 JOBS = {
     "land-demo": "jobs/land_demo.py",
@@ -43,10 +63,13 @@ JOBS = {
     "run-all": "jobs/run_all.py",
 }
 PACKAGES = ("jobs", "pipelines", "features")
-# What the layered config reads from the environment: a cluster-mode driver runs in a YARN container that does not
-# inherit the submitting shell's environment, so these travel as spark.yarn.appMasterEnv.*. Credentials do not
-# (they would sit on the command line): a cluster-mode driver gets them from the cluster's own secret store.
-DRIVER_ENV = ("PIPELINE_HOME", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME")
+# A cluster-mode driver runs in a YARN container that does not inherit the submitting shell's environment: what the
+# config reads from it (every ${oc.env:VAR} of conf/ and --set, config.env_references) and what MLflow reads itself
+# travel in the job file, not as spark.yarn.appMasterEnv.*, which YARN writes into the container's launch script
+# and copies into its logs.
+MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME",
+              "MLFLOW_TRACKING_PASSWORD")
+PRIVATE = "<private>"  # the private folder's place in a --dry-run's command
 ENV_ARCHIVE_ALIAS = "environment"
 CONF_ARCHIVE_ALIAS = "pipeline-conf"
 # Files that make no sense on a cluster node: the editable install points at this checkout; YARN containers get
@@ -236,8 +259,59 @@ def executor_python() -> str:
     return os.environ.get("PYSPARK_PYTHON", sys.executable)
 
 
-def build_command(job: str, cfg: Config, job_args: list[str], artifacts: Artifacts) -> list[str]:
-    """The full spark-submit command line for `job` under `cfg`."""
+@dataclass(frozen=True)
+class Submission:
+    """One spark-submit run: its command line, which holds nothing secret, and what goes through the private files:
+    every Spark setting (the properties file), the job's --set overrides and, for a driver in a YARN container, the
+    environment it needs (the job file, which YARN localizes into the container with --files)."""
+
+    options: list[str]  # spark-submit and its options, up to the private files
+    app: list[str]  # --py-files, the job's script and its arguments
+    properties: dict[str, str]
+    overrides: list[str]
+    driver_env: dict[str, str]
+    remote_driver: bool  # YARN cluster mode: the job file travels with --files
+
+    def command(self, private: Path | str) -> list[str]:
+        """The command line with the private files in the folder `private`."""
+        files = ["--files", f"{private}/{JOB_FILE}#{JOB_FILE_ALIAS}"] if self.remote_driver else []
+        return [*self.options, "--properties-file", f"{private}/{PROPERTIES}", "--load-spark-defaults", *files,
+                *self.app]
+
+    def describe(self) -> str:
+        """The --dry-run text: the command, then what each private file would hold, secrets masked."""
+        lines = [shlex.join(self.command(PRIVATE)),
+                 f"{PRIVATE}/{PROPERTIES} (0600, removed after the run): {len(self.properties)} Spark settings",
+                 *(f"  {k}={v}" for k, v in self.properties.items()),
+                 f"{PRIVATE}/{JOB_FILE} (0600, removed after the run): {len(self.overrides)} --set overrides",
+                 *(f"  {o}" for o in self.overrides)]
+        if self.driver_env:  # values from this environment, any of them may be a credential: not shown
+            lines.append(f"  the driver's environment: {', '.join(self.driver_env)}")
+        return redact("\n".join(lines))
+
+    def run(self, env: dict[str, str]) -> int:
+        """Write the private files, run spark-submit, remove the files once it has ended. SIGTERM and SIGHUP (a
+        scheduler's kill or timeout) are passed on to spark-submit, so the job stops and the files still go."""
+        with private_dir() as private:
+            write_properties(private / PROPERTIES, self.properties)
+            write_job_file(private / JOB_FILE, self.overrides, self.driver_env)
+            proc = subprocess.Popen(self.command(private), env={**env, JOB_FILE_ENV: str(private / JOB_FILE)})
+
+            def forward(signum: int, _frame: object) -> None:
+                proc.send_signal(signum)
+
+            previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)}
+            try:
+                return proc.wait()
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+
+
+def build_command(job: str, cfg: Config, job_args: list[str], artifacts: Artifacts,
+                  overrides: list[str] | tuple[str, ...] = (), conf_dir: Path | None = None) -> Submission:
+    """The spark-submit run of `job` under `cfg`, the config of `conf_dir` and `overrides` (which the job gets from
+    its job file)."""
     sc = cfg.spark
     python = executor_python() if artifacts.env_archive is None else f"./{ENV_ARCHIVE_ALIAS}/bin/python"
     cmd = [spark_submit_binary(), "--master", sc.master, "--deploy-mode", sc.deploy_mode,
@@ -260,25 +334,27 @@ def build_command(job: str, cfg: Config, job_args: list[str], artifacts: Artifac
         conf |= delta_conf(cfg)
     if artifacts.spark_archive:
         conf["spark.yarn.archive"] = artifacts.spark_archive
+    remote_driver = artifacts.env_archive is not None and sc.deploy_mode == "cluster"
+    driver_env: dict[str, str] = {}
     if artifacts.env_archive is None:
         conf |= {"spark.pyspark.driver.python": python, "spark.driver.extraJavaOptions": java_opt,
                  "spark.executor.extraJavaOptions": java_opt}
     else:
         conf["spark.yarn.appMasterEnv.PYSPARK_PYTHON"] = python
-        if sc.deploy_mode == "client":
-            conf["spark.pyspark.driver.python"] = executor_python()
-        else:
-            conf |= {f"spark.yarn.appMasterEnv.{k}": os.environ[k] for k in DRIVER_ENV if os.environ.get(k)}
+        if remote_driver:
+            names = sorted(env_references(conf_dir, overrides) | set(MLFLOW_ENV))
+            driver_env = {k: os.environ[k] for k in names if os.environ.get(k)}
             conf["spark.yarn.appMasterEnv.PIPELINE_SUBMITTED"] = "1"  # the session comes from spark-submit's conf
+            conf[f"spark.yarn.appMasterEnv.{JOB_FILE_ENV}"] = JOB_FILE_ALIAS
+        else:
+            conf["spark.pyspark.driver.python"] = executor_python()
         archives = [f"{artifacts.env_archive}#{ENV_ARCHIVE_ALIAS}"]
         if artifacts.conf_archive is not None:
             archives.append(f"{artifacts.conf_archive}#{CONF_ARCHIVE_ALIAS}")
         cmd += ["--archives", ",".join(archives)]
     conf |= derived_conf(cfg, sys.stderr.isatty())  # the driver's stderr is this process's: the user's terminal
-    for key, value in {**conf, **sc.conf}.items():
-        cmd += ["--conf", f"{key}={value}"]
-    cmd += ["--py-files", str(artifacts.code), str(REPO_ROOT / JOBS[job]), *job_args]
-    return cmd
+    app = ["--py-files", str(artifacts.code), str(REPO_ROOT / JOBS[job]), *job_args]
+    return Submission(cmd, app, {**conf, **sc.conf}, list(overrides), driver_env, remote_driver)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,19 +380,17 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--set", dest="overrides", action="append", default=[])
     pre.add_argument("--conf-dir", default=None)
     pre.add_argument("--dry-run", action="store_true")
-    known, _ = pre.parse_known_args(rest)
-    job_args = [a for a in rest if a != "--dry-run"]
-    if "--env" not in job_args:
-        job_args = ["--env", known.env, *job_args]
+    known, job_only = pre.parse_known_args(rest)  # the job's own arguments; --set goes through the job file
     try:
         cfg = load_config(known.env, known.overrides, known.conf_dir)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2
     conf_dir = Path(known.conf_dir or REPO_ROOT / "conf").resolve()
-    if "--conf-dir" not in job_args:  # the job imports from the shipped code, so it cannot find conf/ on its own
-        remote_driver = cfg.env == "yarn" and cfg.spark.deploy_mode == "cluster"
-        job_args += ["--conf-dir", CONF_ARCHIVE_ALIAS if remote_driver else str(conf_dir)]
+    remote_driver = cfg.env == "yarn" and cfg.spark.deploy_mode == "cluster"
+    # the job imports from the shipped code, so it cannot find conf/ on its own
+    job_args = ["--env", known.env, *job_only, "--conf-dir",
+                known.conf_dir or (CONF_ARCHIVE_ALIAS if remote_driver else str(conf_dir))]
     planned = plan_artifacts(cfg)
     try:
         session_jars(cfg)  # storage.engine=delta-spark without the Delta jars: a set-up error, before any build
@@ -324,14 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return 2
     if known.dry_run:
-        print(redact(shlex.join(build_command(job, cfg, job_args, planned))))  # secrets stay in the environment
+        print(build_command(job, cfg, job_args, planned, known.overrides, conf_dir).describe())
         return 0
-    cmd = build_command(job, cfg, job_args, build_artifacts(cfg, planned, conf_dir))
+    submission = build_command(job, cfg, job_args, build_artifacts(cfg, planned, conf_dir), known.overrides, conf_dir)
     prepare_event_log(cfg)
     env = {**os.environ, "PIPELINE_SUBMITTED": "1", "PYSPARK_PYTHON": executor_python()}
-    if cfg.spark.master.startswith("local"):
-        env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    return subprocess.call(cmd, env=env)
+    loopback_env(cfg, env)
+    return submission.run(env)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ found after the root exits) and every TCP socket any of them listens on."""
 from __future__ import annotations
 
 import ipaddress
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,13 @@ def is_loopback(ip: str) -> bool:
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
     mapped = getattr(addr, "ipv4_mapped", None)
     return addr.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def other_ipv4() -> str | None:
+    """An IPv4 address of this host beyond loopback (what an edge node may export as SPARK_LOCAL_IP); None when
+    there is none."""
+    return next((a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+                 if a.family == socket.AF_INET and not is_loopback(a.address)), None)
 
 
 @dataclass(frozen=True)

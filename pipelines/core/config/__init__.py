@@ -32,7 +32,14 @@ from pipelines.core.config.flows import (
     ThresholdLabel,
 )
 from pipelines.core.config.ingest import IngestConf, SourceConf
-from pipelines.core.config.loader import ENVS, REPO_ROOT, available_pipelines, load_config, parse_override
+from pipelines.core.config.loader import (
+    ENVS,
+    REPO_ROOT,
+    available_pipelines,
+    env_references,
+    load_config,
+    parse_override,
+)
 from pipelines.core.config.root import DEFAULT_PIPELINE, Config
 from pipelines.core.config.serving import MonitorConf, ScoringConf
 from pipelines.core.config.spark import SparkConf
@@ -65,5 +72,5 @@ __all__ = [
     "IngestConf", "JoinConf", "MlflowConf", "MlpConf", "MonitorConf", "MonthSplit", "NetworkConf", "NumericGroup",
     "OptimizerConf", "RegressionLabel", "ScoringConf", "SelectorConf", "SourceConf", "SparkConf", "StatsConf",
     "StorageConf", "Strict", "TabularFlowConf", "TabularLabel", "TabularSplit", "TextFlowConf", "ThresholdLabel",
-    "TrainDataConf", "TrainingConf", "available_pipelines", "load_config", "parse_override",
+    "TrainDataConf", "TrainingConf", "available_pipelines", "env_references", "load_config", "parse_override",
 ]

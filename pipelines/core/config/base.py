@@ -7,9 +7,15 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
+from pipelines.core.logs import redact
+
 
 class ConfigError(ValueError):
-    """A configuration problem; the message names the key and where it was set."""
+    """A configuration problem; the message names the key and where it was set, and is masked like every text the
+    project prints (an error about a value never echoes a password or a secret setting)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 class Strict(BaseModel):

@@ -20,10 +20,12 @@ from pydantic import ValidationError
 
 from pipelines.core.config.base import ConfigError
 from pipelines.core.config.root import DEFAULT_PIPELINE, Config
+from pipelines.core.logs import MASK, SECRET_KEY
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ENVS = ("local", "standalone", "yarn")
 _MISSING_ENV = re.compile(r"Environment variable '([^']+)' not found")
+_ENV_REFERENCE = re.compile(r"\$\{oc\.env:\s*([A-Za-z_][A-Za-z0-9_]*)")
 _NO_DEFAULT = object()
 
 
@@ -155,7 +157,8 @@ def _merge(merged: DictConfig, over: dict, origin: dict[str, str], where: str) -
     try:
         return OmegaConf.merge(merged, OmegaConf.create(over))  # type: ignore[return-value]
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{getattr(e, 'full_key', '') or '?'}: {str(e).splitlines()[0]} [{where}]") from None
+        key = getattr(e, "full_key", "") or "?"
+        raise ConfigError(f"{key}: {_omegaconf_error(key, e)} [{where}]") from None
 
 
 def _pipeline_name(root: Path, env: str, overrides: list[str] | tuple[str, ...]) -> str:
@@ -176,6 +179,13 @@ def _conf_root(conf_dir: str | Path | None) -> Path:
     return Path(conf_dir or os.environ.get("PIPELINE_CONF_DIR") or REPO_ROOT / "conf")
 
 
+def env_references(conf_dir: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> set[str]:
+    """The environment variables a config may read: every ${oc.env:VAR} in the config folder's YAML files and in
+    `overrides` (what a driver in another environment, a YARN container, must be handed to load the same config)."""
+    texts = [p.read_text() for p in sorted(_conf_root(conf_dir).rglob("*.yaml"))] + list(overrides)
+    return {name for text in texts for name in _ENV_REFERENCE.findall(text)}
+
+
 def available_pipelines(conf_dir: str | Path | None = None) -> list[str]:
     """Pipeline profiles: one per folder in conf/pipelines/, the default (flights) first."""
     folder = _conf_root(conf_dir) / "pipelines"
@@ -189,13 +199,19 @@ def _resolve(merged: DictConfig, origin: dict[str, str]) -> dict:
         return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "") or "?"
-        first = str(e).splitlines()[0]
-        missing = _MISSING_ENV.search(first)
+        missing = _MISSING_ENV.search(str(e).splitlines()[0])
         if missing:
             msg = f"environment variable {missing.group(1)} is not set"
         else:
-            msg = f"{first} (environment variables are written ${{oc.env:VAR}} or ${{oc.env:VAR,default}})"
+            msg = f"{_omegaconf_error(key, e)} (environment variables are written ${{oc.env:VAR}} or " \
+                  "${oc.env:VAR,default})"
         raise ConfigError(f"{key}: {msg} [{_origin_of(key, origin)}]") from None
+
+
+def _omegaconf_error(key: str, e: OmegaConfBaseException) -> str:
+    """OmegaConf's message, unless the key names a secret: OmegaConf quotes the value it could not parse."""
+    return "not a valid value (not shown: the key names a secret)" if SECRET_KEY.search(key) else \
+        str(e).splitlines()[0]
 
 
 def load_config(
@@ -272,6 +288,8 @@ def _describe(err: ValidationError, origin: dict[str, str], data: dict) -> str:
                    if item["type"] == "union_tag_invalid" else f"missing {disc}; one of [{tags}]")
         elif item["type"] != "extra_forbidden" and "input" in item and not isinstance(item["input"], dict):
             msg += f" (got {item['input']!r})"
+        if SECRET_KEY.search(key) and isinstance(item.get("input"), str) and item["input"]:
+            msg = msg.replace(item["input"], MASK)  # a validator's message may quote the value itself
         if note:
             msg += f" (in {note})"
         lines.append(f"{key}: {msg} [{_origin_of(key, origin)}]")
