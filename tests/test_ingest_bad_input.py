@@ -128,7 +128,7 @@ class Run:
 def run(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Run:
     """One ingest of every source over a landing zone holding all the cases."""
     ws = tmp_path_factory.mktemp("bad_input")
-    cfg = load_config("local", [f"storage.workspace={ws}", *SOURCES])
+    cfg = load_config("local", [f"storage.workspace={ws}", "ingest.settle_s=0", *SOURCES])  # landed before
     landing = Path(cfg.catalog.landing)
     png = _png()
     files = {rel: c.data for rel, c in CSV_CASES.items()}

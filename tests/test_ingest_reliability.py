@@ -44,7 +44,8 @@ def _data_lines(files: list[Path]) -> int:
 def _job(workspace: Path, *sets: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """The ingest job as a real process (flights only), as the scheduler starts it."""
     args = [sys.executable, "-m", "jobs.ingest", "--sources", "flights", "--set", f"storage.workspace={workspace}",
-            "--set", "spark.conf.spark.sql.shuffle.partitions=2", *[x for s in sets for x in ("--set", s)]]
+            "--set", "spark.conf.spark.sql.shuffle.partitions=2", "--set", "ingest.settle_s=0",  # landed before
+            *[x for s in sets for x in ("--set", s)]]
     return subprocess.Popen(args, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -251,7 +252,7 @@ def test_lease_takes_over_only_dead_holders(tmp_path: Path) -> None:
     won[0].release(True)
 
 
-SETTLE = ["ingest.settle_s=1"]  # a short settle time: the producer below writes every 0.05 s
+SETTLE = ["ingest.settle_s=2"]  # short, yet 40 times the producer's pause between writes (0.05 s)
 
 
 def _bronze_rows(store: DeltaStore, path: str, *cols: str) -> list[tuple]:
@@ -372,3 +373,20 @@ def test_file_removed_after_listing_is_reported_and_blocks_nothing(spark: SparkS
     assert [(Path(f.file).name, f.status) for f in again.files] == [("b.csv", "ingested")]
     assert _bronze_rows(store, cfg.catalog.path("t"), "id", "name") == [(0, "a"), (1, "b"), (2, "c")]
 
+
+@pytest.mark.parametrize("engine", ["delta-spark", "embedded"])
+def test_stream_quarantine_write_is_idempotent_per_batch(spark: SparkSession, tmp_path: Path, engine: str) -> None:
+    """A micro-batch's quarantine rows applied twice (Spark replays a batch after a crash before its checkpoint
+    commit) are there once; the same bad lines in another batch are that batch's own rows."""
+    from pipelines.stages.stream import QUARANTINE_SCHEMA, quarantine_batch
+
+    store = DeltaStore(spark, engine)
+    path = str(tmp_path / "quarantine_rows")
+    line = ("t", "file:///l/a.csv", "1,x,y", "wrong field count: expected 2, got 3")
+    batch = [(*line, "stream-q-7"), (*line, "stream-q-7"), ("t", "file:///l/b.csv", None, "empty file", "stream-q-7")]
+    for _ in range(2):
+        assert quarantine_batch(store, path, spark.createDataFrame(batch, QUARANTINE_SCHEMA)) == 3
+    assert quarantine_batch(store, path, spark.createDataFrame([(*line, "stream-q-8")], QUARANTINE_SCHEMA)) == 1
+    rows = sorted((r.run_id, r.source_file, r.raw_line) for r in store.read(path).collect())
+    assert rows == [("stream-q-7", "file:///l/a.csv", "1,x,y"), ("stream-q-7", "file:///l/a.csv", "1,x,y"),
+                    ("stream-q-7", "file:///l/b.csv", None), ("stream-q-8", "file:///l/a.csv", "1,x,y")]

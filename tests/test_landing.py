@@ -100,3 +100,32 @@ def test_duplicates_redeliveries_and_vanished_files(tmp_path: Path) -> None:
     assert reasons["d.csv"].startswith(REDELIVERED)
     assert [(Path(f.file).name, f.status) for f in chosen.vanished] == [("g.csv", "vanished")]
     assert chosen.hashes[landed[0].uri] == hashlib.sha256(b"id\n2\n").hexdigest()
+
+
+def test_stream_gate_admits_each_complete_file_once(tmp_path: Path) -> None:
+    """The streaming scorer's gate: a file is admitted (one manifest naming it) once it has settled, once; a
+    refused link at once, with its reason, for the batch to quarantine; writers' names never."""
+    import json
+    import time
+
+    from pipelines.core.config import load_config
+    from pipelines.stages.stream import LandingGate
+
+    cfg = load_config("local", [f"storage.workspace={tmp_path / 'ws'}", "ingest.settle_s=0.3"])
+    zone = Path(cfg.catalog.landing) / "in"
+    zone.mkdir(parents=True)
+    (zone / "a.csv").write_bytes(b"id\n")
+    (zone / ".a.csv.part").write_bytes(b"id\n")
+    (zone / "gone.csv").symlink_to(tmp_path / "nothing.csv")
+    gate = LandingGate(cfg, "in/*", str(tmp_path / "checkpoint"))
+    assert gate.step() == 1 and [Path(u).name for u in gate.deferred] == ["a.csv"]  # the link, at once
+    time.sleep(0.35)
+    (zone / "a.csv").write_bytes(b"id\n1\n")  # still being written
+    assert gate.step() == 0 and [Path(u).name for u in gate.deferred] == ["a.csv"]
+    time.sleep(0.35)
+    assert gate.step() == 1 and gate.deferred == []
+    assert gate.step() == 0
+    manifests = sorted((json.loads(p.read_text()) for p in (tmp_path / "checkpoint" / "settled").iterdir()),
+                       key=lambda m: m["uri"])
+    assert [(Path(m["uri"]).name, m["size"], (m["refused"] or "").split(":")[0]) for m in manifests] == [
+        ("a.csv", 5, ""), ("gone.csv", len(str(tmp_path / "nothing.csv")), "dangling symbolic link")]
