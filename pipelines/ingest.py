@@ -470,8 +470,9 @@ def read_log(store: DeltaStore, log_path: str) -> pd.DataFrame | None:
         if not store.exists(log_path):
             return None
         table = store.read(log_path)
-        cols = ["run_id", "source", "file", "size", "mtime_ms", "status", "ingested_at"]
-        cols += ["sha256"] if "sha256" in table.columns else []
+        cols = [F.col(c) for c in ("run_id", "source", "file", "size", "mtime_ms", "status")]
+        cols += [F.unix_micros("ingested_at").alias("ingested_at")]  # an order only: no time zone to convert
+        cols += [F.col("sha256")] if "sha256" in table.columns else []
         out = table.select(*cols).toPandas()
     except Exception as e:
         raise _log_error(log_path, e) from e
