@@ -1,7 +1,10 @@
 """ingest: landing files -> bronze Delta tables, with explicit schemas, exactly-once file pick-up and quarantine.
 
 Every landed line is accounted for: a data line is either written to bronze or quarantined with its reason, so
-rows_in == rows_ok + rows_quarantined per file. A file that cannot be read at all is quarantined as a file.
+rows_in == rows_ok + rows_quarantined per file. A file that cannot be read at all is quarantined as a file. Only
+complete files are taken (pipelines/core/landing.py): names writers use while copying are ignored, and a file
+still changing is deferred to the next run; both are counted and reported, like files that vanish before they
+are read.
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import math
 import re
 import socket
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -29,7 +34,8 @@ from pipelines.core.config import Config, SourceConf
 from pipelines.core.delta import DeltaStore
 from pipelines.core.errors import BadInput
 from pipelines.core.failpoints import pause
-from pipelines.core.files import FileInfo, from_spark_path, join, list_files, spark_input
+from pipelines.core.files import FileInfo, exists, from_spark_path, join, list_files, spark_input
+from pipelines.core.landing import Settling, split_writer_names
 from pipelines.core.lease import Lease
 from pipelines.core.logs import LOG, redact, redact_config, stage
 from pipelines.core.tracking import git_commit
@@ -46,6 +52,8 @@ LOG_SCHEMA = (
     "rows_in bigint, rows_ok bigint, rows_quarantined bigint, ingested_at timestamp, sha256 string"
 )
 REDELIVERED = "re-delivered with different content"
+DUPLICATE = "duplicate of another delivery"
+VANISHED = "vanished: removed from the landing zone after it was listed, before it was read"
 
 
 @dataclass
@@ -53,7 +61,7 @@ class FileResult:
     file: str
     size: int
     mtime_ms: int
-    status: str  # ingested | quarantined
+    status: str  # ingested | quarantined (both recorded in the ingest log) | vanished (reported only)
     reason: str | None = None
     rows_in: int = 0
     rows_ok: int = 0
@@ -66,7 +74,9 @@ class SourceResult:
     source: str
     files: list[FileResult] = field(default_factory=list)
     skipped_files: int = 0
-    ignored_files: int = 0
+    ignored_files: int = 0  # writers' names while copying; image sources: also names glob_filter excludes
+    deferred: list[str] = field(default_factory=list)  # still being written: taken by a later run
+    vanished: list[FileResult] = field(default_factory=list)  # gone before they were read: not in the log
     table_version: int | None = None
 
     @property
@@ -412,14 +422,16 @@ def read_lines(spark: SparkSession, files: list[str], whole: bool = False) -> Da
     it, and where the read split holding the line ends (`_split_end`, `_file_size`).
 
     Lines end at \\n only, so a \\r\\n inside a quoted field is kept. `whole` reads each file as one split (one
-    row per file, then cut into lines), for files with a quoted newline across the splits Spark would make.
+    row per file, then cut into lines), for files with a quoted newline across the splits Spark would make. A file
+    removed after Spark listed it gives no lines (the caller reports it vanished) instead of failing the job.
     """
     paths = [spark_input(f) for f in files]
     meta = [F.col("_metadata.file_path").alias("_source_file"), F.col("_metadata.file_size").alias("_file_size")]
+    reader = spark.read.option("ignoreMissingFiles", "true")
     if not whole:
         end = (F.col("_metadata.file_block_start") + F.col("_metadata.file_block_length")).alias("_split_end")
-        return spark.read.text(paths, lineSep="\n").select(F.col("value").cast("binary").alias("_raw"), *meta, end)
-    rows = spark.read.text(paths, wholetext=True).select(F.col("value").cast("binary").alias("_raw"), *meta)
+        return reader.text(paths, lineSep="\n").select(F.col("value").cast("binary").alias("_raw"), *meta, end)
+    rows = reader.text(paths, wholetext=True).select(F.col("value").cast("binary").alias("_raw"), *meta)
 
     def lines(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for pdf in batches:
@@ -434,12 +446,14 @@ def read_lines(spark: SparkSession, files: list[str], whole: bool = False) -> Da
 # ---- orchestration ---------------------------------------------------------------------------------------------------
 @dataclass
 class Deliveries:
-    """What the ingest log knows: delivery keys (file, size, mtime), contents (file, sha256), and the content of
-    each file's ingested deliveries (None for entries logged before content hashes were recorded)."""
+    """What the ingest log knows: delivery keys (file, size, mtime), contents (file, sha256), the content of each
+    file's ingested deliveries (None for entries logged before content hashes were recorded), and per source the
+    file that first delivered each ingested content."""
 
     keys: set[tuple[str, int, int]] = field(default_factory=set)
     contents: set[tuple[str, str]] = field(default_factory=set)
     ingested: dict[str, set[str | None]] = field(default_factory=dict)
+    firsts: dict[str, dict[str, str]] = field(default_factory=dict)  # source -> sha256 -> file
 
 
 def _log_error(path: str, e: Exception) -> BadInput:
@@ -450,18 +464,21 @@ def _log_error(path: str, e: Exception) -> BadInput:
 
 
 def read_log(store: DeltaStore, log_path: str) -> pd.DataFrame | None:
-    """The ingest log as pandas (None when there is none); an unreadable log is BadInput, never an empty one."""
+    """The ingest log as pandas, oldest entries first (None when there is none); an unreadable log is BadInput,
+    never an empty one."""
     try:
         if not store.exists(log_path):
             return None
         table = store.read(log_path)
-        cols = ["run_id", "file", "size", "mtime_ms", "status"] + (["sha256"] if "sha256" in table.columns else [])
+        cols = [F.col(c) for c in ("run_id", "source", "file", "size", "mtime_ms", "status")]
+        cols += [F.unix_micros("ingested_at").alias("ingested_at")]  # an order only: no time zone to convert
+        cols += [F.col("sha256")] if "sha256" in table.columns else []
         out = table.select(*cols).toPandas()
     except Exception as e:
         raise _log_error(log_path, e) from e
     if "sha256" not in out.columns:  # a log written before content hashes
         out["sha256"] = None
-    return out
+    return out.sort_values("ingested_at", kind="stable")
 
 
 def ingested_files(log: pd.DataFrame | None) -> Deliveries:
@@ -476,7 +493,65 @@ def ingested_files(log: pd.DataFrame | None) -> Deliveries:
             seen.contents.add((r.file, sha))
         if r.status == "ingested":
             seen.ingested.setdefault(r.file, set()).add(sha)
+            if sha and r.size:
+                seen.firsts.setdefault(r.source, {}).setdefault(sha, r.file)
     return seen
+
+
+@dataclass
+class Landed:
+    """One source's landing files as this run found them (pipelines/core/landing.py's rule)."""
+
+    files: list[FileInfo] = field(default_factory=list)  # complete: settled, or known to the log by size and time
+    ignored: list[FileInfo] = field(default_factory=list)  # names writers use while copying
+    deferred: list[FileInfo] = field(default_factory=list)  # still changing within ingest.settle_s
+    vanished: list[FileInfo] = field(default_factory=list)  # listed, then gone before the second look
+
+
+def _known(f: FileInfo, seen: Deliveries) -> bool:
+    """A delivery the log knows by name, size and modification time (never when the file system gives no time)."""
+    return f.mtime_ms >= 0 and (f.uri, f.size, f.mtime_ms) in seen.keys
+
+
+def list_landed(cfg: Config, sources: dict[str, SourceConf], seen: Deliveries) -> dict[str, Landed]:
+    """List every source's landing files; files the log does not know must have settled: when there are any,
+    wait `ingest.settle_s` once for the whole run and list again. Known files, and links refused at listing, are
+    taken as listed (they are skipped, or quarantined with their reason, without being read)."""
+    zone = cfg.catalog.landing
+
+    def listing() -> dict[str, tuple[list[FileInfo], list[FileInfo]]]:
+        return {name: split_writer_names(list_files(zone, src.path), zone, src.path) for name, src in sources.items()}
+
+    def watched(files: list[FileInfo]) -> list[FileInfo]:
+        return [f for f in files if not _known(f, seen) and not f.refused]
+
+    settling = Settling(cfg.ingest.settle_s)
+    first = listing()
+    waiting = [f for kept, _ in first.values() for f in watched(kept)]
+    again = first
+    if len(settling.observe(waiting)) < len(waiting):
+        LOG.info("ingest: %d new landing files; waiting ingest.settle_s=%ss for them to settle", len(waiting),
+                 cfg.ingest.settle_s)
+        time.sleep(cfg.ingest.settle_s)
+        again = listing()
+    settled = {f.uri for f in settling.observe([f for kept, _ in again.values() for f in watched(kept)])}
+    out: dict[str, Landed] = {}
+    for name, (kept, ignored) in again.items():
+        waited = watched(kept)
+        now = {f.uri for f in kept}
+        landed = Landed([f for f in kept if f not in waited or f.uri in settled], ignored,
+                        [f for f in waited if f.uri not in settled],
+                        [f for f in watched(first[name][0]) if f.uri not in now])
+        for level, what, files in (
+                (logging.INFO, "ignored: hidden names or names writers use while copying", landed.ignored),
+                (logging.WARNING, f"deferred: still being written (size or modification time changed within "
+                                  f"ingest.settle_s={cfg.ingest.settle_s}s), left for a later run", landed.deferred),
+                (logging.WARNING, VANISHED, landed.vanished)):
+            if files:
+                LOG.log(level, "%s: %d files %s: %s", name, len(files), what,
+                        ", ".join(f.uri.rsplit("/", 1)[-1] for f in files[:5]))
+        out[name] = landed
+    return out
 
 
 def file_sha256(uri: str, keep: int = 0, chunk: int = 4 << 20) -> tuple[str, bytes]:
@@ -492,21 +567,46 @@ def file_sha256(uri: str, keep: int = 0, chunk: int = 4 << 20) -> tuple[str, byt
     return digest.hexdigest(), first
 
 
-def choose_new(landed: list[FileInfo], seen: Deliveries, keep: int = 0
-               ) -> tuple[list[FileInfo], list[FileResult], dict[str, str], dict[str, bytes]]:
-    """Split landed files into new deliveries and re-deliveries of ingested files with different content; return
-    (new, quarantined, sha256 by file, first `keep` bytes by file). A file whose (size, mtime) the log knows is not
-    read at all; any other is hashed once: the same content under the same name (touched, copied again) is no new
-    delivery."""
-    new: list[FileInfo] = []
-    redelivered: list[FileResult] = []
-    hashes: dict[str, str] = {}
-    heads: dict[str, bytes] = {}
+@dataclass
+class Chosen:
+    """choose_new's answer: new deliveries, quarantined ones (with the reason), vanished ones, and the sha256 and
+    first bytes of every file it read."""
+
+    new: list[FileInfo] = field(default_factory=list)
+    quarantined: list[FileResult] = field(default_factory=list)
+    vanished: list[FileResult] = field(default_factory=list)
+    hashes: dict[str, str] = field(default_factory=dict)
+    heads: dict[str, bytes] = field(default_factory=dict)
+
+
+def _quarantine(f: FileInfo, why: str, sha: str | None = None) -> FileResult:
+    LOG.warning("quarantined file %s: %s", f.uri, why)
+    return FileResult(f.uri, f.size, f.mtime_ms, "quarantined", why, sha256=sha)
+
+
+def choose_new(landed: list[FileInfo], seen: Deliveries, source: str, keep: int = 0) -> Chosen:
+    """Split landed files into new deliveries and the others. A file whose (size, mtime) the log knows is not
+    read at all; a link refused at listing is quarantined with its reason; any other file is hashed once: the
+    same content under the same name (touched, copied again) is no new delivery, different content under a name
+    whose earlier delivery was ingested is quarantined (REDELIVERED), and content this source already ingested
+    under another name (in an earlier run, or earlier in this listing) is quarantined as a DUPLICATE naming that
+    file. Empty files are no duplicates (they have no rows; sniffing quarantines them). A file removed since it
+    was listed is reported vanished."""
+    out = Chosen()
+    firsts = dict(seen.firsts.get(source, {}))
     for f in landed:
-        if (f.uri, f.size, f.mtime_ms) in seen.keys:
+        if _known(f, seen):
             continue
-        sha, heads[f.uri] = file_sha256(f.uri, keep)
-        hashes[f.uri] = sha
+        if f.refused:
+            out.quarantined.append(_quarantine(f, f.refused))
+            continue
+        try:
+            sha, out.heads[f.uri] = file_sha256(f.uri, keep)
+        except FileNotFoundError:
+            LOG.warning("%s: %s", f.uri, VANISHED)
+            out.vanished.append(FileResult(f.uri, f.size, f.mtime_ms, "vanished", VANISHED))
+            continue
+        out.hashes[f.uri] = sha
         if (f.uri, sha) in seen.contents:
             continue
         earlier = seen.ingested.get(f.uri)
@@ -514,54 +614,59 @@ def choose_new(landed: list[FileInfo], seen: Deliveries, keep: int = 0
             known = sorted(h[:12] for h in earlier if h)
             was = (f"the earlier delivery's content was sha256 {', '.join(known)}" if known else
                    "the earlier delivery was logged before content hashes were recorded")
-            why = (f"{REDELIVERED}: sha256 {sha[:12]}, {was}; its rows stay as first delivered. Deliver a "
-                   "correction under a new file name")
-            LOG.warning("quarantined file %s: %s", f.uri, why)
-            redelivered.append(FileResult(f.uri, f.size, f.mtime_ms, "quarantined", why, sha256=sha))
+            out.quarantined.append(_quarantine(f, f"{REDELIVERED}: sha256 {sha[:12]}, {was}; its rows stay as first "
+                                                  "delivered. Deliver a correction under a new file name", sha))
             continue
-        new.append(f)
-    return new, redelivered, hashes, heads
+        first = firsts.get(sha)
+        if first is not None and f.size:
+            out.quarantined.append(_quarantine(f, f"{DUPLICATE}: the same content (sha256 {sha[:12]}) as {first}, "
+                                                  "which was delivered first; not ingested twice", sha))
+            continue
+        if f.size:
+            firsts[sha] = f.uri
+        out.new.append(f)
+    return out
 
 
 def ingest_source(
     spark: SparkSession, cfg: Config, store: DeltaStore, name: str, src: SourceConf, run_id: str,
-    seen: Deliveries,
+    seen: Deliveries, landed: Landed,
 ) -> SourceResult:
-    """Ingest the new files of one source; write bronze and quarantine; return per-file counts."""
-    result = SourceResult(name)
+    """Ingest the new complete files of one source (as list_landed found them); write bronze and quarantine;
+    return per-file counts, and the files ignored, deferred and vanished."""
+    result = SourceResult(name, ignored_files=len(landed.ignored), deferred=[f.uri for f in landed.deferred],
+                          vanished=[_vanished(f) for f in landed.vanished])
     with stage(f"ingest.{name}") as s:
-        landed = list_files(cfg.catalog.landing, src.path)
+        files = landed.files
         if src.format == "image":
-            landed, ignored = split_by_filter(landed, src.glob_filter)
-            result.ignored_files = len(ignored)
+            files, ignored = split_by_filter(files, src.glob_filter)
+            result.ignored_files += len(ignored)
             if ignored:
                 LOG.warning("%s: %d files ignored by glob filter %r: %s", name, len(ignored), src.glob_filter,
                             ", ".join(f.uri.rsplit("/", 1)[-1] for f in ignored[:5]))
-        new, redelivered, hashes, heads = choose_new(landed, seen, 0 if src.format == "image" else
-                                                     cfg.ingest.sniff_bytes)
-        result.files.extend(redelivered)
-        result.skipped_files = len(landed) - len(new) - len(redelivered)
+        chosen = choose_new(files, seen, name, 0 if src.format == "image" else cfg.ingest.sniff_bytes)
+        result.files.extend(chosen.quarantined)
+        result.vanished.extend(chosen.vanished)
+        result.skipped_files = len(files) - len(chosen.new) - len(chosen.quarantined) - len(chosen.vanished)
         if src.format == "image":
-            _ingest_images(spark, cfg, store, name, src, run_id, new, result)
-            _set_hashes(result, hashes)
-            s.add(files_new=len(new), files_skipped=result.skipped_files, files_ignored=result.ignored_files,
-                  files_quarantined=result.files_quarantined, rows_ok=result.rows_ok)
-            return result
-        headers: dict[str, str] = {}
-        readable: list[FileInfo] = []
-        for f in new:
-            header, why = sniff(heads[f.uri], f.size, src)
-            if why:
-                LOG.warning("quarantined file %s: %s", f.uri, why)
-                result.files.append(FileResult(f.uri, f.size, f.mtime_ms, "quarantined", why))
-            else:
-                headers[f.uri] = header or ""
-                readable.append(f)
-        if readable:
-            _ingest_readable(spark, cfg, store, name, src, run_id, readable, headers, result)
-        _set_hashes(result, hashes)
-        s.add(files_new=len(new), files_skipped=result.skipped_files, files_quarantined=result.files_quarantined,
-              rows_in=result.rows_in, rows_ok=result.rows_ok, rows_quarantined=result.rows_quarantined)
+            _ingest_images(spark, cfg, store, name, src, run_id, chosen.new, result)
+        else:
+            headers: dict[str, str] = {}
+            readable: list[FileInfo] = []
+            for f in chosen.new:
+                header, why = sniff(chosen.heads[f.uri], f.size, src)
+                if why:
+                    result.files.append(_quarantine(f, why))
+                else:
+                    headers[f.uri] = header or ""
+                    readable.append(f)
+            if readable:
+                _ingest_readable(spark, cfg, store, name, src, run_id, readable, headers, result)
+        _set_hashes(result, chosen.hashes)
+        s.add(files_new=len(chosen.new), files_skipped=result.skipped_files, files_ignored=result.ignored_files,
+              files_deferred=len(result.deferred), files_vanished=len(result.vanished),
+              files_quarantined=result.files_quarantined, rows_in=result.rows_in, rows_ok=result.rows_ok,
+              rows_quarantined=result.rows_quarantined)
     return result
 
 
@@ -570,31 +675,60 @@ def _set_hashes(result: SourceResult, hashes: dict[str, str]) -> None:
         f.sha256 = f.sha256 or hashes.get(f.file)
 
 
+def _vanished(f: FileInfo) -> FileResult:
+    LOG.warning("%s: %s", f.uri, VANISHED)
+    return FileResult(f.uri, f.size, f.mtime_ms, "vanished", VANISHED)
+
+
+def _present(files: list[FileInfo], result: SourceResult) -> list[FileInfo]:
+    """The files still there right before Spark reads them; the others are reported vanished (Spark fails a
+    whole read that names a missing file)."""
+    there = [f for f in files if exists(f.uri)]
+    result.vanished += [_vanished(f) for f in files if f not in there]
+    return there
+
+
 def _ingest_images(spark: SparkSession, cfg: Config, store: DeltaStore, name: str, src: SourceConf, run_id: str,
                    files: list[FileInfo], result: SourceResult) -> None:
     """One row per image file: decodable ones to bronze, the others quarantined as files with the reason."""
     status: dict[str, str | None] = {f.uri: "empty file" for f in files if f.size == 0}  # binaryFile skips them
-    readable = [f for f in files if f.size > 0]
+    readable = _present([f for f in files if f.size > 0], result)
     if readable:
-        decoded, result.table_version = ingest_image_files(spark, cfg, store, name, src, run_id, readable)
+        decoded, result.table_version = ingest_image_files(spark, cfg, store, src, run_id, readable)
         status |= decoded
     for f in files:
+        if f.uri not in status:
+            if f in readable:
+                _unread(name, f, result)
+            continue
         reason = status[f.uri]
         result.files.append(FileResult(f.uri, f.size, f.mtime_ms, "quarantined" if reason else "ingested", reason,
                                        1, 0 if reason else 1, 1 if reason else 0))
+
+
+def _unread(name: str, f: FileInfo, result: SourceResult) -> None:
+    """Spark read nothing of a listed file: it vanished after the listing, else the run must fail rather than
+    record the file as handled."""
+    if exists(f.uri):
+        raise RuntimeError(f"{name}: no lines were read back for {f.uri}; refusing to record it as ingested")
+    result.vanished.append(_vanished(f))
 
 
 def _ingest_readable(
     spark: SparkSession, cfg: Config, store: DeltaStore, name: str, src: SourceConf, run_id: str,
     files: list[FileInfo], headers: dict[str, str], result: SourceResult,
 ) -> None:
-    parsed, counts, cached = _parse_files(spark, src, [f.uri for f in files], headers)
+    files = _present(files, result)
+    if not files:
+        return
+    parsed, counts, cached = parse_files(spark, src, [f.uri for f in files], headers)
     try:
         now = datetime.now(UTC)
         for f in files:
             c = counts.get(f.uri, {})
-            if src.header and not c.get("header"):
-                raise RuntimeError(f"{name}: no lines were read back for {f.uri}; refusing to record it as ingested")
+            if not c or (src.header and not c.get("header")):
+                _unread(name, f, result)
+                continue
             ok, bad = c.get("ok", 0), c.get("bad", 0)
             result.files.append(FileResult(f.uri, f.size, f.mtime_ms, "ingested", None, ok + bad, ok, bad))
         rows_ok = sum(c.get("ok", 0) for c in counts.values())
@@ -610,11 +744,7 @@ def _ingest_readable(
         written = store.read(table, result.table_version).filter(F.col("_run_id") == run_id).count()
         if written != rows_ok:
             raise RuntimeError(f"{name}: wrote {written} rows to bronze but parsed {rows_ok} good rows")
-        bad = (parsed.filter(F.col("_kind") == "bad")
-               .select(F.lit(name).alias("source"), F.col("_source_file").alias("source_file"),
-                       F.col("_raw").alias("raw_line"), F.col("_reason").alias("reason"),
-                       F.lit(run_id).alias("run_id"), F.lit(now).alias("quarantined_at"))
-               .coalesce(1))
+        bad = bad_rows(parsed, name, run_id).withColumn("quarantined_at", F.lit(now)).coalesce(1)
         if result.rows_quarantined:
             store.write(bad, cfg.catalog.path("quarantine_rows"), "append", ["source"], metadata={"run_id": run_id})
     finally:
@@ -622,10 +752,19 @@ def _ingest_readable(
             df.unpersist()
 
 
-def _parse_files(spark: SparkSession, src: SourceConf, uris: list[str], headers: dict[str, str]
-                 ) -> tuple[DataFrame, dict[str, dict[str, int]], list[DataFrame]]:
+def bad_rows(parsed: DataFrame, source: str, run_id: str) -> DataFrame:
+    """Parsed lines of kind `bad` as quarantine/rows rows (the time aside): source, source_file, raw_line, reason,
+    run_id."""
+    return parsed.filter(F.col("_kind") == "bad").select(
+        F.lit(source).alias("source"), F.col("_source_file").alias("source_file"), F.col("_raw").alias("raw_line"),
+        F.col("_reason").alias("reason"), F.lit(run_id).alias("run_id"))
+
+
+def parse_files(spark: SparkSession, src: SourceConf, uris: list[str], headers: dict[str, str]
+                ) -> tuple[DataFrame, dict[str, dict[str, int]], list[DataFrame]]:
     """Parse the files line by line; a file with a quoted newline across Spark's read splits is parsed again
-    whole. Return the parsed rows, counts by file and kind, and the cached frames to unpersist."""
+    whole. Return the parsed rows, counts by file and kind, and the cached frames to unpersist. (Ingest and the
+    streaming scorer read files this one way.)"""
     parsed = parse_lines(read_lines(spark, uris), src, headers).persist(StorageLevel.MEMORY_AND_DISK)
     cached = [parsed]
     counts = _kind_counts(parsed)
@@ -805,8 +944,11 @@ def ingest(spark: SparkSession, cfg: Config, store: DeltaStore, run_id: str,
         log = read_log(store, log_path)
         rollback_unlogged(cfg, store, run_id, dead, log)
         seen = ingested_files(log)
-        results = [ingest_source(spark, cfg, store, name, src, run_id, seen)
-                   for name, src in cfg.ingest.sources.items() if not sources or name in sources]
+        chosen = {name: src for name, src in cfg.ingest.sources.items() if not sources or name in sources}
+        landed = list_landed(cfg, chosen, seen)
+        results = [ingest_source(spark, cfg, store, name, src, run_id, seen, landed[name])
+                   for name, src in chosen.items()]
+        lease.check()
         pause("ingest.before_log")
         write_ingest_log(spark, cfg, store, run_id, results)
         ok = True
@@ -820,9 +962,11 @@ def summary(results: list[SourceResult]) -> dict:
     """JSON-friendly per-source summary for logs and MLflow."""
     return {r.source: {"rows_in": r.rows_in, "rows_ok": r.rows_ok, "rows_quarantined": r.rows_quarantined,
                        "files_new": len(r.files), "files_skipped": r.skipped_files,
-                       "files_ignored": r.ignored_files,
+                       "files_ignored": r.ignored_files, "files_deferred": len(r.deferred),
+                       "files_vanished": len(r.vanished),
                        "files_quarantined": r.files_quarantined, "table_version": r.table_version,
-                       "files": [asdict(f) for f in r.files]} for r in results}
+                       "files": [asdict(f) for f in r.files], "deferred": r.deferred,
+                       "vanished": [asdict(f) for f in r.vanished]} for r in results}
 
 
 def to_json(results: list[SourceResult]) -> str:
@@ -851,7 +995,9 @@ def run_ingest(spark: SparkSession, cfg: Config, store: DeltaStore, sources: lis
             mlflow.log_metrics({f"{r.source}.rows_in": r.rows_in, f"{r.source}.rows_ok": r.rows_ok,
                                 f"{r.source}.rows_quarantined": r.rows_quarantined,
                                 f"{r.source}.files_new": len(r.files),
-                                f"{r.source}.files_quarantined": r.files_quarantined})
+                                f"{r.source}.files_quarantined": r.files_quarantined,
+                                f"{r.source}.files_deferred": len(r.deferred),
+                                f"{r.source}.files_vanished": len(r.vanished)})
             version = store.version(cfg.catalog.path(cfg.ingest.sources[r.source].table))
             mlflow.set_tag(f"table_version.bronze.{r.source}", "none" if version is None else str(version))
         mlflow.log_metrics({"rows_in": sum(r.rows_in for r in results),

@@ -66,21 +66,20 @@ def decode_images(files: DataFrame, label_from_folder: bool) -> DataFrame:
 
 def read_images(spark: SparkSession, uris: list[str]) -> DataFrame:
     """The given files through the binaryFile source (`path` as Spark names it: decode_images maps it back to
-    the listing's URI)."""
-    return spark.read.format("binaryFile").load([spark_input(u) for u in uris]).select("path", "content")
+    the listing's URI); a file removed after Spark listed it gives no row, for the caller to report."""
+    return (spark.read.format("binaryFile").option("ignoreMissingFiles", "true")
+            .load([spark_input(u) for u in uris]).select("path", "content"))
 
 
-def ingest_image_files(spark: SparkSession, cfg: Config, store: DeltaStore, name: str, src: SourceConf,
+def ingest_image_files(spark: SparkSession, cfg: Config, store: DeltaStore, src: SourceConf,
                        run_id: str, files: list[FileInfo]) -> tuple[dict[str, str | None], int | None]:
-    """Decode and write the given image files; return {file uri: quarantine reason or None} and the version."""
+    """Decode and write the given image files; return {file uri: quarantine reason or None} for every file
+    Spark read, and the version."""
     decoded = decode_images(read_images(spark, [f.uri for f in files]), src.label_from_folder).cache()
     try:
         status = {r["path"]: r["_reason"] for r in decoded.select("path", "_reason").collect()}
-        missing = [f.uri for f in files if f.uri not in status]
-        if missing:
-            raise RuntimeError(f"{name}: binaryFile returned no row for {missing[:3]}")
         good = decoded.filter(F.col("_reason").isNull()).drop("_reason")
-        good_bytes = sum(f.size for f in files if status[f.uri] is None)
+        good_bytes = sum(f.size for f in files if f.uri in status and status[f.uri] is None)
         version = None
         if good_bytes or any(r is None for r in status.values()):
             out = (good.withColumn("_source_file", F.col("path")).withColumn("_run_id", F.lit(run_id))

@@ -41,10 +41,11 @@ def workspace(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_cfg(workspace: Path) -> Callable[..., Config]:
-    """make_cfg("demo.fraction=0.01", ...) -> Config whose workspace is this test's temporary folder."""
+    """make_cfg("demo.fraction=0.01", ...) -> Config whose workspace is this test's temporary folder. Landing files
+    are taken as listed (ingest.settle_s=0: the tests write them before ingest runs) unless a test sets it."""
 
     def make(*overrides: str, env: str = "local") -> Config:
-        return load_config(env, [f"storage.workspace={workspace}", *overrides])
+        return load_config(env, [f"storage.workspace={workspace}", "ingest.settle_s=0", *overrides])
 
     return make
 

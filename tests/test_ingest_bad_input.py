@@ -128,11 +128,12 @@ class Run:
 def run(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Run:
     """One ingest of every source over a landing zone holding all the cases."""
     ws = tmp_path_factory.mktemp("bad_input")
-    cfg = load_config("local", [f"storage.workspace={ws}", *SOURCES])
+    cfg = load_config("local", [f"storage.workspace={ws}", "ingest.settle_s=0", *SOURCES])  # landed before
     landing = Path(cfg.catalog.landing)
     png = _png()
     files = {rel: c.data for rel, c in CSV_CASES.items()}
-    files |= {rel: b"" if r == "empty file" else png[: len(png) // 2] if r else png for rel, r in IMAGE_CASES.items()}
+    cut = {rel: len(png) // 2 - i for i, rel in enumerate(IMAGE_CASES)}  # each its own bytes: no duplicate delivery
+    files |= {rel: b"" if r == "empty file" else png[: cut[rel]] if r else png for rel, r in IMAGE_CASES.items()}
     for rel, data in files.items():
         (landing / rel).parent.mkdir(parents=True, exist_ok=True)
         (landing / rel).write_bytes(data)

@@ -45,7 +45,8 @@ def _data_lines(files: list[Path]) -> int:
 def _job(workspace: Path, *sets: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """The ingest job as a real process (flights only), as the scheduler starts it."""
     args = [sys.executable, "-m", "jobs.ingest", "--sources", "flights", "--set", f"storage.workspace={workspace}",
-            "--set", "spark.conf.spark.sql.shuffle.partitions=2", *[x for s in sets for x in ("--set", s)]]
+            "--set", "spark.conf.spark.sql.shuffle.partitions=2", "--set", "ingest.settle_s=0",  # landed before
+            *[x for s in sets for x in ("--set", s)]]
     return subprocess.Popen(args, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -309,3 +310,143 @@ def test_files_of_an_ingest_killed_while_writing_bronze_are_removed_by_the_run_t
     unreferenced = {f: whole for f, whole in _parquet_files(bronze).items() if f not in referenced}
     assert not any(unreferenced.values()), unreferenced  # only files cut short (no footer, no rows) may stay
     assert set(unreferenced) <= set(left)
+
+
+SETTLE = ["ingest.settle_s=2"]  # short, yet 40 times the producer's pause between writes (0.05 s)
+
+
+def _bronze_rows(store: DeltaStore, path: str, *cols: str) -> list[tuple]:
+    return sorted(tuple(r[c] for c in cols) for r in store.read(path).collect()) if store.exists(path) else []
+
+
+def _quarantined_files(store: DeltaStore, cfg: Config) -> dict[str, str]:
+    path = cfg.catalog.path("quarantine_files")
+    return {Path(r.source_file).name: r.reason for r in store.read(path).collect()} if store.exists(path) else {}
+
+
+def test_file_still_being_written_is_taken_only_once_complete(spark: SparkSession, store: DeltaStore,
+                                                             make_cfg: Callable[..., Config],
+                                                             tmp_path: Path) -> None:
+    """A producer process writes t/slow.csv line by line, each line in two writes, while ingest runs: that run
+    defers the file (counted and reported, not in the ingest log); once the producer has finished, the next run
+    ingests it whole: every row once with its exact value, nothing quarantined."""
+    from tests.support.producer import slow_producer
+
+    cfg = make_cfg("ingest.sources.t={path: t/*.csv, table: t, columns: {id: int, amount: int}}", *SETTLE)
+    folder = Path(cfg.catalog.landing) / "t"
+    folder.mkdir(parents=True)
+    expected = [(i, i * 10) for i in range(1, 201)]
+    content = b"id,amount\n" + b"".join(b"%d,%d\n" % row for row in expected)
+    with slow_producer(folder / "slow.csv", content, tmp_path / "producer") as finish:
+        (during,) = ingest(spark, cfg, store, "run-1", ["t"])
+        finish()
+    (after,) = ingest(spark, cfg, store, "run-2", ["t"])
+    assert (_bronze_rows(store, cfg.catalog.path("t"), "id", "amount") == expected,
+            _quarantined_files(store, cfg)) == (True, {})
+    assert during.files == [] and [Path(u).name for u in during.deferred] == ["slow.csv"]
+    assert [(Path(f.file).name, f.status, f.rows_ok) for f in after.files] == [("slow.csv", "ingested", 200)]
+    assert after.deferred == []
+    logged = store.read(cfg.catalog.path("ingest_log")).collect()
+    assert [(r.run_id, r.status) for r in logged] == [("run-2", "ingested")]
+
+
+def test_links_duplicates_and_copying_names(spark: SparkSession, store: DeltaStore,
+                                            make_cfg: Callable[..., Config], tmp_path: Path) -> None:
+    """A dangling symbolic link and one leading outside the landing zone are quarantined with their reason, a link
+    to a file elsewhere inside the zone is followed; the same content under a second name (in the same run or a
+    later one) is quarantined as a duplicate naming the first; names writers use while copying are ignored and
+    counted. The other files and the other source are ingested, and the next run goes on past all of it."""
+    cfg = make_cfg(SOURCE, "ingest.sources.u={path: u/*.csv, table: u, columns: {id: int, name: string}}")
+    landing = Path(cfg.catalog.landing)
+    t, u, archive = landing / "t", landing / "u", landing / "archive"
+    for folder in (t, u, archive):
+        folder.mkdir(parents=True)
+    first = b"id,name\n1,a\n2,b\n"
+    (t / "a.csv").write_bytes(first)
+    (t / "b.csv").write_bytes(first)  # the same delivery again, under a second name
+    (t / "gone.csv").symlink_to(tmp_path / "nothing.csv")
+    outside = tmp_path / "outside.csv"
+    outside.write_bytes(b"id,name\n9,secret\n")
+    (t / "outside.csv").symlink_to(outside)
+    (archive / "c.csv").write_bytes(b"id,name\n3,c\n")
+    (t / "linked.csv").symlink_to(archive / "c.csv")
+    (t / ".a.csv.part.csv").write_bytes(b"id,name\n4,half")  # hidden: a writer's temporary name
+    (t / "_staging.csv").write_bytes(b"id,name\n5,half")
+    (u / "x.csv").write_bytes(b"id,name\n6,f\n")
+
+    result_t, result_u = ingest(spark, cfg, store, "run-1", ["t", "u"])
+    assert _bronze_rows(store, cfg.catalog.path("t"), "id", "name") == [(1, "a"), (2, "b"), (3, "c")]
+    assert _bronze_rows(store, cfg.catalog.path("u"), "id", "name") == [(6, "f")]
+    reasons = _quarantined_files(store, cfg)
+    assert sorted(reasons) == ["b.csv", "gone.csv", "outside.csv"]
+    assert reasons["b.csv"].startswith("duplicate of another delivery") and f"{t}/a.csv" in reasons["b.csv"]
+    assert reasons["gone.csv"].startswith("dangling symbolic link") and f"{tmp_path}/nothing.csv" in reasons["gone.csv"]
+    assert reasons["outside.csv"].startswith("symbolic link leading outside the landing zone")
+    assert str(outside) in reasons["outside.csv"]
+    assert sorted(Path(f.file).name for f in result_t.files if f.status == "ingested") == ["a.csv", "linked.csv"]
+    assert result_t.ignored_files == 2 and result_u.rows_ok == 1
+
+    (t / "d.csv").write_bytes(first)  # a later run: the same content under a third name
+    again_t, again_u = ingest(spark, cfg, store, "run-2", ["t", "u"])
+    assert [(Path(f.file).name, f.status) for f in again_t.files] == [("d.csv", "quarantined")]
+    assert f"{t}/a.csv" in _quarantined_files(store, cfg)["d.csv"] and again_u.files == []
+    assert again_t.skipped_files == 5 and store.read(cfg.catalog.path("t")).count() == 3
+
+
+def test_file_removed_after_listing_is_reported_and_blocks_nothing(spark: SparkSession, store: DeltaStore,
+                                                                   make_cfg: Callable[..., Config]) -> None:
+    """Files removed between the listing and the reading (before the driver hashes them, or before Spark reads
+    them) are reported vanished, never recorded as handled; the other files are ingested, and a file that comes
+    back is a new delivery."""
+    from pipelines.core.files import FileInfo
+    from pipelines.ingest import (
+        VANISHED,
+        SourceResult,
+        _ingest_readable,
+        ingest_source,
+        ingested_files,
+        list_landed,
+        write_ingest_log,
+    )
+
+    cfg = make_cfg(SOURCE)
+    src = cfg.ingest.sources["t"]
+    folder = Path(cfg.catalog.landing) / "t"
+    folder.mkdir(parents=True)
+    for i, name in enumerate(["a.csv", "b.csv", "c.csv"]):
+        (folder / name).write_bytes(b"id,name\n%d,%s\n" % (i, name[:1].encode()))
+    seen = ingested_files(None)
+    landed = list_landed(cfg, {"t": src}, seen)
+    (folder / "b.csv").unlink()
+    result = ingest_source(spark, cfg, store, "t", src, "run-1", seen, landed["t"])
+    assert sorted(Path(f.file).name for f in result.files) == ["a.csv", "c.csv"]
+    assert [(Path(f.file).name, f.status, f.reason) for f in result.vanished] == [("b.csv", "vanished", VANISHED)]
+    write_ingest_log(spark, cfg, store, "run-1", [result])
+
+    late = SourceResult("t")
+    gone = FileInfo(f"file://{folder}/d.csv", 12, 1)  # hashed, then removed before Spark read it
+    _ingest_readable(spark, cfg, store, "t", src, "run-x", [gone], {gone.uri: "id,name"}, late)
+    assert late.files == [] and [f.file for f in late.vanished] == [gone.uri]
+
+    (folder / "b.csv").write_bytes(b"id,name\n1,b\n")
+    (again,) = ingest(spark, cfg, store, "run-2", ["t"])
+    assert [(Path(f.file).name, f.status) for f in again.files] == [("b.csv", "ingested")]
+    assert _bronze_rows(store, cfg.catalog.path("t"), "id", "name") == [(0, "a"), (1, "b"), (2, "c")]
+
+
+@pytest.mark.parametrize("engine", ["delta-spark", "embedded"])
+def test_stream_quarantine_write_is_idempotent_per_batch(spark: SparkSession, tmp_path: Path, engine: str) -> None:
+    """A micro-batch's quarantine rows applied twice (Spark replays a batch after a crash before its checkpoint
+    commit) are there once; the same bad lines in another batch are that batch's own rows."""
+    from pipelines.stages.stream import QUARANTINE_SCHEMA, quarantine_batch
+
+    store = DeltaStore(spark, engine)
+    path = str(tmp_path / "quarantine_rows")
+    line = ("t", "file:///l/a.csv", "1,x,y", "wrong field count: expected 2, got 3")
+    batch = [(*line, "stream-q-7"), (*line, "stream-q-7"), ("t", "file:///l/b.csv", None, "empty file", "stream-q-7")]
+    for _ in range(2):
+        assert quarantine_batch(store, path, spark.createDataFrame(batch, QUARANTINE_SCHEMA)) == 3
+    assert quarantine_batch(store, path, spark.createDataFrame([(*line, "stream-q-8")], QUARANTINE_SCHEMA)) == 1
+    rows = sorted((r.run_id, r.source_file, r.raw_line) for r in store.read(path).collect())
+    assert rows == [("stream-q-7", "file:///l/a.csv", "1,x,y"), ("stream-q-7", "file:///l/a.csv", "1,x,y"),
+                    ("stream-q-7", "file:///l/b.csv", None), ("stream-q-8", "file:///l/a.csv", "1,x,y")]

@@ -26,6 +26,7 @@ from pipelines.stages.score import model_udf, predict_batch, resolve_model, run_
 from tests.chain import chain_config
 
 D1, D2, D3 = date(2013, 12, 3), date(2013, 12, 4), date(2013, 12, 10)
+STREAM_SETTLE = ["ingest.settle_s=2"]  # short, yet 40 times the test producer's pause between writes (0.05 s)
 
 
 def _gold(store: DeltaStore, cfg: Config) -> pd.DataFrame:
@@ -148,13 +149,17 @@ def test_monitor_job_writes_drift_and_exits_on_alert(spark: SparkSession, chain:
     assert runs.iloc[0]["metrics.alerts"] > 0 and "metrics.realized.labeled_rows" in runs.columns
 
 
-def test_streaming_scores_every_row_exactly_once_across_restart(spark: SparkSession, chain: Config) -> None:
-    """Two files arrive one after the other; a stream is (re)started for each; then a replayed batch."""
-    from pipelines.stages.score import upsert_partitions
+def test_streaming_scores_every_row_exactly_once_across_restart(spark: SparkSession, chain: Config,
+                                                               tmp_path: Path) -> None:
+    """Two files arrive one after the other; a stream is (re)started for each. The second is written slowly by a
+    producer process while a stream runs: it is scored once complete, whole. Then Spark replays the last
+    micro-batch (its commit removed from the checkpoint, as after a crash between the batch's writes and the
+    commit): gold and the quarantine keep one copy of each row."""
     from pipelines.stages.stream import run_stream
+    from tests.support.producer import slow_producer
 
     cfg = chain_config(Path(chain.workspace), "scoring.stream_path=incoming/*.csv",
-                       "scoring.table=stream_predictions")
+                       "scoring.table=stream_predictions", *STREAM_SETTLE)
     store = DeltaStore(spark)
     month = Path(cfg.catalog.landing) / "flights" / "flights_2013_12.csv"
     header, *lines = month.read_text().splitlines()
@@ -166,18 +171,25 @@ def test_streaming_scores_every_row_exactly_once_across_restart(spark: SparkSess
     (incoming / "a.csv").write_text("\n".join([header, *early, "2013,12,2,oops"]) + "\n")
     first = run_stream(spark, cfg, store, get_flow(cfg))
     assert sum(b["rows_scored"] for b in first) == len(early) and sum(b["rows_quarantined"] for b in first) == 1
-    (incoming / "b 2013-12 é.csv").write_text("\n".join([header, *late]) + "\n")  # a name Spark percent-encodes
+    late_file = "\n".join([header, "2013,12,3,oops", *late]) + "\n"
+    with slow_producer(incoming / "b 2013-12 é.csv", late_file.encode(), tmp_path / "producer") as finish:
+        during = run_stream(spark, cfg, store, get_flow(cfg))  # a name Spark percent-encodes, still being written
+        finish()
     second = run_stream(spark, cfg, store, get_flow(cfg))  # restart from the checkpoint: only the new file
-    assert sum(b["rows_scored"] for b in second) == len(late)
-    assert run_stream(spark, cfg, store, get_flow(cfg)) == []  # nothing new
+    nothing = run_stream(spark, cfg, store, get_flow(cfg))
     path = cfg.catalog.path("predictions")
+    complete = store.read(path).count()
+    commits = Path(cfg.workspace) / "checkpoints" / "stream-score" / "commits"
+    last = max(int(c.name) for c in commits.iterdir() if c.name.isdigit())
+    for c in (commits / str(last), commits / f".{last}.crc"):
+        c.unlink(missing_ok=True)
+    replayed = run_stream(spark, cfg, store, get_flow(cfg))  # Spark runs the uncommitted batch again
     gold = store.read(path).toPandas()
-    key = cfg.flow.key
-    assert len(gold) == len(early) + len(late) == len(gold.drop_duplicates(key))
-
-    replay = store.read(path).filter("flight_date = date'2013-12-03'")  # a batch Spark would replay
-    upsert_partitions(store, path, replay, key, cfg.flow.date_name)
-    assert store.read(path).count() == len(gold)
+    quarantined = sorted(r.raw_line for r in store.read(cfg.catalog.path("quarantine_rows")).collect())
+    assert (complete, len(gold), len(gold.drop_duplicates(cfg.flow.key)), quarantined) == (
+        len(early) + len(late), len(early) + len(late), len(early) + len(late), ["2013,12,2,oops", "2013,12,3,oops"])
+    assert sum(b["rows_scored"] for b in during) == 0 and sum(b["rows_scored"] for b in second) == len(late)
+    assert nothing == [] and [b["batch_id"] for b in replayed] == [last]
 
 
 def test_registered_model_serves_on_loopback(spark: SparkSession, chain: Config, tmp_path: Path) -> None:

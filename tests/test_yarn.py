@@ -23,6 +23,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, QueryBuilder
 from mlflow.tracking import MlflowClient
+from pyspark.sql import SparkSession
 
 from pipelines.core import files
 from pipelines.core.config import REPO_ROOT
@@ -49,6 +50,8 @@ YARN_SETTINGS = ["demo.fraction=0.01", "demo.datasets=[flights]", "ingest.select
                  "spark.conf.spark.driver.host=127.0.0.1", "spark.conf.spark.driver.bindAddress=127.0.0.1",
                  "spark.conf.spark.yarn.am.memory=512m", "spark.conf.spark.executor.memoryOverhead=512m",
                  "spark.conf.spark.sql.shuffle.partitions=4"]
+
+HDFS_INGEST = ["ingest.sources.t={path: t/*, table: t, columns: {id: int, name: string}}", "ingest.settle_s=0"]
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +252,32 @@ def test_chain_on_yarn_with_hdfs_workspace(hadoop: HadoopCluster, tmp_path: Path
         assert _delta_count(gold, f"flight_date = '{day}'") == before
         score_runs = client.search_runs([exp.experiment_id], "tags.job = 'score'", order_by=["start_time DESC"])
         assert len(score_runs) == 2 and score_runs[0].data.tags["env"] == "yarn"
+
+
+def test_ingest_from_hdfs_landing_zone(hadoop: HadoopCluster, spark: SparkSession, tmp_path: Path) -> None:
+    """Ingest with the workspace (landing zone and tables) on the MiniCluster's HDFS, from the shared local Spark
+    session: HDFS modification times identify deliveries, so a same-size re-delivery with other content is
+    quarantined with its reason, an identical re-delivery is no new delivery, and a file `hdfs dfs -put` is still
+    copying (`._COPYING_`) is ignored."""
+    from pipelines.core.config import load_config
+    from pipelines.core.delta import DeltaStore
+    from pipelines.ingest import REDELIVERED, ingest
+
+    cfg = load_config("local", [f"storage.workspace={hadoop.fs_uri}/user/pipeline/deliveries",
+                                f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", *HDFS_INGEST])
+    fs, folder = files.filesystem(f"{cfg.catalog.landing}/t")
+    fs.makedirs(folder, exist_ok=True)
+    fs.pipe_file(f"{folder}/a.csv", b"id,name\n1,a\n2,b\n")
+    fs.pipe_file(f"{folder}/b.csv", b"id,name\n3,c\n")
+    fs.pipe_file(f"{folder}/c.csv._COPYING_", b"id,name\n4,cut")
+    store = DeltaStore(spark)
+    (first,) = ingest(spark, cfg, store, "run-1", ["t"])
+    fs.pipe_file(f"{folder}/a.csv", b"id,name\n1,a\n2,b\n")  # identical, written again
+    fs.pipe_file(f"{folder}/b.csv", b"id,name\n3,C\n")  # same size, other content
+    (second,) = ingest(spark, cfg, store, "run-2", ["t"])
+    bronze = sorted((r.id, r.name) for r in store.read(cfg.catalog.path("t")).collect())
+    assert (bronze, [(f.file.rsplit("/", 1)[-1], f.status, (f.reason or "").split(":")[0]) for f in second.files]
+            ) == ([(1, "a"), (2, "b"), (3, "c")], [("b.csv", "quarantined", REDELIVERED)])
+    assert sorted(f.file.rsplit("/", 1)[-1] for f in first.files) == ["a.csv", "b.csv"]
+    assert first.ignored_files == 1 and second.skipped_files == 1
+    assert all(f.mtime_ms > 0 for f in first.files)

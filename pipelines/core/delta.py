@@ -885,19 +885,21 @@ def retry_on_conflict(attempt: Callable[[], T], what: str, attempts: int = 8, pa
 
 
 def merge_rows(store: DeltaStore, df: DataFrame, path: str, keys: list[str], partition_by: list[str] | None = None,
-               metadata: dict[str, str] | None = None) -> int:
+               metadata: dict[str, str] | None = None, update: bool = True) -> int:
     """Upsert `df` into the table by `keys` as one transactional MERGE (rows with a known key replaced, new keys
     added), on either engine; returns the new version. The MERGE reads the table inside its own transaction, so
     a concurrent commit to the rows it touches makes it fail as a conflict instead of writing over them with a
-    stale read. Creates the table (partitioned by `partition_by`) when there is none."""
+    stale read. Creates the table (partitioned by `partition_by`) when there is none. With `update=False` rows
+    whose key the table already holds are left as they are (insert only): `df` may then hold several rows per
+    key, and applying the same rows again adds nothing."""
     if not store.exists(path):
         return store.write(df, path, "append", partition_by)
     on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     if store.engine == "delta-spark":
         store._fence()
         with _user_metadata(store.spark, metadata):
-            (store._spark_table(path).alias("t").merge(df.alias("s"), on)
-             .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+            merge = store._spark_table(path).alias("t").merge(df.alias("s"), on)
+            (merge.whenMatchedUpdateAll() if update else merge).whenNotMatchedInsertAll().execute()
         version = store.version(path)
         assert version is not None
         return version
@@ -907,6 +909,6 @@ def merge_rows(store: DeltaStore, df: DataFrame, path: str, keys: list[str], par
     source = df.toArrow().select(target.names).cast(target)
     props = CommitProperties(custom_metadata={**EMBEDDED_ENGINE_INFO, **_user_metadata_entry(metadata)})
     store._fence()
-    (dt.merge(source, on.replace("<=>", "="), source_alias="s", target_alias="t", commit_properties=props)
-     .when_matched_update_all().when_not_matched_insert_all().execute())
+    merge = dt.merge(source, on.replace("<=>", "="), source_alias="s", target_alias="t", commit_properties=props)
+    (merge.when_matched_update_all() if update else merge).when_not_matched_insert_all().execute()
     return DeltaTable(root).version()

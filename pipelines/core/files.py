@@ -3,6 +3,7 @@ stores. HDFS goes through hdfs-native (pure Rust, reads HADOOP_CONF_DIR), so no 
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 import uuid
@@ -19,11 +20,14 @@ from fsspec.implementations.local import LocalFileSystem
 @dataclass(frozen=True)
 class FileInfo:
     """A landed file by URI (the file system's own name for it, not percent-encoded, so `head` and Spark can open
-    it), with the size and modification time that identify a delivery."""
+    it), with the size and modification time that identify a delivery (`mtime_ms` -1: the file system reports
+    none). `refused` is why the listed name cannot be read as a delivery (a symbolic link to nothing or out of
+    the landing zone)."""
 
     uri: str
     size: int
     mtime_ms: int
+    refused: str | None = None
 
 
 def to_uri(path: str) -> str:
@@ -31,19 +35,53 @@ def to_uri(path: str) -> str:
     return path if "://" in path else Path(path).resolve().as_uri()
 
 
+def modified_ms(info: dict[str, Any]) -> int:
+    """A file's modification time in ms from an fsspec `info()`, whichever file system gave it (local `mtime` in
+    seconds, hdfs-native `modification_time` in ms, s3fs `LastModified`, adlfs `last_modified`); -1 when none."""
+    if info.get("modification_time") is not None:
+        return int(info["modification_time"])
+    for key in ("mtime", "LastModified", "last_modified"):
+        value = info.get(key)
+        if value is not None:
+            return int((value.timestamp() if hasattr(value, "timestamp") else float(value)) * 1000)
+    return -1
+
+
+def _link_problem(path: str, zone: str) -> str | None:
+    """Why a local symbolic link cannot be read as a delivery: its target is missing, or outside the landing
+    zone `zone` (a real path); None for a link to a file inside the zone, or to a folder."""
+    target = os.path.realpath(path)
+    if os.path.isdir(target):
+        return None
+    if not os.path.exists(target):
+        return f"dangling symbolic link: its target {target} does not exist"
+    if os.path.commonpath([target, zone]) != zone:
+        return f"symbolic link leading outside the landing zone, to {target}: refused"
+    return None
+
+
 def list_files(base: str, pattern: str) -> list[FileInfo]:
-    """Files under `base` matching the glob `pattern`, sorted by URI. Names stay as the file system spells them
-    (a space stays a space): a percent-encoded local URI would name another file to fsspec and to Spark."""
+    """Files under `base` (the landing zone) matching the glob `pattern`, sorted by URI. Names stay as the file
+    system spells them (a space stays a space): a percent-encoded local URI would name another file to fsspec and
+    to Spark. A local symbolic link to nothing or out of `base` is listed with the reason it is `refused`; a file
+    removed while the folder is listed is not listed."""
     uri = to_uri(base).rstrip("/") + "/" + pattern
     fs, root = fsspec.core.url_to_fs(uri)
+    local = isinstance(fs, LocalFileSystem)
+    zone = os.path.realpath(fsspec.core.url_to_fs(base)[1]) if local else ""
     out = []
     for p in sorted(fs.glob(root)):
-        info = fs.info(p)
+        if local and os.path.islink(p) and (problem := _link_problem(p, zone)):
+            link = os.lstat(p)
+            out.append(FileInfo(fs.unstrip_protocol(p), link.st_size, int(link.st_mtime * 1000), problem))
+            continue
+        try:
+            info = fs.info(p)
+        except FileNotFoundError:
+            continue
         if info.get("type") != "file":
             continue
-        mtime = info.get("mtime") or info.get("LastModified") or 0
-        mtime_ms = int((mtime.timestamp() if hasattr(mtime, "timestamp") else float(mtime)) * 1000)
-        out.append(FileInfo(fs.unstrip_protocol(p), int(info["size"]), mtime_ms))
+        out.append(FileInfo(fs.unstrip_protocol(p), int(info["size"]), modified_ms(info)))
     return out
 
 
@@ -86,10 +124,13 @@ def read_bytes(uri: str) -> bytes:
 
 
 def write_atomic(uri: str, data: bytes) -> None:
-    """Write `data` to a temporary name beside `uri`, then rename it over `uri`: readers see old or new, never half."""
+    """Write `data` to a temporary name beside `uri`, then rename it over `uri`: readers see old or new, never half.
+    The temporary name is hidden (`.name.<random>.tmp`), so folder listings (Spark's file source, the landing
+    zone's rule) skip it."""
     fs, path = filesystem(uri)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    folder, name = posixpath.split(path)
+    fs.makedirs(folder, exist_ok=True)
+    tmp = posixpath.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
     fs.pipe_file(tmp, data)
     if not isinstance(fs, LocalFileSystem) and fs.exists(path):
         fs.rm_file(path)  # HDFS rename does not replace an existing file

@@ -79,6 +79,10 @@ class IngestConf(Strict):
     lease: LeaseConf = LeaseConf()
     roll_back: list[str] = Field(default_factory=list)  # run ids a person declares dead: their unlogged rows go
     sniff_bytes: int = Field(default=65536, gt=0)
+    # A landing file is taken once its size and modification time stayed unchanged this long, as the reader saw
+    # them (pipelines/core/landing.py); one wait per run when new files are listed. Raise it on NFS mounts above
+    # their attribute cache time.
+    settle_s: float = Field(default=5, ge=0)
     select: list[str] = Field(default_factory=list)  # sources a run ingests by default; empty = all
 
     @field_validator("select")
