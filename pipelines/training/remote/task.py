@@ -140,8 +140,10 @@ def _owner_alive(text: str) -> bool:
     pid, _, created = text.partition(" ")
     try:
         return f"{psutil.Process(int(pid)).create_time()}" == created
-    except (psutil.NoSuchProcess, ValueError):
+    except psutil.NoSuchProcess:
         return False
+    except ValueError:  # not an owner record we wrote: leave the folder alone
+        return True
 
 
 def sweep_workdirs(root: str | None = None) -> list[str]:
@@ -159,11 +161,19 @@ def sweep_workdirs(root: str | None = None) -> list[str]:
     return removed
 
 
+def make_workdir(rank: int, root: str | None = None) -> Path:
+    """A fresh 0700 work folder for rank `rank` under `root` (the temp dir), owned by this process, with its tmp/."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{rank}-", dir=root))
+    staged = workdir / f"{OWNER_FILE}.new"
+    staged.write_text(_owner())
+    staged.replace(workdir / OWNER_FILE)  # atomic: a concurrent sweep never reads a half-written owner as dead
+    (workdir / "tmp").mkdir()
+    return workdir
+
+
 def _run_training_process(spec: WorkerSpec, task: TaskInfo, env: dict[str, str]) -> WorkerResult:
     """Run the training process; return its result or raise WorkerFailed with its traceback."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{task.rank}-"))
-    (workdir / OWNER_FILE).write_text(_owner())
-    (workdir / "tmp").mkdir()
+    workdir = make_workdir(task.rank)
     env = {**env, "TMPDIR": str(workdir / "tmp")}
     fd = os.open(workdir / "task.pkl", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # holds the secret
     with os.fdopen(fd, "wb") as f:
