@@ -54,13 +54,14 @@ from pipelines.core.session import (
 JOBS = {
     "land-demo": "jobs/land_demo.py",
     "ingest": "jobs/ingest.py",
-    "features": "jobs/build_features.py",
+    "features": "jobs/features.py",
     "train": "jobs/train.py",
     "score": "jobs/score.py",
     "monitor": "jobs/monitor.py",
     "maintain": "jobs/maintain.py",
     "lineage": "jobs/lineage.py",
     "run-all": "jobs/run_all.py",
+    "history": "jobs/history.py",
 }
 PACKAGES = ("jobs", "pipelines", "features")
 # A cluster-mode driver runs in a YARN container that does not inherit the submitting shell's environment: what the
@@ -366,8 +367,8 @@ def main(argv: list[str] | None = None) -> int:
               "Server on the workspace's event logs (<workspace>/spark-events), on 127.0.0.1")
         return 0
     job, rest = argv[0], argv[1:]
-    if job == "history":
-        from pipelines.core.history import main as history
+    if job == "history":  # jobs/history.py is no Spark application: it runs in this process
+        from jobs.history import main as history
 
         return history(rest)
     if job not in jobs:
