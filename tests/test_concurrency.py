@@ -40,7 +40,7 @@ import sys, time, zipfile
 from pathlib import Path
 from pipelines.core.config import REPO_ROOT
 from tests.support.held import HeldWriter
-from pipelines.core.submit import build_code_zip, build_conf_archive
+from pipelines.submit import build_code_zip, build_conf_archive
 dist = Path(sys.argv[1])
 barrier(*sys.argv[2:4])
 for _ in range(int(sys.argv[4])):
@@ -85,7 +85,7 @@ def test_two_submits_package_at_the_same_moment(tmp_path: Path) -> None:
     results = _fire(PACKAGING, [[str(dist), "20"], [str(dist), "20"]], tmp_path / "barrier")
     assert [r.returncode for r in results] == [0, 0], [r.stderr[-1500:] for r in results]
     names = zipfile.ZipFile(dist / "project-code.zip").namelist()
-    assert "pipelines/core/submit.py" in names and "jobs/ingest.py" in names
+    assert "pipelines/submit.py" in names and "jobs/ingest.py" in names
     assert "base/storage.yaml" in zipfile.ZipFile(dist / "conf.zip").namelist()
     assert sorted(p.name for p in dist.iterdir()) == ["conf.zip", "project-code.zip"]  # no temporary left
 

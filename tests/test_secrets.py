@@ -108,7 +108,7 @@ def test_config_errors_do_not_echo_secrets(override: str) -> None:
 
 def test_submit_config_error_is_masked() -> None:
     """spark-submit.sh prints a config error itself (before any job): masked too."""
-    res = subprocess.run([sys.executable, "-m", "pipelines.core.submit", "ingest", "--set",
+    res = subprocess.run([sys.executable, "-m", "pipelines.submit", "ingest", "--set",
                           f"mlflow.tracking_uri=[http://u:{SECRET}@h]", "--dry-run"], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "mlflow.tracking_uri" in res.stderr, res.stderr

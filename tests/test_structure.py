@@ -97,7 +97,7 @@ PENDING = {"train"}  # pipelines/stages/train.py comes with the training work; i
 def test_every_job_has_one_stage_home() -> None:
     """The name a user types is the job: jobs/<job>.py, its stage pipelines/stages/<job>.py or stages/<job>/ (one,
     never both), and every stage belongs to a job. The front door offers exactly these jobs."""
-    from pipelines.core.submit import available_jobs
+    from pipelines.submit import available_jobs
 
     assert len(JOBS) >= 10
     homes = {job: [h for h in (STAGES / f"{job}.py", STAGES / job / "__init__.py") if h.is_file()] for job in JOBS}
@@ -106,6 +106,27 @@ def test_every_job_has_one_stage_home() -> None:
     stages = {p.stem for p in STAGES.glob("*.py")} | {p.parent.name for p in STAGES.glob("*/__init__.py")}
     assert stages - {"__init__"} - SHARED - set(JOBS) == set()
     assert {name.replace("-", "_") for name in available_jobs()} == set(JOBS)
+
+
+FRONT_DOORS = {"pipelines/core/notebook.py"}
+
+
+def test_layers() -> None:
+    """jobs -> stages -> flows, training -> core: core imports no layer above it, stages never import a job, and
+    the front doors (pipelines/submit.py, and the notebooks' pipelines/core/notebook.py, which builds the flow) sit
+    above them all."""
+    above = {"core": ("pipelines.stages", "pipelines.flows", "pipelines.training", "pipelines.submit", "jobs"),
+             "stages": ("jobs", "pipelines.submit"), "flows": ("pipelines.stages", "jobs", "pipelines.submit"),
+             "training": ("pipelines.stages", "jobs", "pipelines.submit")}
+    bad = {}
+    for layer, banned in above.items():
+        for path in sorted((REPO_ROOT / "pipelines" / layer).rglob("*.py")):
+            if _rel(path) in FRONT_DOORS:
+                continue
+            hits = sorted(m for m in _imports(path) if any(m == b or m.startswith(b + ".") for b in banned))
+            if hits:
+                bad[_rel(path)] = hits
+    assert bad == {}
 
 
 def test_no_issue_numbers_or_book_references_in_code() -> None:
