@@ -17,11 +17,14 @@ from pipelines.core.logs import LOG
 
 T = TypeVar("T")
 
+
 class DeltaWriteError(RuntimeError):
     """A write that could not be committed; the table is left at its previous version."""
 
+
 class PartitionConflict(DeltaWriteError):
     """An embedded replace of partitions lost the race with a commit that touched those partitions."""
+
 
 def replace_conflict(actions: list[dict[str, Any]], partitions: list[dict[str, Any]]) -> str | None:
     """Why a commit with `actions` conflicts with a concurrent replace of `partitions` (None when it does not):
@@ -40,10 +43,12 @@ def replace_conflict(actions: list[dict[str, Any]], partitions: list[dict[str, A
                 return f"{kind} of {unquote(action[kind]['path'])} in a partition being replaced"
     return None
 
+
 CONFLICT_ERRORS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
                    "ConcurrentTransactionException", "ConcurrentWriteException", "MetadataChangedException",
                    "ProtocolChangedException", "DeltaConcurrentModificationException", "CommitFailedError",
                    "DELTA_CONCURRENT_")
+
 
 def is_conflict(error: BaseException) -> bool:
     """True when `error` (or what it wraps) is a commit that lost a race with another writer's commit."""
@@ -56,6 +61,7 @@ def is_conflict(error: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
+
 
 def retry_on_conflict(attempt: Callable[[], T], what: str, attempts: int = 8, pause_s: float = 0.2) -> T:
     """Run `attempt` (a whole read-compute-commit) and run it again when its commit conflicts with another

@@ -99,6 +99,7 @@ def write_embedded(
         _remove_if_empty(root / STAGING)
     return version
 
+
 def _commit(
     root: Path,
     actions: list[AddAction],
@@ -139,6 +140,7 @@ def _commit(
     pause("delta.after_commit")
     return DeltaTable(str(root)).version()
 
+
 def _commit_replace(root: Path, read: int, actions: list[AddAction | RemoveAction],
                     partitions: list[dict[str, Any]], schema: Schema, partition_by: list[str],
                     metadata: dict[str, str] | None, fence: Callable[[], None], rebases: int = 100) -> int:
@@ -169,6 +171,7 @@ def _commit_replace(root: Path, read: int, actions: list[AddAction | RemoveActio
         base = latest
     raise PartitionConflict(f"{root}: other writers kept committing; gave up after {rebases} rebases")
 
+
 def _add_action(file: Path, rel: Path) -> AddAction:
     parts = {}
     for d in rel.parent.parts:
@@ -177,6 +180,7 @@ def _add_action(file: Path, rel: Path) -> AddAction:
     st = file.stat()
     stats = json.dumps({"numRecords": pq.read_metadata(file).num_rows})
     return AddAction(quote(str(rel), safe="/="), st.st_size, parts, int(st.st_mtime * 1000), True, stats)
+
 
 def _removes_for(dt: DeltaTable, partitions: list[dict[str, Any]]) -> list[RemoveAction]:
     wanted = [_partition_key(p) for p in partitions]

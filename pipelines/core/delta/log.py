@@ -21,8 +21,10 @@ HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
 EMBEDDED_ENGINE_INFO = {"engine": "spark-ml-pipeline/embedded"}
 
+
 def _local(path: str) -> str:
     return path[len("file://") :] if path.startswith("file://") else path
+
 
 def _commit_actions(root: Path, version: int) -> list[dict[str, Any]]:
     """The actions of one JSON commit; a commit that cannot be read counts as a metadata change (a conflict)."""
@@ -32,6 +34,7 @@ def _commit_actions(root: Path, version: int) -> list[dict[str, Any]]:
         return [{"metaData": {}}]
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
+
 def _commits(root: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(version, action) for every action of the JSON commits still in the log, newest commit first."""
     log = root / "_delta_log"
@@ -40,12 +43,14 @@ def _commits(root: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if line.strip():
                 yield int(commit.stem), json.loads(line)
 
+
 def _commit_adding(root: Path, rels: set[str]) -> int | None:
     """The version of the commit that added any of the files `rels` (relative paths), None when none did."""
     for version, action in _commits(root):
         if "add" in action and unquote(action["add"]["path"]) in rels:
             return version
     return None
+
 
 def _ever_added(root: Path) -> set[str]:
     """Relative paths of every file a commit still in the log added, plus the latest version's (checkpoints)."""
@@ -54,6 +59,7 @@ def _ever_added(root: Path) -> set[str]:
         added |= {unquote(p) for p in pa.table(DeltaTable(str(root)).get_add_actions(flatten=False))["path"]
                   .to_pylist()}
     return added
+
 
 def _data_files(path: str) -> dict[str, int]:
     """Size of every data file in the table folder (partition folders included; `_`/`.` entries are not data)."""
@@ -65,6 +71,7 @@ def _data_files(path: str) -> dict[str, int]:
         if not any(part.startswith(("_", ".")) for part in rel.split("/")):
             out[rel] = int(info["size"])
     return out
+
 
 def _logged_files(fs: AbstractFileSystem, root: str) -> set[str]:
     """Relative paths of every file that an add or remove action in the table's log names (JSON commits, v2
@@ -95,6 +102,7 @@ def _logged_files(fs: AbstractFileSystem, root: str) -> set[str]:
                     note((action or {}).get("path"))
     return out
 
+
 def _column_values(fs: AbstractFileSystem, file: str, column: str) -> set[Any]:
     """The distinct values of `column` in a Parquet file; empty when the file has no such column or cannot be
     read as Parquet (no footer yet: being written, or cut short)."""
@@ -107,9 +115,11 @@ def _column_values(fs: AbstractFileSystem, file: str, column: str) -> set[Any]:
     except Exception:
         return set()
 
+
 def _partition_key(values: dict[str, Any]) -> dict[str, str | None]:
     """Partition values as the Delta log spells them (strings, booleans lower-case, null as None)."""
     return {k: None if v is None else str(v).lower() if isinstance(v, bool) else str(v) for k, v in values.items()}
+
 
 def _rs_exists(path: str) -> bool:
     try:
@@ -118,9 +128,11 @@ def _rs_exists(path: str) -> bool:
     except Exception:
         return False
 
+
 def _user_metadata_entry(metadata: dict[str, str] | None) -> dict[str, str]:
     """A write's metadata as the commit's userMetadata (JSON), the field both engines record and read."""
     return {"userMetadata": json.dumps(metadata, sort_keys=True)} if metadata else {}
+
 
 def _history_entry(commit: dict[str, Any]) -> dict[str, Any]:
     """One commit in the shape `DeltaStore.history` returns for both engines."""

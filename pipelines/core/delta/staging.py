@@ -7,7 +7,6 @@ folders and the moved files no commit added. A live writer's staging is never to
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import time
@@ -18,12 +17,14 @@ from typing import Any
 
 from pipelines.core.delta.log import _ever_added, _local
 from pipelines.core.logs import LOG
+from pipelines.core.procs import ProcessId
 
 STAGING = "_staging"
 
 OWNER_SUFFIX = ".owner.json"
 
 FOREIGN_STALE_HOURS = 24.0  # a staging folder without a checkable owner (other host, no owner file) is stale then
+
 
 @dataclass(frozen=True)
 class StagingCleanup:
@@ -33,48 +34,30 @@ class StagingCleanup:
     files: int = 0
     bytes: int = 0
 
-def _proc_start(pid: int) -> tuple[str, str] | None:
-    """(state, start time in clock ticks) of a process from /proc, or None where there is no /proc entry."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields[0], fields[19]
 
 def _owner_record() -> dict[str, Any]:
-    proc = _proc_start(os.getpid())
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": proc[1] if proc else None,
-            "created": time.time()}
+    me = ProcessId.current()
+    return {"host": me.host, "pid": me.pid, "start": me.start, "created": time.time()}
+
 
 def _write_owner(owner: Path, files: list[str]) -> None:
     """Record this writer (and the files it is about to move into the table) in its staging owner file."""
     owner.parent.mkdir(parents=True, exist_ok=True)
     owner.write_text(json.dumps({**_owner_record(), "files": files}))
 
-def _alive(pid: int, start: str | None) -> bool:
-    """True while the process `pid` (started at `start`, when known) runs on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    proc = _proc_start(pid)
-    if proc is None:
-        return True
-    state, started = proc
-    return state != "Z" and (start is None or started == start)  # a zombie, or a new process with the old pid
 
 def _stale(owner: dict[str, Any] | None, age_s: float) -> bool:
     """A staging folder whose writer is gone: its process is dead on this host, or (owner on another host or
     unreadable) it is older than FOREIGN_STALE_HOURS."""
     if owner is None or owner.get("host") != socket.gethostname():
         return age_s > FOREIGN_STALE_HOURS * 3600
-    return not _alive(int(owner["pid"]), owner.get("start"))
+    return not ProcessId(owner["host"], int(owner["pid"]), owner.get("start")).alive()
+
 
 def _remove_if_empty(folder: Path) -> None:
     with suppress(OSError):  # not empty (another writer's staging), or already gone
         folder.rmdir()
+
 
 def clean_staging(path: str) -> StagingCleanup:
     """Remove what embedded writers that are no longer alive left in `<path>/_staging`: their staging folders, and

@@ -43,6 +43,7 @@ RETENTION_CHECK_CONF = "spark.databricks.delta.retentionDurationCheck.enabled"
 
 LISTING_PARALLELISM_CONF = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
 
+
 @dataclass(frozen=True)
 class Maintenance:
     """What `DeltaStore.maintain` did to one table."""
@@ -55,9 +56,11 @@ class Maintenance:
     bytes_removed: int
     staging_removed: int  # staging folders of dead embedded writers
 
+
 def delta_spark_ready(spark: SparkSession) -> bool:
     """True when the session can run the delta-spark engine: Delta classes loaded and the extension enabled."""
     return has_delta_classes(spark) and DELTA_EXTENSION in spark.conf.get("spark.sql.extensions", "")
+
 
 class DeltaStore:
     """Read, write and inspect Delta tables by path with one engine: delta-spark or embedded (auto: the first
@@ -331,6 +334,7 @@ class DeltaStore:
         return write_embedded(df, path, mode, partition_by, replace_partitions, metadata,
                               self.max_records_per_file, self._fence)
 
+
 def _predicate(partitions: list[dict[str, Any]]) -> str:
     def lit(v: Any) -> str:
         return "NULL" if v is None else f"'{str(v).replace(chr(39), chr(39) * 2)}'"
@@ -338,12 +342,15 @@ def _predicate(partitions: list[dict[str, Any]]) -> str:
     ors = [" AND ".join(f"`{k}` <=> {lit(v)}" for k, v in p.items()) for p in partitions]
     return " OR ".join(f"({o})" for o in ors)
 
+
 def _shape(schema: StructType) -> list[tuple[str, str]]:
     """Column names and types, without nullability (what must match for an append or partition overwrite)."""
     return [(f.name, f.dataType.simpleString()) for f in schema.fields]
 
+
 def _show(shape: list[tuple[str, str]]) -> str:
     return ", ".join(f"{name}:{kind}" for name, kind in shape)
+
 
 @contextmanager
 def _session_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
@@ -360,6 +367,7 @@ def _session_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
             else:
                 spark.conf.set(k, v)
 
+
 @contextmanager
 def _user_metadata(spark: SparkSession, metadata: dict[str, str] | None) -> Iterator[None]:
     """Record `metadata` in the userMetadata of the delta-spark commits made inside the block."""
@@ -375,6 +383,7 @@ def _user_metadata(spark: SparkSession, metadata: dict[str, str] | None) -> Iter
             spark.conf.unset(USER_METADATA_CONF)
         else:
             spark.conf.set(USER_METADATA_CONF, previous)
+
 
 def merge_rows(store: DeltaStore, df: DataFrame, path: str, keys: list[str], partition_by: list[str] | None = None,
                metadata: dict[str, str] | None = None, update: bool = True) -> int:

@@ -377,8 +377,6 @@ def read_lines(spark: SparkSession, files: list[str], whole: bool = False) -> Da
     return rows.mapInPandas(lines, "_raw binary, _source_file string, _file_size bigint, _split_end bigint")
 
 
-
-
 def bad_rows(parsed: DataFrame, source: str, run_id: str) -> DataFrame:
     """Parsed lines of kind `bad` as quarantine/rows rows (the time aside): source, source_file, raw_line, reason,
     run_id."""
