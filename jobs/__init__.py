@@ -17,9 +17,10 @@ from pathlib import Path
 
 def _job_folders() -> set[Path]:
     """This package's folder, and the folder of the running script when that script is one of the jobs."""
-    folders = {Path(p).resolve() for p in __path__}
+    here = [str(Path(__file__).parent)]  # also where it runs as a script, without a package's __path__
+    folders = {Path(p).resolve() for p in here}
     main = getattr(sys.modules.get("__main__"), "__file__", None)
-    if main and Path(main).stem in {m.name for m in pkgutil.iter_modules(__path__)}:
+    if main and Path(main).stem in {m.name for m in pkgutil.iter_modules(here)}:
         folders.add(Path(main).resolve().parent)
     return folders
 
