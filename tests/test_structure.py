@@ -135,3 +135,10 @@ def test_no_issue_numbers_or_book_references_in_code() -> None:
     hits = [f"{_rel(p)}:{i}: {line.strip()}" for p in CODE for i, line in enumerate(p.read_text().splitlines(), 1)
             if pattern.search(line)]
     assert hits == []
+
+
+def test_the_streaming_scorer_reads_files_with_the_ingest_parser_only() -> None:
+    """score --stream parses landing files as ingest does, and needs nothing else of the ingest stage."""
+    imports = _imports(STAGES / "score" / "stream.py")
+    ingest = {m for m in imports if m.startswith("pipelines.stages.ingest.")}
+    assert ingest and {m.split(".")[3] for m in ingest} == {"parse"}
