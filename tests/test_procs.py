@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -35,3 +36,24 @@ def test_an_exited_process_is_dead_zombie_or_reaped() -> None:
     assert not recorded.alive()
     child.wait()
     assert not recorded.alive()
+
+
+def test_staging_of_a_dead_embedded_writer_is_cleaned_and_a_live_ones_kept(tmp_path: Path) -> None:
+    """core.delta.staging judges its writers by the same rule: a dead owner's staging and moved files go."""
+    from pipelines.core.delta.staging import OWNER_SUFFIX, STAGING, _owner_record, clean_staging
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    staging = tmp_path / "t" / STAGING
+    staging.mkdir(parents=True)
+    moved = tmp_path / "t" / "part-0.parquet"
+    moved.write_bytes(b"x" * 10)
+    dead = {"host": socket.gethostname(), "pid": child.pid, "start": "1", "created": time.time(),
+            "files": ["part-0.parquet"]}
+    (staging / f"dead{OWNER_SUFFIX}").write_text(json.dumps(dead))
+    (staging / "dead").mkdir()
+    (staging / f"live{OWNER_SUFFIX}").write_text(json.dumps({**_owner_record(), "files": []}))
+    (staging / "live").mkdir()
+    cleaned = clean_staging(str(tmp_path / "t"))
+    assert (cleaned.folders, cleaned.files, cleaned.bytes) == (1, 1, 10)
+    assert sorted(p.name for p in staging.iterdir()) == ["live", f"live{OWNER_SUFFIX}"] and not moved.exists()
