@@ -165,7 +165,7 @@ def test_yarn_artifacts_are_real(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "pipelines/submit.py" in names and "jobs/ingest.py" in names and "features/__init__.py" in names
     probe = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                            "import pipelines.ingest, jobs.ingest; print(pipelines.ingest.__file__)", str(wheel)],
+                            "import pipelines.stages.ingest.run as m, jobs.ingest; print(m.__file__)", str(wheel)],
                            capture_output=True, text=True, timeout=120)
     assert probe.returncode == 0 and str(wheel) in probe.stdout, probe.stderr  # importable from --py-files
 
