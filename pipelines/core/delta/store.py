@@ -188,7 +188,8 @@ class DeltaStore:
             partition_by = self._check_compatible(df, path, partition_by, mode, replace_partitions)
         if self.engine == "delta-spark":
             return self._write_delta_spark(df, path, mode, partition_by, replace_partitions, metadata)
-        return self._write_embedded(df, path, mode, partition_by, replace_partitions, metadata)
+        return write_embedded(df, path, mode, partition_by, replace_partitions, metadata, self.max_records_per_file,
+                              self._fence)
 
     def delete_where(self, path: str, column: str, values: list[str], metadata: dict[str, str] | None = None) -> int:
         """Delete the rows whose string `column` is one of `values`, as one commit; returns the rows deleted.
@@ -321,18 +322,6 @@ class DeltaStore:
         version = self.version(path)
         assert version is not None
         return version
-
-    def _write_embedded(
-        self,
-        df: DataFrame,
-        path: str,
-        mode: Mode,
-        partition_by: list[str],
-        replace_partitions: list[dict[str, Any]] | None,
-        metadata: dict[str, str] | None,
-    ) -> int:
-        return write_embedded(df, path, mode, partition_by, replace_partitions, metadata,
-                              self.max_records_per_file, self._fence)
 
 
 def _predicate(partitions: list[dict[str, Any]]) -> str:
