@@ -6,4 +6,4 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 "$here/bootstrap.sh"
 cd "$here"
-exec "$here/.venv/bin/python" -m pipelines.core.submit "$@"
+exec "$here/.venv/bin/python" -m pipelines.submit "$@"

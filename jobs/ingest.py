@@ -12,7 +12,7 @@ from pyspark.sql import SparkSession
 from jobs.common import job_parser, run_job
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
-from pipelines.ingest import run_ingest
+from pipelines.stages.ingest.run import run_ingest
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:

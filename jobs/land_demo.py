@@ -11,7 +11,7 @@ from pyspark.sql import SparkSession
 from jobs.common import job_parser, run_job
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
-from pipelines.demo import demo_datasets, land_demo
+from pipelines.stages.land_demo import demo_datasets, land_demo
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:

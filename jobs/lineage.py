@@ -19,8 +19,8 @@ from pipelines.core import files
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.logs import LOG
-from pipelines.stages.lineage import lineage, parse_key
-from pipelines.stages.lineage_render import summary, to_json, to_png, to_text
+from pipelines.stages.lineage.graph import lineage, parse_key
+from pipelines.stages.lineage.render import summary, to_json, to_png, to_text
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:

@@ -13,7 +13,7 @@ from jobs.common import job_parser, parse_dates, run_job
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.flows import get_flow
-from pipelines.stages.monitor import run_monitor
+from pipelines.stages.monitor.run import run_monitor
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:

@@ -12,40 +12,15 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from jobs.common import BadInput, DriftAlert, job_parser, run_job
+from jobs.common import job_parser, run_job
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
-from pipelines.core.logs import LOG
-from pipelines.demo import demo_datasets, land_demo
 from pipelines.flows import get_flow
-from pipelines.ingest import run_ingest
-from pipelines.stages.featurize import run_features
-from pipelines.stages.monitor import run_monitor
-from pipelines.stages.score import run_score
-from pipelines.training.trainer import TrainingInputError, run_train
+from pipelines.stages.run_all import run_all
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:
-    flow = get_flow(cfg)
-    land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, demo_datasets(cfg))
-    run_ingest(spark, cfg, store)
-    features = run_features(spark, cfg, store, flow)
-    try:
-        run_train(spark, cfg, store, flow, features_run_id=features.run.run_id)
-    except TrainingInputError as e:
-        raise BadInput(str(e)) from e
-    dates = flow.test_window(cfg, store.read(features.run.table_path, features.run.table_version))
-    if dates == []:
-        raise BadInput("the test split is empty: nothing to score")
-    run_score(spark, cfg, store, flow, dates)
-    if dates is None:
-        return 0
-    try:
-        run_monitor(spark, cfg, store, flow, dates)
-    except DriftAlert as e:
-        if args.fail_on_drift:
-            raise
-        LOG.warning("run-all: %s (reported in gold/drift and MLflow; not failing the chain)", e)
+    run_all(spark, cfg, store, get_flow(cfg), args.fail_on_drift)
     return 0
 
 

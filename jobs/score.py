@@ -17,8 +17,8 @@ from jobs.common import BadInput, job_parser, parse_dates, run_job
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.flows import get_flow
-from pipelines.stages.score import run_score
-from pipelines.stages.stream import run_stream
+from pipelines.stages.score.batch import run_score
+from pipelines.stages.score.stream import run_stream
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:

@@ -16,14 +16,14 @@ cfg, spark, store, flow = nb.cfg, nb.spark, nb.store, nb.flow
 
 # COMMAND ----------
 
-from pipelines.demo import demo_datasets, land_demo
+from pipelines.stages.land_demo import demo_datasets, land_demo
 
 landed = land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, demo_datasets(cfg))
 landed
 
 # COMMAND ----------
 
-from pipelines.ingest import run_ingest, summary
+from pipelines.stages.ingest.run import run_ingest, summary
 
 results = run_ingest(spark, cfg, store)
 report = summary(results)

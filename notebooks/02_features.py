@@ -15,7 +15,7 @@ cfg, spark, store, flow = nb.cfg, nb.spark, nb.store, nb.flow
 
 # COMMAND ----------
 
-from pipelines.stages.featurize import run_features
+from pipelines.stages.features import run_features
 
 result = run_features(spark, cfg, store, flow)
 print(f"table version {result.run.table_version}, vector size {result.run.vector_size}, run {result.run.run_id}")

@@ -17,7 +17,7 @@ cfg, spark, store, flow = nb.cfg, nb.spark, nb.store, nb.flow
 # COMMAND ----------
 
 from jobs.common import parse_dates
-from pipelines.stages.score import run_score
+from pipelines.stages.score.batch import run_score
 
 out = run_score(spark, cfg, store, flow, parse_dates(dbutils.widgets.get("dates")), alias=dbutils.widgets.get("alias"))
 out
@@ -37,8 +37,8 @@ gold.groupBy(date).agg({"probability": "avg", "prediction": "sum", "*": "count"}
 
 # COMMAND ----------
 
-from pipelines.stages.lineage import lineage
-from pipelines.stages.lineage_render import to_text
+from pipelines.stages.lineage.graph import lineage
+from pipelines.stages.lineage.render import to_text
 
 row = gold.orderBy(date, *cfg.flow.key).first()
 print(to_text(lineage(cfg, store, key={k: str(row[k]) for k in cfg.flow.key}, day=row[date])))

@@ -17,7 +17,7 @@ cfg, spark, store, flow = nb.cfg, nb.spark, nb.store, nb.flow
 # COMMAND ----------
 
 from jobs.common import parse_dates
-from pipelines.stages.monitor import run_monitor
+from pipelines.stages.monitor.run import run_monitor
 
 try:
     report = run_monitor(spark, cfg, store, flow, parse_dates(dbutils.widgets.get("dates")))

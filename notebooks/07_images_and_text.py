@@ -19,15 +19,15 @@ cfg, spark, store, flow = nb.cfg, nb.spark, nb.store, nb.flow
 
 # COMMAND ----------
 
-from pipelines.demo import demo_datasets, land_demo
-from pipelines.ingest import run_ingest
+from pipelines.stages.ingest.run import run_ingest
+from pipelines.stages.land_demo import demo_datasets, land_demo
 
 land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, demo_datasets(cfg))
 {r.source: {"ok": r.rows_ok, "quarantined": r.rows_quarantined} for r in run_ingest(spark, cfg, store)}
 
 # COMMAND ----------
 
-from pipelines.stages.featurize import run_features
+from pipelines.stages.features import run_features
 
 features = run_features(spark, cfg, store, flow)
 table = store.read(features.run.table_path, features.run.table_version)
@@ -47,7 +47,7 @@ for art in mlflow.artifacts.list_artifacts(run_id=features.run.run_id, artifact_
 
 # COMMAND ----------
 
-from pipelines.stages.score import run_score
+from pipelines.stages.score.batch import run_score
 from pipelines.training.trainer import run_train
 
 result = run_train(spark, cfg, store, flow, features_run_id=features.run.run_id)

@@ -10,10 +10,10 @@ from pyspark.sql import SparkSession
 
 from pipelines.core.config import Config, load_config
 from pipelines.core.delta import DeltaStore
-from pipelines.demo import demo_datasets, land_demo
 from pipelines.flows import get_flow
-from pipelines.ingest import ingest
-from pipelines.stages.featurize import run_features
+from pipelines.stages.features import run_features
+from pipelines.stages.ingest.run import ingest
+from pipelines.stages.land_demo import demo_datasets, land_demo
 from pipelines.training.trainer import run_train
 
 FAST_TRAINING = ["training.epochs=2", "training.batch_size=64", "training.optimizer.warmup_epochs=1",

@@ -40,7 +40,7 @@ import sys, time, zipfile
 from pathlib import Path
 from pipelines.core.config import REPO_ROOT
 from tests.support.held import HeldWriter
-from pipelines.core.submit import build_code_zip, build_conf_archive
+from pipelines.submit import build_code_zip, build_conf_archive
 dist = Path(sys.argv[1])
 barrier(*sys.argv[2:4])
 for _ in range(int(sys.argv[4])):
@@ -85,7 +85,7 @@ def test_two_submits_package_at_the_same_moment(tmp_path: Path) -> None:
     results = _fire(PACKAGING, [[str(dist), "20"], [str(dist), "20"]], tmp_path / "barrier")
     assert [r.returncode for r in results] == [0, 0], [r.stderr[-1500:] for r in results]
     names = zipfile.ZipFile(dist / "project-code.zip").namelist()
-    assert "pipelines/core/submit.py" in names and "jobs/ingest.py" in names
+    assert "pipelines/submit.py" in names and "jobs/ingest.py" in names
     assert "base/storage.yaml" in zipfile.ZipFile(dist / "conf.zip").namelist()
     assert sorted(p.name for p in dist.iterdir()) == ["conf.zip", "project-code.zip"]  # no temporary left
 
@@ -116,7 +116,7 @@ def test_two_ingests_fired_together_on_a_new_workspace(spark: SparkSession, tmp_
     other waited, then found nothing new)."""
     from pipelines.core.config import load_config
     from pipelines.core.delta import DeltaStore
-    from pipelines.demo import land_demo
+    from pipelines.stages.land_demo import land_demo
 
     ws = tmp_path / "workspace"
     cfg = load_config("local", [f"storage.workspace={ws}", "demo.fraction=0.01"])
@@ -149,7 +149,7 @@ def test_batch_score_and_stream_upsert_on_one_partition(spark: SparkSession, tmp
     recomputed, recommitted), and the table equals those commits applied in their order: the rows of the last
     batch, plus the keys of every stream batch committed after it; nothing stale, lost or doubled."""
     from pipelines.core.delta import DeltaStore
-    from pipelines.stages.score import ResolvedModel, replace_partitions, upsert_partitions
+    from pipelines.stages.score.batch import ResolvedModel, replace_partitions, upsert_partitions
 
     day, rounds = date(2013, 6, 1), 3
     model = ResolvedModel("m", "1", "models:/m/1", "/1", "run", {})
@@ -210,7 +210,7 @@ def test_replace_of_a_date_sees_a_stream_upsert_between_its_read_and_its_commit(
 
     from pipelines.core import failpoints
     from pipelines.core.delta import DeltaStore
-    from pipelines.stages.score import ResolvedModel, replace_partitions, upsert_partitions
+    from pipelines.stages.score.batch import ResolvedModel, replace_partitions, upsert_partitions
 
     day, point, points = date(2013, 6, 1), "score.between_read_and_commit", tmp_path / "failpoints"
     model = ResolvedModel("m", "1", "models:/m/1", "/1", "run", {})

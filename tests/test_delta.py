@@ -136,6 +136,8 @@ def test_failed_write_leaves_previous_version(spark: SparkSession, store: DeltaS
 def test_failed_commit_removes_moved_files(spark: SparkSession, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Embedded engine: files moved into the table before a failed commit are removed again."""
+    from pipelines.core.delta import embedded
+
     store = DeltaStore(spark, "embedded")
     path = str(tmp_path / "t")
     store.write(_rows(spark, [(1, 2013, 1, "a")]), path, "append", ["year", "month"])
@@ -143,7 +145,7 @@ def test_failed_commit_removes_moved_files(spark: SparkSession, tmp_path: Path,
     def fail(*args: object, **kwargs: object) -> int:
         raise OSError("disk full while committing")
 
-    monkeypatch.setattr(store, "_commit", fail)
+    monkeypatch.setattr(embedded, "_commit", fail)
     with pytest.raises(DeltaWriteError, match="disk full"):
         store.write(_rows(spark, [(2, 2013, 1, "b")]), path, "append")
     monkeypatch.undo()

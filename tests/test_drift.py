@@ -7,7 +7,7 @@ import math
 import pytest
 from pyspark.sql import SparkSession
 
-from pipelines.drift import categorical_drift, drift_report, numeric_drift, psi_from_counts
+from pipelines.stages.monitor.drift import categorical_drift, drift_report, numeric_drift, psi_from_counts
 
 
 def test_psi_exact() -> None:

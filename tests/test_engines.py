@@ -32,7 +32,7 @@ def test_run_all_on_embedded_engine_then_both_engines_continue(spark: SparkSessi
                          text=True, timeout=1500)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     cfg = load_config("local", [f"storage.workspace={ws}", *sets])
-    dry = subprocess.run([sys.executable, "-m", "pipelines.core.submit", "run-all", "--set=storage.engine=embedded",
+    dry = subprocess.run([sys.executable, "-m", "pipelines.submit", "run-all", "--set=storage.engine=embedded",
                           "--dry-run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0 and "--jars" not in dry.stdout and "delta" not in dry.stdout.lower()  # no Delta jars
 

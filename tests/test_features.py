@@ -20,7 +20,6 @@ from features.cyclical import CyclicalEncoder
 from pipelines.core.config import REPO_ROOT, Config, ConfigError, load_config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.recorder import latest_features_record
-from pipelines.demo import land_demo
 from pipelines.flows import get_flow
 from pipelines.flows.base import FEATURES, VECTOR_COL
 from pipelines.flows.tabular.nodes import (
@@ -33,9 +32,10 @@ from pipelines.flows.tabular.nodes import (
     input_columns,
     pipeline_inputs,
 )
-from pipelines.ingest import ingest
-from pipelines.stages.featurize import FeaturesResult, run_features
+from pipelines.stages.features import FeaturesResult, run_features
+from pipelines.stages.ingest.run import ingest
 from pipelines.stages.inputs import read_sources
+from pipelines.stages.land_demo import land_demo
 
 FLIGHT_COLS = ("year int, month int, day int, carrier string, flight int, origin string, dest string, "
                "sched_dep_time int, hour int, tailnum string, distance double, arr_delay double, dep_delay double")
@@ -220,7 +220,7 @@ def test_features_package_is_the_stage_library_when_a_job_runs_as_a_script() -> 
             "import features, features.cyclical\n"
             "print(features.__file__, features.cyclical.CyclicalEncoder.__module__)")
     jobs = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "jobs").glob("*.py"))
-    assert "jobs/build_features.py" in jobs
+    assert "jobs/features.py" in jobs
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     res = subprocess.run([sys.executable, "-c", code, *jobs], cwd=REPO_ROOT, env=env, capture_output=True,
                          text=True, timeout=300)

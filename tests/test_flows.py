@@ -19,11 +19,11 @@ from pyspark.sql import functions as F
 
 from pipelines.core.config import REPO_ROOT, Config, ConfigError, load_config
 from pipelines.core.delta import DeltaStore
-from pipelines.demo import demo_datasets, land_demo
 from pipelines.flows import get_flow
-from pipelines.ingest import ingest
-from pipelines.stages.featurize import run_features
-from pipelines.stages.score import run_score
+from pipelines.stages.features import run_features
+from pipelines.stages.ingest.run import ingest
+from pipelines.stages.land_demo import demo_datasets, land_demo
+from pipelines.stages.score.batch import run_score
 from pipelines.training.trainer import TrainResult, run_train
 
 FAST = ["training.epochs=12", "training.timeout_s=400", "features.stats.enabled=false",

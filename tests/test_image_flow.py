@@ -17,13 +17,13 @@ from features.image import decode_image
 from pipelines.core.config import Config, ImageFlowConf
 from pipelines.core.delta import DeltaStore
 from pipelines.core.recorder import latest_features_record
-from pipelines.demo import land_digits
 from pipelines.flows import get_flow
 from pipelines.flows.base import FEATURES, LABEL
 from pipelines.flows.image.nodes import label_conf, prepare_images, with_original_size
 from pipelines.flows.labels import LABEL_NAME, class_names, sort_classes
-from pipelines.ingest import ingest
-from pipelines.stages.featurize import run_features
+from pipelines.stages.features import run_features
+from pipelines.stages.ingest.run import ingest
+from pipelines.stages.land_demo import land_digits
 
 
 def _png(value: int, size: tuple[int, int] = (3, 2)) -> bytes:

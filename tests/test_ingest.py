@@ -16,8 +16,9 @@ from jobs import ingest as ingest_job
 from jobs import land_demo as land_demo_job
 from pipelines.core.config import REPO_ROOT, Config
 from pipelines.core.delta import DeltaStore
-from pipelines.demo import load_nycflights13
-from pipelines.ingest import ingest, parse_batch, sniff
+from pipelines.stages.ingest.parse import parse_batch, sniff
+from pipelines.stages.ingest.run import ingest
+from pipelines.stages.land_demo import load_nycflights13
 
 SOURCE = ("ingest.sources.t={path: t/*.csv, table: t, partition_by: [day], "
           "columns: {id: int, amount: double, day: date, ts: timestamp, name: string}}")
@@ -113,7 +114,7 @@ def test_run_that_died_before_its_log_is_rolled_back(spark: SparkSession, store:
     records that the run stopped, so nobody has to act: the run MLflow still shows as RUNNING is marked KILLED."""
     from mlflow.tracking import MlflowClient
 
-    import pipelines.ingest as ingest_module
+    import pipelines.stages.ingest.run as ingest_run
 
     cfg = make_cfg(SOURCE)
     _land(cfg)
@@ -124,7 +125,7 @@ def test_run_that_died_before_its_log_is_rolled_back(spark: SparkSession, store:
         raise RuntimeError("driver lost before the ingest log was written")
 
     with monkeypatch.context() as m:
-        m.setattr(ingest_module, "write_ingest_log", driver_lost)
+        m.setattr(ingest_run, "write_ingest_log", driver_lost)
         with pytest.raises(RuntimeError, match="driver lost"):
             ingest(spark, cfg, store, died, ["t"])
     bronze, rows = cfg.catalog.path("t"), cfg.catalog.path("quarantine_rows")
@@ -219,7 +220,7 @@ def test_jsonl_source(spark: SparkSession, store: DeltaStore, make_cfg: Callable
 def test_image_source(spark: SparkSession, store: DeltaStore, make_cfg: Callable[..., Config]) -> None:
     import numpy as np
 
-    from pipelines.demo import _png, digit_extras
+    from pipelines.stages.land_demo import _png, digit_extras
 
     cfg = make_cfg("ingest.sources.img={path: img/**, format: image, glob_filter: '*.png', table: img}")
     root = Path(cfg.catalog.landing) / "img"

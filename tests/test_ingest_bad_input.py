@@ -19,7 +19,8 @@ from pyspark.sql import Row, SparkSession
 
 from pipelines.core.config import load_config
 from pipelines.core.delta import DeltaStore
-from pipelines.ingest import FileResult, ingest
+from pipelines.stages.ingest.deliveries import FileResult
+from pipelines.stages.ingest.run import ingest
 
 COLUMNS = "{id: int, big: bigint, flag: boolean, name: string}"
 SOURCES = [
@@ -83,7 +84,7 @@ CSV_CASES = {
 def _png() -> bytes:
     import numpy as np
 
-    from pipelines.demo import _png as png
+    from pipelines.stages.land_demo import _png as png
 
     return png(np.eye(8, dtype=np.uint8) * 200)
 

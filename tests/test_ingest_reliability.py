@@ -20,8 +20,8 @@ from pipelines.core import failpoints
 from pipelines.core.config import REPO_ROOT, Config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.errors import BadInput
-from pipelines.demo import land_demo
-from pipelines.ingest import ingest
+from pipelines.stages.ingest.run import ingest
+from pipelines.stages.land_demo import land_demo
 from tests.support.held import HeldWriter
 from tests.support.servers import free_port
 
@@ -183,7 +183,7 @@ def test_stream_quarantine_rows_are_never_rolled_back(spark: SparkSession, store
     """quarantine_rows written by the streaming job (its own run ids, no ingest log entry) survive ingest."""
     from datetime import UTC, datetime
 
-    from pipelines.stages.stream import QUARANTINE_SCHEMA
+    from pipelines.stages.score.stream import QUARANTINE_SCHEMA
 
     cfg = make_cfg(SOURCE)
     folder = _first_delivery(spark, store, cfg, b"id,name\n1,a\n")
@@ -399,15 +399,8 @@ def test_file_removed_after_listing_is_reported_and_blocks_nothing(spark: SparkS
     them) are reported vanished, never recorded as handled; the other files are ingested, and a file that comes
     back is a new delivery."""
     from pipelines.core.files import FileInfo
-    from pipelines.ingest import (
-        VANISHED,
-        SourceResult,
-        _ingest_readable,
-        ingest_source,
-        ingested_files,
-        list_landed,
-        write_ingest_log,
-    )
+    from pipelines.stages.ingest.deliveries import VANISHED, SourceResult, ingested_files, list_landed, write_ingest_log
+    from pipelines.stages.ingest.sources import _ingest_readable, ingest_source
 
     cfg = make_cfg(SOURCE)
     src = cfg.ingest.sources["t"]
@@ -438,7 +431,7 @@ def test_file_removed_after_listing_is_reported_and_blocks_nothing(spark: SparkS
 def test_stream_quarantine_write_is_idempotent_per_batch(spark: SparkSession, tmp_path: Path, engine: str) -> None:
     """A micro-batch's quarantine rows applied twice (Spark replays a batch after a crash before its checkpoint
     commit) are there once; the same bad lines in another batch are that batch's own rows."""
-    from pipelines.stages.stream import QUARANTINE_SCHEMA, quarantine_batch
+    from pipelines.stages.score.stream import QUARANTINE_SCHEMA, quarantine_batch
 
     store = DeltaStore(spark, engine)
     path = str(tmp_path / "quarantine_rows")

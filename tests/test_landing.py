@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipelines.core.files import FileInfo, list_files, modified_ms
 from pipelines.core.landing import Settling, literal_folder, split_writer_names, writer_name
-from pipelines.ingest import DUPLICATE, REDELIVERED, Deliveries, choose_new
+from pipelines.stages.ingest.deliveries import DUPLICATE, REDELIVERED, Deliveries, choose_new
 
 
 def test_writer_names_are_ignored_below_the_sources_own_folders() -> None:
@@ -109,7 +109,7 @@ def test_stream_gate_admits_each_complete_file_once(tmp_path: Path) -> None:
     import time
 
     from pipelines.core.config import load_config
-    from pipelines.stages.stream import LandingGate
+    from pipelines.stages.score.stream import LandingGate
 
     cfg = load_config("local", [f"storage.workspace={tmp_path / 'ws'}", "ingest.settle_s=0.3"])
     zone = Path(cfg.catalog.landing) / "in"

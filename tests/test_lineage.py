@@ -20,9 +20,9 @@ from jobs import lineage as lineage_job
 from pipelines.core.config import REPO_ROOT, Config
 from pipelines.core.delta import DeltaStore, to_pandas
 from pipelines.flows import get_flow
-from pipelines.stages.lineage import LineageGraph, lineage
-from pipelines.stages.lineage_render import to_json, to_png, to_text
-from pipelines.stages.score import run_score
+from pipelines.stages.lineage.graph import LineageGraph, lineage
+from pipelines.stages.lineage.render import to_json, to_png, to_text
+from pipelines.stages.score.batch import run_score
 from tests.chain import FLIGHT_SOURCES
 from tests.test_scoring import D1
 

@@ -86,7 +86,7 @@ def test_ui_event_log_and_history_server(tmp_path: Path) -> None:
 
     port = _free_port()
     env = {**os.environ, "SPARK_HISTORY_OPTS": "-Dspark.history.fs.update.interval=1s"}
-    server = subprocess.Popen([sys.executable, "-m", "pipelines.core.submit", "history", "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "pipelines.submit", "history", "--port", str(port),
                                "--set", f"storage.workspace={ws}"], cwd=REPO_ROOT, env=env, start_new_session=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: list[psutil.Process] = []

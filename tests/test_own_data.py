@@ -24,7 +24,7 @@ from pipelines.core.config import (
     ThresholdLabel,
     load_config,
 )
-from pipelines.demo import demo_datasets, land_demo
+from pipelines.stages.land_demo import demo_datasets, land_demo
 
 PROFILE = ["pipeline=diamonds"]
 DIAMONDS = 53_940

@@ -17,12 +17,12 @@ from jobs import score as score_job
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.errors import MissingModel
-from pipelines.drift import drift_report
 from pipelines.flows import get_flow
 from pipelines.flows.tabular.nodes import clean, date_column, enrich
 from pipelines.stages.inputs import read_sources
-from pipelines.stages.monitor import is_alert, reference_frame
-from pipelines.stages.score import model_udf, predict_batch, resolve_model, run_score
+from pipelines.stages.monitor.drift import drift_report
+from pipelines.stages.monitor.run import is_alert, reference_frame
+from pipelines.stages.score.batch import model_udf, predict_batch, resolve_model, run_score
 from tests.chain import chain_config
 
 D1, D2, D3 = date(2013, 12, 3), date(2013, 12, 4), date(2013, 12, 10)
@@ -155,7 +155,7 @@ def test_streaming_scores_every_row_exactly_once_across_restart(spark: SparkSess
     producer process while a stream runs: it is scored once complete, whole. Then Spark replays the last
     micro-batch (its commit removed from the checkpoint, as after a crash between the batch's writes and the
     commit): gold and the quarantine keep one copy of each row."""
-    from pipelines.stages.stream import run_stream
+    from pipelines.stages.score.stream import run_stream
     from tests.support.producer import slow_producer
 
     cfg = chain_config(Path(chain.workspace), "scoring.stream_path=incoming/*.csv",

@@ -108,7 +108,7 @@ def test_config_errors_do_not_echo_secrets(override: str) -> None:
 
 def test_submit_config_error_is_masked() -> None:
     """spark-submit.sh prints a config error itself (before any job): masked too."""
-    res = subprocess.run([sys.executable, "-m", "pipelines.core.submit", "ingest", "--set",
+    res = subprocess.run([sys.executable, "-m", "pipelines.submit", "ingest", "--set",
                           f"mlflow.tracking_uri=[http://u:{SECRET}@h]", "--dry-run"], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "mlflow.tracking_uri" in res.stderr, res.stderr
@@ -158,14 +158,15 @@ def test_excepthooks_print_masked(tmp_path: Path) -> None:
 
 def test_ingest_records_the_landing_zone_masked(tmp_path: Path) -> None:
     """ingest's MLflow record (the `landing` param and the file report) masks a landing URI's password."""
-    from pipelines.ingest import FileResult, SourceResult, ingest_record
+    from pipelines.stages.ingest.deliveries import FileResult, SourceResult
+    from pipelines.stages.ingest.run import ingest_record
 
     cfg = load_config("local", [f"storage.workspace=hdfs://u:{SECRET}@nn:8020/ws"])
     files = [FileResult(f"{cfg.catalog.landing}/flights/f1.csv", 10, 1, "ingested", rows_in=2, rows_ok=2)]
     params, report = ingest_record(cfg, [SourceResult("flights", files)], "delta-spark")
     assert params["landing"] == "hdfs://u:***@nn:8020/ws/tables/landing"
-    assert json.loads(report)["flights"]["files"][0]["file"] == "hdfs://u:***@nn:8020/ws/tables/landing/flights/f1.csv"
-    assert SECRET not in json.dumps(params) + report
+    assert report["flights"]["files"][0]["file"] == "hdfs://u:***@nn:8020/ws/tables/landing/flights/f1.csv"
+    assert SECRET not in json.dumps(params) + json.dumps(report)
 
 
 def test_private_files_are_private(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 Every TCP socket listening in the driver's process tree (this test process is the driver of the shared local
 session: its JVM, Python workers, the training processes and what they open, the driver's control server) binds
 loopback, during a real two-rank training of each backend (Horovod over gloo, tf-mwms) and during scoring through
-mlflow.pyfunc.spark_udf (pipelines.stages.score). Listeners are sampled with psutil every 0.2 s. The tf-mwms run
+mlflow.pyfunc.spark_udf (pipelines.stages.score.batch). Listeners are sampled with psutil every 0.2 s. The tf-mwms run
 is also the check that that backend trains behind the same launcher.
 
 While each training runs (from rank 0's start report on), forged requests go to every port the tree listens on: a
@@ -36,7 +36,7 @@ from pyspark.sql import functions as F
 from pipelines.core.config import Config, load_config
 from pipelines.core.delta import DeltaStore
 from pipelines.flows import get_flow
-from pipelines.stages.score import model_udf, resolve_model
+from pipelines.stages.score.batch import model_udf, resolve_model
 from pipelines.training import control
 from pipelines.training.driver import ControlChannel
 from pipelines.training.remote.task import WORKER_MODULE

@@ -4,7 +4,11 @@ the registry, and the stage library does not depend on the application."""
 from __future__ import annotations
 
 import ast
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from pipelines.core.config import REPO_ROOT
@@ -54,12 +58,75 @@ def test_stage_library_does_not_import_the_application() -> None:
     assert {k: v for k, v in bad.items() if v} == {}
 
 
-def test_no_job_script_shadows_a_package() -> None:
-    """A job run as a script puts jobs/ first on sys.path: a jobs/<name>.py must not share a package's name."""
+def test_no_module_shadows_a_top_level_package() -> None:
+    """A folder that lands on sys.path (the repository, jobs/ when a job runs as a script) holds no module named like
+    a top-level package, except jobs/features.py, which jobs/__init__.py takes off sys.path (the next test)."""
     packages = {p.name for p in REPO_ROOT.iterdir() if (p / "__init__.py").is_file()}
-    scripts = {p.stem for p in (REPO_ROOT / "jobs").glob("*.py")}
     assert packages >= {"jobs", "pipelines", "features"}
-    assert scripts & packages == set()
+    assert {p.stem for p in REPO_ROOT.glob("*.py")} & packages == set()
+    assert {p.stem for p in (REPO_ROOT / "jobs").glob("*.py")} & packages == {"features"}
+
+
+def test_the_features_job_run_as_a_script_imports_the_features_package(tmp_path: Path) -> None:
+    """`python jobs/features.py` (sys.path[0] = jobs/), and the same script in a YARN container's working folder
+    (sys.path[0] = that folder, the script beside whatever was localized): `features` is still the package."""
+    container = tmp_path / "container"
+    container.mkdir()
+    shutil.copy(REPO_ROOT / "jobs" / "features.py", container / "features.py")
+    code = ("import runpy, sys\n"
+            "sys.path[0] = sys.argv[1]; script = sys.argv[1] + '/features.py'; sys.argv = [script, '--help']\n"
+            "try:\n    runpy.run_path(script, run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "import features, features.cyclical\nprint(features.__file__)")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    runs = [subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=folder, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for folder in (REPO_ROOT / "jobs", container)]
+    for run in runs:
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+        assert out.strip().splitlines()[-1] == str(REPO_ROOT / "features" / "__init__.py"), out
+
+
+JOBS = sorted(p.stem for p in (REPO_ROOT / "jobs").glob("*.py") if p.stem not in ("__init__", "common"))
+STAGES = REPO_ROOT / "pipelines" / "stages"
+SHARED = {"inputs"}  # stage helpers more than one job reads with, no job of their own
+PENDING = {"train"}  # pipelines/stages/train.py comes with the training work; its job is jobs/train.py
+
+
+def test_every_job_has_one_stage_home() -> None:
+    """The name a user types is the job: jobs/<job>.py, its stage pipelines/stages/<job>.py or stages/<job>/ (one,
+    never both), and every stage belongs to a job. The front door offers exactly these jobs."""
+    from pipelines.submit import available_jobs
+
+    assert len(JOBS) >= 10
+    homes = {job: [h for h in (STAGES / f"{job}.py", STAGES / job / "__init__.py") if h.is_file()] for job in JOBS}
+    assert {job: [_rel(h) for h in found] for job, found in homes.items() if len(found) > 1} == {}
+    assert {job for job, found in homes.items() if not found} <= PENDING
+    stages = {p.stem for p in STAGES.glob("*.py")} | {p.parent.name for p in STAGES.glob("*/__init__.py")}
+    assert stages - {"__init__"} - SHARED - set(JOBS) == set()
+    assert {name.replace("-", "_") for name in available_jobs()} == set(JOBS)
+
+
+FRONT_DOORS = {"pipelines/core/notebook.py"}
+
+
+def test_layers() -> None:
+    """jobs -> stages -> flows, training -> core: core imports no layer above it, stages never import a job, and
+    the front doors (pipelines/submit.py, and the notebooks' pipelines/core/notebook.py, which builds the flow) sit
+    above them all."""
+    above = {"core": ("pipelines.stages", "pipelines.flows", "pipelines.training", "pipelines.submit", "jobs"),
+             "stages": ("jobs", "pipelines.submit"), "flows": ("pipelines.stages", "jobs", "pipelines.submit"),
+             "training": ("pipelines.stages", "jobs", "pipelines.submit")}
+    bad = {}
+    for layer, banned in above.items():
+        for path in sorted((REPO_ROOT / "pipelines" / layer).rglob("*.py")):
+            if _rel(path) in FRONT_DOORS:
+                continue
+            hits = sorted(m for m in _imports(path) if any(m == b or m.startswith(b + ".") for b in banned))
+            if hits:
+                bad[_rel(path)] = hits
+    assert bad == {}
 
 
 def test_no_issue_numbers_or_book_references_in_code() -> None:
@@ -68,3 +135,10 @@ def test_no_issue_numbers_or_book_references_in_code() -> None:
     hits = [f"{_rel(p)}:{i}: {line.strip()}" for p in CODE for i, line in enumerate(p.read_text().splitlines(), 1)
             if pattern.search(line)]
     assert hits == []
+
+
+def test_the_streaming_scorer_reads_files_with_the_ingest_parser_only() -> None:
+    """score --stream parses landing files as ingest does, and needs nothing else of the ingest stage."""
+    imports = _imports(STAGES / "score" / "stream.py")
+    ingest = {m for m in imports if m.startswith("pipelines.stages.ingest.")}
+    assert ingest and {m.split(".")[3] for m in ingest} == {"parse"}

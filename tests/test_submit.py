@@ -21,7 +21,7 @@ SCRIPT = str(REPO_ROOT / "spark-submit.sh")
 
 
 def _launch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipelines.core.submit", *args], cwd=REPO_ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pipelines.submit", *args], cwd=REPO_ROOT, capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, timeout=300)
 
 
@@ -49,7 +49,8 @@ def test_dry_run_prints_full_command(tmp_path: Path) -> None:
 
 
 def test_help_and_errors() -> None:
-    assert "jobs: land-demo, ingest" in _launch("--help").stdout
+    assert ("jobs: features, history, ingest, land-demo, lineage, maintain, monitor, run-all, score, train"
+            in _launch("--help").stdout)
     res = _launch("ingest", "--help")
     assert res.returncode == 0 and "--sources" in res.stdout and "exit codes" in res.stdout
     bad = _launch("ingest", "--set", "spark.mastr=x", "--dry-run")
@@ -158,13 +159,13 @@ def test_yarn_artifacts_are_real(tmp_path: Path) -> None:
     import tarfile
     import zipfile
 
-    from pipelines.core.submit import build_conf_archive, build_wheel, pack_environment
+    from pipelines.submit import build_conf_archive, build_wheel, pack_environment
 
     wheel = build_wheel(tmp_path / "dist")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "pipelines/core/submit.py" in names and "jobs/ingest.py" in names and "features/__init__.py" in names
+    assert "pipelines/submit.py" in names and "jobs/ingest.py" in names and "features/__init__.py" in names
     probe = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                            "import pipelines.ingest, jobs.ingest; print(pipelines.ingest.__file__)", str(wheel)],
+                            "import pipelines.stages.ingest.run as m, jobs.ingest; print(m.__file__)", str(wheel)],
                            capture_output=True, text=True, timeout=120)
     assert probe.returncode == 0 and str(wheel) in probe.stdout, probe.stderr  # importable from --py-files
 

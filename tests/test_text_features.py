@@ -102,10 +102,10 @@ def test_prepare_text_counts(spark: SparkSession) -> None:
 
 def test_text_features_end_to_end(spark: SparkSession, make_cfg: Callable[..., Config], store: DeltaStore) -> None:
     from pipelines.core.recorder import latest_features_record
-    from pipelines.demo import land_tweets
     from pipelines.flows import get_flow
-    from pipelines.ingest import ingest
-    from pipelines.stages.featurize import run_features
+    from pipelines.stages.features import run_features
+    from pipelines.stages.ingest.run import ingest
+    from pipelines.stages.land_demo import land_tweets
 
     cfg = make_cfg("pipeline=tweets", "features.stats.enabled=false", "flow.num_features=256", "flow.word2vec_size=8")
     land_tweets(cfg.catalog.landing)

@@ -24,7 +24,7 @@ from pipelines.core.config import Config, ConfigError
 from pipelines.core.delta import DeltaStore
 from pipelines.core.recorder import FEATURES_JOB, PREPROCESSING_ARTIFACT, FeaturesRecord, Recorder
 from pipelines.flows import get_flow
-from pipelines.stages.featurize import save_preprocessing
+from pipelines.stages.features import save_preprocessing
 from pipelines.training import checkpoints, pyfunc
 from pipelines.training.data import ParquetCache, arrow_to_numpy
 from pipelines.training.driver import TrainingFailed, TrainingTimeout, steps_per_epoch

@@ -23,7 +23,7 @@ from pipelines.core.delta import DeltaStore
 from pipelines.core.recorder import FEATURES_JOB, PREPROCESSING_ARTIFACT, FeaturesRecord, Recorder
 from pipelines.flows import get_flow
 from pipelines.flows.base import FEATURES, LABEL, VECTOR_COL
-from pipelines.stages.featurize import save_preprocessing
+from pipelines.stages.features import save_preprocessing
 from pipelines.training import pyfunc
 from pipelines.training.heads import TrainingInputError, get_head
 from pipelines.training.registry import CHALLENGER, CHAMPION

@@ -261,7 +261,8 @@ def test_ingest_from_hdfs_landing_zone(hadoop: HadoopCluster, spark: SparkSessio
     copying (`._COPYING_`) is ignored."""
     from pipelines.core.config import load_config
     from pipelines.core.delta import DeltaStore
-    from pipelines.ingest import REDELIVERED, ingest
+    from pipelines.stages.ingest.deliveries import REDELIVERED
+    from pipelines.stages.ingest.run import ingest
 
     cfg = load_config("local", [f"storage.workspace={hadoop.fs_uri}/user/pipeline/deliveries",
                                 f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", *HDFS_INGEST])

@@ -38,6 +38,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pipelines.core.errors import BadInput
 from pipelines.core.files import filesystem
 from pipelines.core.logs import LOG
+from pipelines.core.procs import ProcessId
 
 SAFE_FRACTION = 0.5  # a holder stops when its last written heartbeat is older than this part of its expiry
 
@@ -73,22 +74,6 @@ class LeaseRecord:
         return f"run {self.run_id} (host {self.host}, pid {self.pid})"
 
 
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """(state, start time in clock ticks since boot) of process `pid` from /proc (Linux), else None."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields_ = f.read().rsplit(")", 1)[1].split()
-        return fields_[0], fields_[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _pid_start(pid: int) -> str | None:
-    """The start time of process `pid`, to tell a reused pid apart."""
-    stat = _proc_stat(pid)
-    return stat[1] if stat else None
-
-
 def process_space() -> tuple[str, str | None, str | None]:
     """(host name, PID namespace, boot id) of this process: where its pid names it. None where unknown (no /proc)."""
     try:
@@ -102,20 +87,6 @@ def process_space() -> tuple[str, str | None, str | None]:
     return socket.gethostname(), ns, boot
 
 
-def pid_alive(pid: int, start: str | None) -> bool:
-    """Whether process `pid` (started at `start`, when known) still runs in this process table."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = _proc_stat(pid)
-    if stat is None:  # no /proc: the pid exists, so it may be the holder
-        return True
-    return stat[0] not in ("Z", "X") and (start is None or stat[1] == start)
-
-
 def holder_dead(rec: LeaseRecord, unchanged_s: float) -> bool:
     """Whether the lease `rec` is free to take: released or failed; or its holder is dead, judged by the pid only
     in the holder's own process space (host, PID namespace and boot all match, all known), elsewhere by the record
@@ -124,7 +95,7 @@ def holder_dead(rec: LeaseRecord, unchanged_s: float) -> bool:
         return True
     host, ns, boot = process_space()
     if ns is not None and boot is not None and (rec.host, rec.pid_ns, rec.boot_id) == (host, ns, boot):
-        return not pid_alive(rec.pid, rec.pid_start)
+        return not ProcessId(rec.host, rec.pid, rec.pid_start).alive()
     return unchanged_s >= rec.expiry_s
 
 
@@ -238,7 +209,7 @@ class Lease:
         pending = [] if top is None else [*top.pending, *([top.run_id] if top.state != "released" else [])]
         host, ns, boot = process_space()
         return LeaseRecord(generation=(top.generation + 1) if top else 1, host=host, pid=os.getpid(),
-                           pid_start=_pid_start(os.getpid()), run_id=self.run_id, heartbeat_at=time.time(),
+                           pid_start=ProcessId.current().start, run_id=self.run_id, heartbeat_at=time.time(),
                            expiry_s=self.expiry_s, pending=list(dict.fromkeys(pending)), pid_ns=ns, boot_id=boot)
 
     def _hold(self, rec: LeaseRecord, top: LeaseRecord | None) -> None:

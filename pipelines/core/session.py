@@ -118,10 +118,6 @@ def prepare_event_log(cfg: Config) -> None:
         fs.makedirs(path, exist_ok=True)
 
 
-def _under_spark_submit() -> bool:
-    return "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("PIPELINE_SUBMITTED") == "1"
-
-
 def loopback_env(cfg: Config, environ: MutableMapping[str, str]) -> None:
     """On a local master, servers the project starts bind loopback: SPARK_LOCAL_IP=127.0.0.1 in `environ` (the
     environment the driver's JVM starts with), whatever it said before."""

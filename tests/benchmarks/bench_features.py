@@ -33,7 +33,7 @@ from pipelines.core.delta import DeltaStore
 from pipelines.core.logs import LOG, setup_logging
 from pipelines.core.session import get_spark
 from pipelines.flows import get_flow
-from pipelines.stages.featurize import run_features
+from pipelines.stages.features import run_features
 from tests.benchmarks.harness import Report, measure
 
 FLIGHT_SHIFT = 100_000

@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines.core.delta import DeltaStore
     from pipelines.flows import get_flow
-    from pipelines.stages.score import resolve_model, score
+    from pipelines.stages.score.batch import resolve_model, score
 
     cfg, spark = start("local", args.workspace, "bench-score")
     model = resolve_model(cfg)

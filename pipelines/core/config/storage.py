@@ -46,5 +46,5 @@ class MlflowConf(Strict):
 class DemoConf(Strict):
     fraction: float = Field(default=1.0, gt=0, le=1)
     seed: int = 7
-    # land-demo's data sets; empty: those feeding the pipeline's own ingest sources (pipelines.demo.demo_datasets)
+    # land-demo's data sets; empty: those feeding the pipeline's own ingest sources (stages.land_demo.demo_datasets)
     datasets: list[Literal["flights", "digits", "tweets", "diamonds"]] = Field(default_factory=list)

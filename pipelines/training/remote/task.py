@@ -29,6 +29,7 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from typing import Any
 
 import cloudpickle
 
+from pipelines.core.procs import ProcessId
 from pipelines.training import control
 from pipelines.training.remote.backends import backend_class
 from pipelines.training.spec import ABORT, ATTEMPT, ATTEMPT_NO, ERROR, WorkerResult, WorkerSpec, assign_ranks
@@ -128,22 +130,20 @@ def _die_with_parent() -> None:
 
 
 def _owner() -> str:
-    import psutil
-
-    me = psutil.Process()
-    return f"{me.pid} {me.create_time()}"
+    """This process as a work folder's owner record: "<pid> <start time in clock ticks>"."""
+    me = ProcessId.current()
+    return f"{me.pid} {me.start or ''}"
 
 
 def _owner_alive(text: str) -> bool:
-    import psutil
-
-    pid, _, created = text.partition(" ")
+    """Whether the owner recorded in `text` still runs (pipelines.core.procs: a zombie or a reused pid is dead). A
+    record that does not parse (empty, being written, not ours) counts as alive: its folder is left alone."""
+    pid, _, start = text.strip().partition(" ")
     try:
-        return f"{psutil.Process(int(pid)).create_time()}" == created
-    except psutil.NoSuchProcess:
-        return False
-    except ValueError:  # not an owner record we wrote: leave the folder alone
+        owner = ProcessId(socket.gethostname(), int(pid), start or None)
+    except ValueError:
         return True
+    return owner.alive()
 
 
 def sweep_workdirs(root: str | None = None) -> list[str]:

@@ -2,8 +2,7 @@
 split), fit the preprocessing PipelineModel on the train split, write the table (a new version per run) and
 record the bronze versions used, the model, counts and descriptive statistics in one MLflow run.
 Pin inputs with --set features.bronze_versions.<table>=N; the flow is described in the profile's conf
-(conf/pipelines/<pipeline>/). The job is named `features` in spark-submit.sh; the file is not features.py, so
-that it cannot shadow the `features` stage library when run as a script."""
+(conf/pipelines/<pipeline>/)."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from jobs.common import job_parser, run_job
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.flows import get_flow
-from pipelines.stages.featurize import run_features
+from pipelines.stages.features import run_features
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import os
 import shlex
 import shutil
@@ -51,17 +52,8 @@ from pipelines.core.session import (
     session_jars,
 )
 
-JOBS = {
-    "land-demo": "jobs/land_demo.py",
-    "ingest": "jobs/ingest.py",
-    "features": "jobs/build_features.py",
-    "train": "jobs/train.py",
-    "score": "jobs/score.py",
-    "monitor": "jobs/monitor.py",
-    "maintain": "jobs/maintain.py",
-    "lineage": "jobs/lineage.py",
-    "run-all": "jobs/run_all.py",
-}
+JOB_MODULES_SHARED = ("__init__", "common")  # jobs/ modules that are no job
+IN_PROCESS = ("history",)  # no Spark application (jobs/history.py execs the History Server): run here, no spark-submit
 PACKAGES = ("jobs", "pipelines", "features")
 # A cluster-mode driver runs in a YARN container that does not inherit the submitting shell's environment: what the
 # config reads from it (every ${oc.env:VAR} of conf/ and --set, config.env_references) and what MLflow reads itself
@@ -94,7 +86,9 @@ class Artifacts:
 
 
 def available_jobs() -> dict[str, str]:
-    return {name: path for name, path in JOBS.items() if (REPO_ROOT / path).exists()}
+    """The jobs, from jobs/*.py: the name a user types -> its script (jobs/land_demo.py is `land-demo`)."""
+    return {p.stem.replace("_", "-"): f"jobs/{p.name}" for p in sorted((REPO_ROOT / "jobs").glob("*.py"))
+            if p.stem not in JOB_MODULES_SHARED}
 
 
 def _private_tmp(dest: Path) -> Path:
@@ -353,7 +347,7 @@ def build_command(job: str, cfg: Config, job_args: list[str], artifacts: Artifac
             archives.append(f"{artifacts.conf_archive}#{CONF_ARCHIVE_ALIAS}")
         cmd += ["--archives", ",".join(archives)]
     conf |= derived_conf(cfg, sys.stderr.isatty())  # the driver's stderr is this process's: the user's terminal
-    app = ["--py-files", str(artifacts.code), str(REPO_ROOT / JOBS[job]), *job_args]
+    app = ["--py-files", str(artifacts.code), str(REPO_ROOT / available_jobs()[job]), *job_args]
     return Submission(cmd, app, {**conf, **sc.conf}, list(overrides), driver_env, remote_driver)
 
 
@@ -362,17 +356,17 @@ def main(argv: list[str] | None = None) -> int:
     jobs = available_jobs()
     usage = "usage: spark-submit.sh <job> [--env local|standalone|yarn] [--set key=value ...] [--dry-run] [--help]"
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage + "\n\njobs: " + ", ".join(jobs) + "\n\nspark-submit.sh history [--port 18080]: Spark's History "
-              "Server on the workspace's event logs (<workspace>/spark-events), on 127.0.0.1")
+        print(f"{usage}\n\njobs: {', '.join(jobs)}\n\n"
+              "Each job is jobs/<job>.py (land-demo: jobs/land_demo.py) and its code pipelines/stages/<job>;\n"
+              "`spark-submit.sh <job> --help` describes it. history [--port 18080] runs Spark's History Server on\n"
+              "the workspace's event logs (<workspace>/spark-events), on 127.0.0.1, in this process.")
         return 0
     job, rest = argv[0], argv[1:]
-    if job == "history":
-        from pipelines.core.history import main as history
-
-        return history(rest)
     if job not in jobs:
         print(f"unknown job {job!r}; jobs: {', '.join(jobs)}", file=sys.stderr)
         return 2
+    if job in IN_PROCESS:
+        return importlib.import_module(f"jobs.{job.replace('-', '_')}").main(rest)
     if "-h" in rest or "--help" in rest:
         return subprocess.call([sys.executable, str(REPO_ROOT / jobs[job]), "--help"])
     pre = argparse.ArgumentParser(add_help=False)

@@ -38,9 +38,9 @@ from pipelines.core.errors import BadInput
 from pipelines.core.landing import Settling, split_writer_names
 from pipelines.core.logs import LOG, stage
 from pipelines.flows.base import Flow
-from pipelines.ingest import bad_rows, parse_files, sniff
+from pipelines.stages.ingest.parse import bad_rows, parse_files, sniff
 from pipelines.stages.inputs import read_sources
-from pipelines.stages.score import ResolvedModel, model_udf, predict_batch, resolve_model, upsert_partitions
+from pipelines.stages.score.batch import ResolvedModel, model_udf, predict_batch, resolve_model, upsert_partitions
 
 QUARANTINE_SCHEMA = "source string, source_file string, raw_line string, reason string, run_id string"
 VANISHED = "vanished: removed from the landing zone after it was admitted, before it was scored"

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipelines.stages.lineage import KINDS, LineageGraph, Node
+from pipelines.stages.lineage.graph import KINDS, LineageGraph, Node
 
 # The attributes a text line shows per kind (all of them are in the JSON).
 SHOWN = {

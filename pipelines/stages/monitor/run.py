@@ -28,10 +28,10 @@ from pipelines.core.delta import DeltaStore
 from pipelines.core.errors import BadInput, DriftAlert
 from pipelines.core.logs import LOG, stage
 from pipelines.core.recorder import Recorder
-from pipelines.drift import FeatureDrift, drift_report, numeric_drift
 from pipelines.flows.base import FEATURES, LABEL, Flow
 from pipelines.stages.inputs import read_sources
-from pipelines.stages.score import ResolvedModel, model_udf, resolve_model
+from pipelines.stages.monitor.drift import FeatureDrift, drift_report, numeric_drift
+from pipelines.stages.score.batch import ResolvedModel, model_udf, resolve_model
 
 PREDICTION = "__prediction__"
 DRIFT_SCHEMA = ("window string, feature string, kind string, psi double, ks double, ref_count bigint, "

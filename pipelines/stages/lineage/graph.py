@@ -8,7 +8,7 @@ chain down to its inputs and up to its consumers, built only from what the jobs 
 - a bronze table version holds the rows of the ingest runs named by its `_run_id` column; the ingest log names
   each run's landing files with size and sha256; bronze commits record the ingest run's git commit.
 
-Edges point from the input to what was made from it. Rendering (text, PNG, JSON) is in lineage_render.
+Edges point from the input to what was made from it. Rendering (text, PNG, JSON) is in render.py beside it.
 """
 
 from __future__ import annotations
