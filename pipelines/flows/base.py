@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 
+from pipelines.core.config import FlowConf, register_flow_conf
 from pipelines.core.errors import BadInput
 
 if TYPE_CHECKING:
@@ -146,10 +147,12 @@ class ClassifiedTableFlow:
 _REGISTRY: dict[str, Callable[[], Flow]] = {}
 
 
-def register(kind: str) -> Callable[[type], type]:
-    """Class decorator: the flow class serves configs whose `flow.kind` is `kind`."""
+def register(kind: str, conf: type[FlowConf]) -> Callable[[type], type]:
+    """Class decorator: the flow class serves configs whose `flow.kind` is `kind`, and `conf` (its config model,
+    a FlowConf subclass) validates their `flow:` section."""
 
     def add(cls: type) -> type:
+        register_flow_conf(kind, conf)
         _REGISTRY[kind] = cls
         cls.kind = kind
         return cls
@@ -158,8 +161,9 @@ def register(kind: str) -> Callable[[type], type]:
 
 
 def get_flow(cfg: Config) -> Flow:
-    """The Flow for `cfg.flow.kind`, importing its package (pipelines.flows.<kind>) on first use."""
+    """The Flow for `cfg.flow.kind`, importing its package (`flow.module`, else pipelines.flows.<kind>) on first
+    use."""
     kind = cfg.flow.kind
     if kind not in _REGISTRY:
-        importlib.import_module(f"pipelines.flows.{kind}")
+        importlib.import_module(cfg.flow.package)
     return _REGISTRY[kind]()
