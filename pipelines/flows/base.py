@@ -1,8 +1,15 @@
 """The one shape every flow has: a Flow turns bronze rows into a feature table and model inputs; the stages
 (features, train, score, monitor) do the I/O and tracking around it and never ask which flow they run.
 
-A flow is a folder under pipelines/flows/ whose package registers a Flow for a `flow.kind` with `@register`.
-Adding a flow means adding such a folder and a conf profile; no stage changes.
+A new flow is exactly two things, and nothing else in the project changes (no stage, no core module, no existing test):
+  - its folder: a package holding its config model (config.py: a `pipelines.core.config.FlowConf` subclass with
+    `kind: Literal["<kind>"] = "<kind>"`, built from the shared labels and splits where they fit) and its Flow
+    class (the hooks below; ClassifiedTableFlow gives the defaults of a one-table multiclass flow), registered
+    together with `@register("<kind>", <ConfigModel>)` in the package's __init__.py;
+  - its conf profile: conf/pipelines/<name>/*.yaml with `flow.kind: <kind>` (its sources, features, training).
+The folder is pipelines/flows/<kind>/, or any importable package that the profile names in `flow.module` (a flow
+kept outside the project; tests/support/flows/toy is one). The config loader imports that package to validate
+the profile's `flow:` section with the registered model; `get_flow` returns the registered Flow.
 """
 
 from __future__ import annotations
