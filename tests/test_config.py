@@ -99,12 +99,17 @@ def test_pipeline_profile_layers_between_base_and_env(tmp_path: Path) -> None:
 
 
 
-def test_flow_is_a_union_on_kind(tmp_path: Path) -> None:
+def test_flow_section_is_validated_by_its_kinds_model(tmp_path: Path) -> None:
     cfg = load_config("local")
     assert (cfg.flow.kind, cfg.flow.label.kind, cfg.flow.split.by) == ("tabular", "threshold", "month")
-    with pytest.raises(ConfigError, match=r"flow\.kind: unknown kind 'video'; kinds are \['tabular', 'image', "
-                                          r"'text'\] \[--set\]"):
+    with pytest.raises(ConfigError, match=r"flow\.kind: unknown kind 'video'; kinds are \['image', 'tabular', "
+                                          r"'text'\] .*flow\.module\) \[--set\]"):
         load_config("local", ["flow.kind=video"])
+    with pytest.raises(ConfigError, match=r"flow\.module: no module 'nowhere\.toy' on the Python path \[--set\]"):
+        load_config("local", ["flow.kind=toy", "flow.module=nowhere.toy"])
+    with pytest.raises(ConfigError, match=r"flow\.module: 'pipelines\.flows\.text' registers no flow of kind "
+                                          r"'tabular' \[--set\]"):
+        load_config("local", ["flow.module=pipelines.flows.text"])
     with pytest.raises(ConfigError, match=r"flow\.derived: unknown key \[--set\]"):  # digits: no tabular keys
         load_config("local", ["pipeline=digits", "flow.derived.x=1"])
     with pytest.raises(ConfigError, match=r"flow\.groups\.0\.kind: unknown kind 'text'"):

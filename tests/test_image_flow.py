@@ -14,11 +14,12 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from features.image import decode_image
-from pipelines.core.config import Config, ImageFlowConf
+from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.recorder import latest_features_record
 from pipelines.flows import get_flow
 from pipelines.flows.base import FEATURES, LABEL
+from pipelines.flows.image.config import ImageFlowConf
 from pipelines.flows.image.nodes import label_conf, prepare_images, with_original_size
 from pipelines.flows.labels import LABEL_NAME, class_names, sort_classes
 from pipelines.stages.features import run_features

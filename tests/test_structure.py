@@ -4,14 +4,17 @@ the registry, and the stage library does not depend on the application."""
 from __future__ import annotations
 
 import ast
+import importlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-from pipelines.core.config import REPO_ROOT
+from pipelines.core.config import REPO_ROOT, FlowConf, flow_kinds, flow_model, flow_package
+from pipelines.flows import get_flow
 
 CODE = [p for d in ("jobs", "pipelines", "features", "notebooks") for p in sorted((REPO_ROOT / d).rglob("*.py"))]
 
@@ -32,11 +35,33 @@ def _rel(path: Path) -> str:
     return str(path.relative_to(REPO_ROOT))
 
 
+def _flow_kinds() -> list[str]:
+    """The project's own flows, from the registry (a test may have registered one of its own beside them)."""
+    kinds = [k for k in flow_kinds() if (REPO_ROOT / "pipelines" / "flows" / k).is_dir()]
+    assert len(kinds) >= 3
+    return kinds
+
+
+def test_every_flow_folder_registers_its_flow_and_config_model() -> None:
+    """A flow is its folder: importing pipelines.flows.<kind> registers its Flow and its config model (a FlowConf
+    of that kind, defined in the folder's config.py); the code that validates the `flow:` section names none."""
+    for kind in _flow_kinds():
+        package = flow_package(kind)
+        importlib.import_module(package)
+        model = flow_model({"kind": kind})
+        assert issubclass(model, FlowConf) and model.__module__ == f"{package}.config", (kind, model)
+        assert get_flow(SimpleNamespace(flow=model.model_construct(kind=kind))).kind == kind
+    section = [REPO_ROOT / "pipelines" / "core" / "config" / f for f in ("flows.py", "root.py", "loader.py")]
+    named = [f"{_rel(p)}:{i}" for p in section for i, line in enumerate(p.read_text().splitlines(), 1)
+             for kind in _flow_kinds() if re.search(rf"[\"']{kind}[\"']|flows\.{kind}\b", line)]
+    assert named == []
+
+
 def test_only_a_flow_imports_its_own_folder() -> None:
     """A flow's folder is private: everything else reaches it through pipelines.flows.get_flow."""
     assert len(CODE) > 40
-    for kind in ("tabular", "image", "text"):
-        package = f"pipelines.flows.{kind}"
+    for kind in _flow_kinds():
+        package = flow_package(kind)
         users = [_rel(p) for p in CODE if not _rel(p).startswith(f"pipelines/flows/{kind}/")
                  and any(m == package or m.startswith(package + ".") for m in _imports(p))]
         assert users == [], f"{package} imported from outside its folder: {users}"
@@ -44,7 +69,8 @@ def test_only_a_flow_imports_its_own_folder() -> None:
 
 def test_no_branch_on_the_flow_kind() -> None:
     """No `if flow == ...`: a new flow is a folder and a conf profile, never a new branch in a stage."""
-    pattern = re.compile(r"(?<!\w)flow(\.kind)?\s*(==|!=|in\b)|kind\s*==\s*[\"'](tabular|image|text)[\"']")
+    kinds = "|".join(map(re.escape, _flow_kinds()))
+    pattern = re.compile(rf"(?<!\w)flow(\.kind)?\s*(==|!=|in\b)|kind\s*==\s*[\"']({kinds})[\"']")
     hits = [f"{_rel(p)}:{i}" for p in CODE for i, line in enumerate(p.read_text().splitlines(), 1)
             if pattern.search(line)]
     assert hits == []

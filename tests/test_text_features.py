@@ -13,10 +13,11 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from features.text import CLEAN_COL, FILTERED_COL, NGRAMS_COL, TOKENS_COL, TextCleaner
-from pipelines.core.config import ClassLabelConf, Config, TextFlowConf
+from pipelines.core.config import ClassLabelConf, Config
 from pipelines.core.delta import DeltaStore
 from pipelines.flows.base import FEATURES, LABEL, SPLITS
 from pipelines.flows.labels import LABEL_NAME
+from pipelines.flows.text.config import TextFlowConf
 from pipelines.flows.text.nodes import text_stages
 
 TWEETS = [

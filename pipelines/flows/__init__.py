@@ -1,5 +1,5 @@
-"""Flows: one folder per kind of data (tabular, image, text), each a Flow registered for its `flow.kind`
-(see base.py). The stages take a Flow; they never branch on the kind."""
+"""Flows: one folder per kind of data (tabular, image, text), each a Flow registered with its config model for
+its `flow.kind` (see base.py: what a new flow is). The stages take a Flow; they never branch on the kind."""
 
 from pipelines.flows.base import Flow, get_flow, register
 

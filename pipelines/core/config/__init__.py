@@ -7,29 +7,22 @@ from pipelines.core.config.base import ConfigError, Strict
 from pipelines.core.config.catalog import LAYERS, Catalog, CatalogEntryConf, Dataset
 from pipelines.core.config.features import FeaturesConf, StatsConf
 from pipelines.core.config.flows import (
-    FLOW_KINDS,
     LABEL,
-    BucketizedGroup,
-    CategoricalGroup,
     CategoryLabel,
     ClassLabelConf,
-    CyclicalGroup,
     DateRangeSplit,
-    FeatureGroup,
     FlowConf,
     HashSplit,
     HashSplitConf,
-    ImageFlowConf,
-    JoinConf,
     MonthSplit,
-    NumericGroup,
+    OutcomeLabel,
     RegressionLabel,
-    SelectorConf,
-    TabularFlowConf,
-    TabularLabel,
-    TabularSplit,
-    TextFlowConf,
+    RowSplit,
     ThresholdLabel,
+    flow_kinds,
+    flow_model,
+    flow_package,
+    register_flow_conf,
 )
 from pipelines.core.config.ingest import IngestConf, SourceConf
 from pipelines.core.config.loader import (
@@ -64,13 +57,12 @@ from pipelines.core.config.training import (
 )
 
 __all__ = [
-    "DEFAULT_PIPELINE", "ENVS", "FLOW_KINDS", "LABEL", "LAYERS", "REPO_ROOT", "BaselineConf", "BucketizedGroup",
-    "Catalog", "CatalogEntryConf", "CategoricalGroup", "CategoryLabel", "ClassLabelConf", "CnnConf", "Config",
-    "ConfigError", "CyclicalGroup", "Dataset", "DateRangeSplit", "DemoConf", "EarlyStoppingConf", "FaultConf",
-    "FeatureGroup", "FeaturesConf", "FloatRange", "GbtGridConf", "PrunerConf", "RfGridConf", "SearchConf",
-    "SearchSpaceConf", "FlowConf", "HashSplit", "HashSplitConf", "HorovodConf", "ImageFlowConf",
-    "IngestConf", "JoinConf", "MlflowConf", "MlpConf", "MonitorConf", "MonthSplit", "NetworkConf", "NumericGroup",
-    "OptimizerConf", "RegressionLabel", "ScoringConf", "SelectorConf", "SourceConf", "SparkConf", "StatsConf",
-    "StorageConf", "Strict", "TabularFlowConf", "TabularLabel", "TabularSplit", "TextFlowConf", "ThresholdLabel",
-    "TrainDataConf", "TrainingConf", "available_pipelines", "env_references", "load_config", "parse_override",
+    "DEFAULT_PIPELINE", "ENVS", "LABEL", "LAYERS", "REPO_ROOT", "BaselineConf", "Catalog", "CatalogEntryConf",
+    "CategoryLabel", "ClassLabelConf", "CnnConf", "Config", "ConfigError", "Dataset", "DateRangeSplit", "DemoConf",
+    "EarlyStoppingConf", "FaultConf", "FeaturesConf", "FloatRange", "FlowConf", "GbtGridConf", "HashSplit",
+    "HashSplitConf", "HorovodConf", "IngestConf", "MlflowConf", "MlpConf", "MonitorConf", "MonthSplit", "NetworkConf",
+    "OptimizerConf", "OutcomeLabel", "PrunerConf", "RegressionLabel", "RfGridConf", "RowSplit", "ScoringConf",
+    "SearchConf", "SearchSpaceConf", "SourceConf", "SparkConf", "StatsConf", "StorageConf", "Strict",
+    "ThresholdLabel", "TrainDataConf", "TrainingConf", "available_pipelines", "env_references", "flow_kinds",
+    "flow_model", "flow_package", "load_config", "parse_override", "register_flow_conf",
 ]

@@ -1,6 +1,7 @@
 """The `features` section: the generic part of a feature-table build (tables, pinned inputs, statistics).
 
-What the rows become (label, split, joins, groups...) is the flow's business: see `flows.py`.
+What the rows become (label, split, joins, groups...) is the flow's business: its own config model, in its
+folder (pipelines/flows/<kind>/config.py), validated through the registry in `flows.py`.
 """
 
 from __future__ import annotations

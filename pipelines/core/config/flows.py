@@ -1,23 +1,28 @@
-"""The `flow` section: what a pipeline's rows become, a union discriminated on `kind`.
+"""The `flow` section: what a pipeline's rows become. Core knows no flow by name: each flow's package defines its
+own config model (a `FlowConf` subclass, in its folder's config.py) and registers it for its `flow.kind`; the
+loader validates a profile's `flow:` mapping with the model registered for its kind, importing the flow's package
+first (`flow.module`, else pipelines.flows.<kind>).
 
-tabular: columns of a bronze fact table (+ dimension joins) -> label, split, typed feature groups;
-image: image bytes -> decoded, resized, normalized arrays; text: text -> token/n-gram/Word2Vec vector.
+Also here: the building blocks flow models share (labels, splits).
 """
 
 from __future__ import annotations
 
-import re
+import importlib
+import importlib.util
+import pkgutil
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from pipelines.core.config.base import Strict
 
 LABEL = "label"  # the label column of every feature table
 
 
-# ---- tabular: label ------------------------------------------------------------------------------------------
+# ---- labels of one column: binary or regression --------------------------------------------------------------------
 class ThresholdLabel(Strict):
     """Binary: 1 when `column` > `threshold`, 0 otherwise, null when `column` is null (no outcome)."""
 
@@ -41,10 +46,10 @@ class RegressionLabel(Strict):
     column: str
 
 
-TabularLabel = Annotated[ThresholdLabel | CategoryLabel | RegressionLabel, Field(discriminator="kind")]
+OutcomeLabel = Annotated[ThresholdLabel | CategoryLabel | RegressionLabel, Field(discriminator="kind")]
 
 
-# ---- tabular: split ------------------------------------------------------------------------------------------
+# ---- splits by date or hashed key ----------------------------------------------------------------------------------
 class MonthSplit(Strict):
     """Deterministic split by the month of the row's date; months listed nowhere get split 'excluded'."""
 
@@ -129,138 +134,10 @@ class HashSplit(_HashFractions):
     key: list[str] = Field(default_factory=list)
 
 
-TabularSplit = Annotated[MonthSplit | DateRangeSplit | HashSplit, Field(discriminator="by")]
+RowSplit = Annotated[MonthSplit | DateRangeSplit | HashSplit, Field(discriminator="by")]
 
 
-# ---- tabular: joins, groups, selector --------------------------------------------------------------------------
-class JoinConf(Strict):
-    """A left join of a dimension table (bronze) onto the fact rows; the dimension must be unique on `keys`."""
-
-    table: str
-    keys: list[str]  # join key columns, same name on both sides
-    columns: dict[str, str]  # dimension column -> output column name
-    on_duplicates: Literal["dedupe", "fail"] = "dedupe"  # dedupe: keep one row per key (deterministic), log
-
-
-class NumericGroup(Strict):
-    """Numeric columns: imputed (strategy fitted on train), then assembled and scaled."""
-
-    kind: Literal["numeric"]
-    name: str = "numeric"
-    columns: list[str]
-    impute: Literal["mean", "median", "mode"] = "median"
-
-
-class CategoricalGroup(Strict):
-    """String columns: StringIndexer(handleInvalid=keep: unseen values and nulls get a slot) + one-hot."""
-
-    kind: Literal["categorical"]
-    name: str = "categorical"
-    columns: list[str]
-    order: Literal["frequencyDesc", "frequencyAsc", "alphabetDesc", "alphabetAsc"] = "frequencyDesc"
-
-
-class BucketizedGroup(Strict):
-    """Numeric columns cut into quantile buckets (boundaries fitted on train), one-hot when `one_hot`."""
-
-    kind: Literal["bucketized"]
-    name: str = "bucketized"
-    columns: list[str]
-    buckets: int = Field(default=10, ge=2)
-    one_hot: bool = True
-
-
-class CyclicalGroup(Strict):
-    """Periodic columns (hour, weekday, month, wind direction) -> sin/cos pairs; column -> period."""
-
-    kind: Literal["cyclical"]
-    name: str = "cyclical"
-    columns: dict[str, float]
-
-    @field_validator("columns")
-    @classmethod
-    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = {c: p for c, p in v.items() if p <= 0}
-        if bad:
-            raise ValueError(f"periods must be > 0, got {bad}")
-        return v
-
-
-FeatureGroup = Annotated[NumericGroup | CategoricalGroup | BucketizedGroup | CyclicalGroup,
-                         Field(discriminator="kind")]
-
-
-class SelectorConf(Strict):
-    """Optional UnivariateFeatureSelector after scaling (continuous features vs categorical label)."""
-
-    enabled: bool = False
-    mode: Literal["numTopFeatures", "percentile", "fpr", "fdr", "fwe"] = "fpr"
-    threshold: float = 0.05
-
-
-class TabularFlowConf(Strict):
-    """Columns of a bronze fact table: clean (dedupe on `key`), join dimensions, derive, label, split, and the
-    feature groups by kind. The label column of the feature table is always `label`."""
-
-    kind: Literal["tabular"] = "tabular"
-    key: list[str] = Field(default_factory=list)  # natural key: duplicates on it are removed and counted
-    date_columns: list[str] = Field(default_factory=list)  # year, month, day columns -> date_name (or none)
-    date_name: str = "date"
-    label: TabularLabel
-    split: TabularSplit  # required: month, date_range or hash (no default that assumes dates)
-    joins: list[JoinConf] = Field(default_factory=list)
-    derived: dict[str, str] = Field(default_factory=dict)  # name -> Spark SQL expression, after the joins
-    unknown_at_prediction: list[str] = Field(default_factory=list)  # unknown at prediction time: never inputs
-    groups: list[FeatureGroup] = Field(default_factory=list)
-    passthrough: list[str] = Field(default_factory=list)  # extra columns copied to the table, never inputs
-    scale: bool = True
-    selector: SelectorConf = SelectorConf()
-
-    @field_validator("date_columns")
-    @classmethod
-    def _ymd(cls, v: list[str]) -> list[str]:
-        if len(v) not in (0, 3):
-            raise ValueError("date_columns names the year, month and day columns (3 names), or none")
-        return v
-
-    @field_validator("groups")
-    @classmethod
-    def _no_leakage(cls, v: list[Any], info: Any) -> list[Any]:
-        """A feature input must be known at prediction time: the label column and post-departure columns (or
-        derived columns that use them) are refused here."""
-        banned = set(info.data.get("unknown_at_prediction", []))
-        if "label" in info.data:
-            banned.add(info.data["label"].column)
-        derived = info.data.get("derived", {})
-        leaks = []
-        for g in v:
-            for c in g.columns:
-                if c in banned:
-                    leaks.append(c)
-                elif c in derived and any(re.search(rf"\b{re.escape(b)}\b", derived[c]) for b in banned):
-                    leaks.append(f"{c} (= {derived[c]})")
-        if leaks:
-            raise ValueError(f"feature inputs not known at prediction time: {leaks}")
-        return v
-
-    @model_validator(mode="after")
-    def _hash_key(self) -> TabularFlowConf:
-        if isinstance(self.split, HashSplit) and not (self.split.key or self.key):
-            raise ValueError("split by hash needs split.key or the flow's key")
-        return self
-
-    @property
-    def split_key(self) -> list[str]:
-        """The columns a hash split hashes: split.key, else the flow's key."""
-        return (self.split.key if isinstance(self.split, HashSplit) else []) or self.key
-
-    @property
-    def has_date(self) -> bool:
-        """Whether the rows have a date column (`date_name`): built from date_columns or already there."""
-        return bool(self.date_columns) or not isinstance(self.split, HashSplit)
-
-
-# ---- image and text ------------------------------------------------------------------------------------------
+# ---- multiclass label, hashed split of a single key ----------------------------------------------------------------
 class HashSplitConf(_HashFractions):
     """Deterministic split by a hash of the row key: a row keeps its split across runs and data versions."""
 
@@ -277,44 +154,80 @@ class ClassLabelConf(Strict):
     other: str | None = None
 
 
-class ImageFlowConf(Strict):
-    """Image featurization: bytes -> decoded, resized, normalized (height, width, channels) float array."""
-
-    kind: Literal["image"] = "image"
-    key: str = "path"
-    content_column: str = "content"
-    label_column: str = "label"  # the bronze label (folder name); its distinct values, sorted, are the classes
-    height: int = Field(default=8, ge=1)
-    width: int = Field(default=8, ge=1)
-    channels: Literal[1, 3] = 1
-    resample: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
-    normalize: bool = True
-    split: HashSplitConf = HashSplitConf()
-    grid_per_class: int = Field(default=8, ge=1)  # images per class in the sample grid PNG
+# ---- the section itself and the registry of flow models ---------------------------------------------------------
+BUILTIN_FLOWS = "pipelines.flows"  # the flows that ship with the project: one sub-package per kind
 
 
-class TextFlowConf(Strict):
-    """Text featurization as pyspark.ml stages: clean -> RegexTokenizer -> StopWordsRemover -> NGram ->
-    HashingTF + IDF (tokens and n-grams) and Word2Vec -> one vector. A size of 0 turns a branch off."""
+class FlowConf(Strict):
+    """Base of every flow's config model: `kind` picks the flow; `module` names the Python package that registers
+    it when that is not pipelines.flows.<kind> (a flow kept outside the project: `flow.module: my_flows.toy`)."""
 
-    kind: Literal["text"] = "text"
-    key: str = "id_str"
-    text_column: str = "text"
-    label: ClassLabelConf = ClassLabelConf(column="source")
-    split: HashSplitConf = HashSplitConf()
-    strip_urls: bool = True  # URLs -> the token "url" (they say "a link", not which one)
-    token_pattern: str = "[^\\w#@']+"  # RegexTokenizer gaps pattern: hashtags, mentions and apostrophes stay
-    min_token_length: int = Field(default=2, ge=1)
-    stop_words: bool = True
-    extra_stop_words: list[str] = Field(default_factory=list)
-    ngram: int = Field(default=2, ge=0)  # 0 = no n-gram branch
-    num_features: int = Field(default=4096, ge=0)  # HashingTF size of each branch (tokens, n-grams); 0 = off
-    idf_min_doc_freq: int = Field(default=2, ge=0)
-    word2vec_size: int = Field(default=50, ge=0)  # 0 = no Word2Vec branch
-    word2vec_min_count: int = Field(default=5, ge=1)
-    word2vec_max_iter: int = Field(default=1, ge=1)
-    seed: int = 7
+    kind: str
+    module: str | None = None
+
+    @property
+    def package(self) -> str:
+        """The package whose import registers this flow (its Flow class and this model)."""
+        return flow_package(self.kind, self.module)
 
 
-FlowConf = Annotated[TabularFlowConf | ImageFlowConf | TextFlowConf, Field(discriminator="kind")]
-FLOW_KINDS = ("tabular", "image", "text")
+_MODELS: dict[str, type[FlowConf]] = {}
+
+
+def register_flow_conf(kind: str, model: type[FlowConf]) -> None:
+    """Validate `flow:` sections of kind `kind` with `model` (called by pipelines.flows.register)."""
+    field = model.model_fields.get("kind")
+    if not issubclass(model, FlowConf) or field is None or field.default != kind:
+        raise TypeError(f"{model.__name__} must subclass FlowConf with `kind: Literal[{kind!r}] = {kind!r}`")
+    _MODELS[kind] = model
+
+
+def flow_package(kind: str, module: str | None = None) -> str:
+    """The package that registers flow `kind`: `module` when given, else the project's own pipelines.flows.<kind>."""
+    return module or f"{BUILTIN_FLOWS}.{kind}"
+
+
+def flow_kinds() -> list[str]:
+    """Every flow kind known now: the project's own (the sub-packages of pipelines/flows/) and any registered."""
+    spec = importlib.util.find_spec(BUILTIN_FLOWS)
+    paths = list(spec.submodule_search_locations or []) if spec else []
+    return sorted({m.name for m in pkgutil.iter_modules(paths) if m.ispkg} | set(_MODELS))
+
+
+def _error(section: dict, field: str, message: str) -> ValidationError:
+    """A validation error at `flow.<field>` that the loader reports like any other (key, message, file)."""
+    return ValidationError.from_exception_data("flow", [InitErrorDetails(
+        type=PydanticCustomError("flow_kind", message), loc=(field,), input=section)])
+
+
+def _import(package: str) -> bool:
+    """Import a flow's package (which registers it); False when there is no such package. A package that exists
+    but fails on one of its own imports raises: that is a bug to see, not an unknown kind."""
+    try:
+        importlib.import_module(package)
+    except ModuleNotFoundError as e:
+        if e.name is None or not (package == e.name or package.startswith(e.name + ".")):
+            raise
+        return False
+    return True
+
+
+def flow_model(section: dict) -> type[FlowConf]:
+    """The config model of a `flow:` mapping: the one registered for its kind, after importing the flow's
+    package (`module`, else pipelines.flows.<kind>), which registers it. A kind nobody registers, or a `module`
+    that does not import or registers another kind, is a config error at flow.kind or flow.module."""
+    kind, module = section.get("kind"), section.get("module")
+    if not isinstance(kind, str) or not kind:
+        raise _error(section, "kind", f"missing kind; one of {flow_kinds()}")
+    if isinstance(module, str):
+        if not _import(module):
+            raise _error(section, "module", f"no module {module!r} on the Python path")
+        owner = _MODELS[kind].__module__ if kind in _MODELS else ""
+        if not (owner == module or owner.startswith(module + ".")):
+            raise _error(section, "module", f"{module!r} registers no flow of kind {kind!r}")
+    elif kind not in _MODELS:
+        _import(flow_package(kind))
+    if kind not in _MODELS:
+        raise _error(section, "kind", f"unknown kind {kind!r}; kinds are {flow_kinds()} (a flow kept outside "
+                                      "pipelines/flows/ names its package in flow.module)")
+    return _MODELS[kind]

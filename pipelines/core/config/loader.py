@@ -249,8 +249,8 @@ def load_config(
 
 
 def _walk(data: Any, loc: tuple) -> tuple[str, str]:
-    """The dotted key of a pydantic error location in the input (union tags such as `tabular` are dropped), and
-    a note naming the list item it is in when that item has a name (a feature group)."""
+    """The dotted key of a pydantic error location in the input (union tags such as a label's `threshold` are
+    dropped), and a note naming the list item it is in when that item has a name (a feature group)."""
     parts: list[str] = []
     node, note = data, ""
     skipped: Any = None

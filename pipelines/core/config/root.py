@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializeAsAny, ValidatorFunctionWrapHandler, field_validator
 
 from pipelines.core.config.base import Strict
 from pipelines.core.config.catalog import Catalog, CatalogEntryConf, build_catalog
 from pipelines.core.config.features import FeaturesConf
-from pipelines.core.config.flows import FlowConf
+from pipelines.core.config.flows import FlowConf, flow_model
 from pipelines.core.config.ingest import IngestConf
 from pipelines.core.config.serving import MonitorConf, ScoringConf
 from pipelines.core.config.spark import SparkConf
@@ -24,7 +24,7 @@ DEFAULT_PIPELINE = "flights"
 class Config(Strict):
     env: Literal["local", "standalone", "yarn"] = "local"
     pipeline: str = DEFAULT_PIPELINE  # a profile folder conf/pipelines/<name>/
-    flow: FlowConf  # what the rows become: tabular | image | text (each profile declares its own)
+    flow: SerializeAsAny[FlowConf]  # what the rows become: the model its flow registered for `flow.kind`
     spark: SparkConf = SparkConf()
     storage: StorageConf = StorageConf()
     mlflow: MlflowConf = MlflowConf()
@@ -35,6 +35,12 @@ class Config(Strict):
     scoring: ScoringConf = ScoringConf()
     monitor: MonitorConf = MonitorConf()
     catalog_overrides: dict[str, CatalogEntryConf] = Field(default_factory=dict, alias="catalog")
+
+    @field_validator("flow", mode="wrap")
+    @classmethod
+    def _flow(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """A `flow:` mapping is validated by its kind's own model (see flows.py); a model instance is kept."""
+        return flow_model(value).model_validate(value) if isinstance(value, dict) else handler(value)
 
     @property
     def workspace(self) -> str:

@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 from pipelines.core.config import Config
 from pipelines.core.logs import LOG, stage
 from pipelines.flows.base import FEATURES, LABEL, ClassifiedTableFlow, FeatureSet, ScoringRows, register
+from pipelines.flows.image.config import ImageFlowConf
 from pipelines.flows.image.nodes import (
     PIXELS,
     SIZE,
@@ -24,7 +25,7 @@ from pipelines.flows.image.stats import log_image_stats
 from pipelines.flows.labels import LABEL_NAME, class_names, hash_split
 
 
-@register("image")
+@register("image", ImageFlowConf)
 class ImageFlow(ClassifiedTableFlow):
     kind = "image"
 

@@ -12,8 +12,9 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from features.image import ImageDecoder
-from pipelines.core.config import ClassLabelConf, ImageFlowConf
+from pipelines.core.config import ClassLabelConf
 from pipelines.flows.base import LABEL
+from pipelines.flows.image.config import ImageFlowConf
 from pipelines.flows.labels import hash_split, with_labels
 
 PIXELS = "image__pixels"  # the ImageDecoder's output column (double underscore: cannot clash with bronze)

@@ -15,9 +15,9 @@ from pyspark.ml.stat import Summarizer
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from pipelines.core.config import ImageFlowConf
 from pipelines.core.logs import stage
 from pipelines.flows.base import FEATURES, LABEL, SPLITS
+from pipelines.flows.image.config import ImageFlowConf
 from pipelines.flows.image.nodes import HEIGHT, SIZE, WIDTH
 
 MAX_PLOT_CLASSES = 50  # plots show at most this many classes (the JSON report has all)

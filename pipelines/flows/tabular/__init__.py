@@ -11,11 +11,12 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.core.config import CategoricalGroup, Config, NumericGroup
+from pipelines.core.config import Config
 from pipelines.core.errors import BadInput
 from pipelines.core.logs import stage
 from pipelines.flows.base import FEATURES, LABEL, FeatureSet, MonitorInputs, ScoringRows, register
 from pipelines.flows.tabular import stats
+from pipelines.flows.tabular.config import CategoricalGroup, NumericGroup, TabularFlowConf
 from pipelines.flows.tabular.nodes import (
     VECTOR_COL,
     build_pipeline,
@@ -30,7 +31,7 @@ from pipelines.flows.tabular.nodes import (
 )
 
 
-@register("tabular")
+@register("tabular", TabularFlowConf)
 class TabularFlow:
     """Pure steps in nodes.py; this class wires them to the stages' Flow interface."""
 

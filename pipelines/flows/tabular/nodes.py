@@ -25,16 +25,17 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from features.cyclical import CyclicalEncoder
-from pipelines.core.config import (
-    BucketizedGroup,
-    CategoricalGroup,
-    ConfigError,
-    CyclicalGroup,
-    NumericGroup,
-)
+from pipelines.core.config import ConfigError
 from pipelines.core.logs import LOG, stage
 from pipelines.flows.base import FEATURES, LABEL, SPLITS, VECTOR_COL
 from pipelines.flows.labels import hash_split
+from pipelines.flows.tabular.config import (
+    BucketizedGroup,
+    CategoricalGroup,
+    CyclicalGroup,
+    NumericGroup,
+    TabularFlowConf,
+)
 
 EXCLUDED = "excluded"  # rows in no split (months or dates listed nowhere)
 ASSEMBLED_COL = "features__assembled"
@@ -43,7 +44,7 @@ IMP, IDX, OHE, BKT, BKT_OHE, CYC = "__imp", "__idx", "__ohe", "__bkt", "__bkt_oh
 
 
 # ---- pure stage functions ------------------------------------------------------------------------------------
-def label_column(tf: Any) -> Column:
+def label_column(tf: TabularFlowConf) -> Column:
     """The label from the configured source column: 1/0 by a threshold or a set of values (binary), or the value
     itself (regression); null when the source value is null (no outcome yet: kept, never used to train)."""
     lab = tf.label
@@ -56,7 +57,7 @@ def label_column(tf: Any) -> Column:
     return F.when(src.isNull(), None).otherwise(src.isin(*lab.positive).cast("int"))
 
 
-def date_column(tf: Any) -> Column | None:
+def date_column(tf: TabularFlowConf) -> Column | None:
     """The row's date: made from (year, month, day) columns, or an existing date column; None when the flow
     has no date (then it splits by hash and scores whole tables)."""
     if tf.date_columns:
@@ -65,7 +66,7 @@ def date_column(tf: Any) -> Column | None:
     return F.to_date(F.col(tf.date_name)) if tf.has_date else None
 
 
-def clean(facts: DataFrame, tf: Any) -> DataFrame:
+def clean(facts: DataFrame, tf: TabularFlowConf) -> DataFrame:
     """Trim strings (blank -> null), add the date and the label, remove duplicates on the natural key.
 
     A row without an outcome (label source null) keeps a null label; it is not dropped. Of duplicate rows the
@@ -101,7 +102,7 @@ def dedupe_dimension(dim: DataFrame, keys: list[str]) -> DataFrame:
     return dim.withColumn("_dim_rank", F.row_number().over(w)).filter("_dim_rank = 1").drop("_dim_rank")
 
 
-def enrich(facts: DataFrame, dims: dict[str, DataFrame], tf: Any) -> DataFrame:
+def enrich(facts: DataFrame, dims: dict[str, DataFrame], tf: TabularFlowConf) -> DataFrame:
     """Left-join every configured dimension (deduped on its key), add derived columns, cast the inputs.
 
     Every fact row is kept exactly once; unmatched rows get nulls (imputed by the pipeline) and
@@ -126,7 +127,7 @@ def enrich(facts: DataFrame, dims: dict[str, DataFrame], tf: Any) -> DataFrame:
     return cast_inputs(out, tf)
 
 
-def cast_inputs(df: DataFrame, tf: Any) -> DataFrame:
+def cast_inputs(df: DataFrame, tf: TabularFlowConf) -> DataFrame:
     """Numeric, bucketized and cyclical inputs as double, categorical as string; key and date columns keep theirs."""
     fixed = {*tf.key, *tf.date_columns}
     kinds = {c: "string" if isinstance(g, CategoricalGroup) else "double" for g in tf.groups for c in g.columns}
@@ -136,7 +137,7 @@ def cast_inputs(df: DataFrame, tf: Any) -> DataFrame:
     return df.withColumns({c: F.col(c).cast(t) for c, t in kinds.items() if c not in fixed})
 
 
-def assign_split(df: DataFrame, tf: Any) -> DataFrame:
+def assign_split(df: DataFrame, tf: TabularFlowConf) -> DataFrame:
     """`split` = train / validation / test by the month or the date range of the row's date, or by a seeded hash
     of the key; rows in no split get 'excluded' (kept in the table, never trained on)."""
     sp = tf.split
@@ -156,12 +157,12 @@ def assign_split(df: DataFrame, tf: Any) -> DataFrame:
     return df.withColumn("split", expr.otherwise(EXCLUDED))
 
 
-def input_columns(tf: Any) -> list[str]:
+def input_columns(tf: TabularFlowConf) -> list[str]:
     """The raw columns the pipeline reads, in config order, without repeats."""
     return list(dict.fromkeys(c for g in tf.groups for c in g.columns))
 
 
-def build_pipeline(tf: Any) -> Pipeline:
+def build_pipeline(tf: TabularFlowConf) -> Pipeline:
     """The unfitted preprocessing Pipeline described by the feature groups; its output column is VECTOR_COL.
 
     Imputer (numeric and bucketized inputs) -> StringIndexer(keep) + OneHotEncoder -> QuantileDiscretizer
@@ -239,7 +240,7 @@ def pipeline_inputs(pipeline: Pipeline | PipelineModel) -> set[str]:
     return reads
 
 
-def check_trainable(train: DataFrame, tf: Any) -> None:
+def check_trainable(train: DataFrame, tf: TabularFlowConf) -> None:
     """Fail clearly (not with an Imputer stack trace) when the training rows cannot fit the pipeline."""
     numeric = [c for c in input_columns(tf) if dict(train.dtypes).get(c) != "string"]
     row = train.agg(F.count("*").alias("_rows"), *[F.count(c).alias(c) for c in numeric]).first()
@@ -275,7 +276,7 @@ def _pretty(raw: str) -> str:
     return raw.removesuffix(IMP).removesuffix(BKT)
 
 
-def to_feature_table(transformed: DataFrame, tf: Any, regression: bool = False) -> DataFrame:
+def to_feature_table(transformed: DataFrame, tf: TabularFlowConf, regression: bool = False) -> DataFrame:
     """Table columns: natural key, date, split, label, features (array<float>), raw inputs, passthrough.
 
     The vector becomes a plain float array (TensorFlow reads it directly); the raw inputs stay so that scoring
@@ -298,7 +299,7 @@ def dimension_duplicates(dim: DataFrame, keys: list[str]) -> int:
 
 
 
-def row_counts(df: DataFrame, tf: Any) -> dict[str, Any]:
+def row_counts(df: DataFrame, tf: TabularFlowConf) -> dict[str, Any]:
     """Rows, rows without a label, and the fact rows that found a row in each joined table (one job)."""
     row = df.agg(F.count("*").alias("_rows"), F.count(LABEL).alias("_labeled"),
                  *[F.count(F.col(f"_has_{j.table}")).alias(j.table) for j in tf.joins]).first()
@@ -306,7 +307,7 @@ def row_counts(df: DataFrame, tf: Any) -> dict[str, Any]:
             "matched": {j.table: int(row[j.table]) for j in tf.joins}}
 
 
-def check_dimensions(frames: dict[str, DataFrame], tf: Any) -> dict[str, int]:
+def check_dimensions(frames: dict[str, DataFrame], tf: TabularFlowConf) -> dict[str, int]:
     """Duplicate keys per join table: logged (and deduped by `enrich`), or an error with on_duplicates: fail."""
     dups = {}
     for j in tf.joins:
@@ -319,7 +320,7 @@ def check_dimensions(frames: dict[str, DataFrame], tf: Any) -> dict[str, int]:
     return dups
 
 
-def prepare(frames: dict[str, DataFrame], source: str, tf: Any) -> tuple[DataFrame, dict[str, Any]]:
+def prepare(frames: dict[str, DataFrame], source: str, tf: TabularFlowConf) -> tuple[DataFrame, dict[str, Any]]:
     """clean -> enrich -> assign_split on the bronze frames, persisted; returns (rows, counts).
 
     Raises when the joins changed the number of rows (they must not, whatever the dimension data).

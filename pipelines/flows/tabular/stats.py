@@ -19,8 +19,8 @@ from pyspark.ml.stat import ChiSquareTest, Correlation, Summarizer
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.core.config import BucketizedGroup, CategoricalGroup, NumericGroup
 from pipelines.flows.base import LABEL
+from pipelines.flows.tabular.config import BucketizedGroup, CategoricalGroup, NumericGroup
 from pipelines.flows.tabular.nodes import BKT, IDX, IMP
 
 METRICS = ("mean", "variance", "min", "max", "count", "numNonZeros")

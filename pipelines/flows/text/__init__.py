@@ -16,10 +16,11 @@ from pipelines.core.errors import BadInput
 from pipelines.core.logs import stage
 from pipelines.flows.base import FEATURES, VECTOR_COL, ClassifiedTableFlow, FeatureSet, ScoringRows, register
 from pipelines.flows.labels import LABEL_NAME, class_names, hash_split, with_labels
+from pipelines.flows.text.config import TextFlowConf
 from pipelines.flows.text.nodes import feature_table, prepare_text, text_params, text_report, text_stages
 
 
-@register("text")
+@register("text", TextFlowConf)
 class TextFlow(ClassifiedTableFlow):
     kind = "text"
 

@@ -36,9 +36,10 @@ from features.text import (
     W2V_COL,
     TextCleaner,
 )
-from pipelines.core.config import ConfigError, TextFlowConf
+from pipelines.core.config import ConfigError
 from pipelines.flows.base import FEATURES, LABEL, VECTOR_COL
 from pipelines.flows.labels import LABEL_NAME, hash_split, with_labels
+from pipelines.flows.text.config import TextFlowConf
 
 TOP_TOKENS = 20
 SAMPLES = 5
@@ -109,7 +110,8 @@ def text_report(model: PipelineModel, train: DataFrame, conf: TextFlowConf) -> d
 
 def text_params(conf: TextFlowConf) -> dict[str, Any]:
     """The text config as flat MLflow params (text.<key>)."""
-    flat = {f"text.{k}": v for k, v in conf.model_dump(mode="json", exclude={"label", "split", "kind"}).items()}
+    skip = {"label", "split", "kind", "module"}
+    flat = {f"text.{k}": v for k, v in conf.model_dump(mode="json", exclude=skip).items()}
     flat["text.label"] = conf.label.model_dump_json()
     flat["text.split"] = conf.split.model_dump_json()
     return flat
