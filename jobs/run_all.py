@@ -22,7 +22,7 @@ from pipelines.ingest import run_ingest
 from pipelines.stages.featurize import run_features
 from pipelines.stages.monitor import run_monitor
 from pipelines.stages.score import run_score
-from pipelines.training.trainer import TrainingInputError, run_train
+from pipelines.stages.train import TrainingInputError, run_train
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:

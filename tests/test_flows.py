@@ -24,7 +24,7 @@ from pipelines.flows import get_flow
 from pipelines.ingest import ingest
 from pipelines.stages.featurize import run_features
 from pipelines.stages.score import run_score
-from pipelines.training.trainer import TrainResult, run_train
+from pipelines.stages.train import TrainResult, run_train
 
 FAST = ["training.epochs=12", "training.timeout_s=400", "features.stats.enabled=false",
         "training.baseline.reg_params=[0.01]"]
