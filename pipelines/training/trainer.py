@@ -96,8 +96,8 @@ def _train_in_run(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Flo
 
     with stage("train.pyfunc") as s:
         meta = _meta(cfg, flow, task, rec.run_id, ev)
-        image = task.input_shape is not None
-        info = pyfunc.log_model(model, meta, None if image else _download_preprocessing(record))
+        info = pyfunc.log_model(model, meta,
+                                _download_preprocessing(record) if pyfunc.ships_preprocessing(meta) else None)
         diff = check_pyfunc(spark, cfg, store, flow, task, info.model_uri, model)
         rec.metrics({**({"threshold": ev.threshold} if ev.threshold is not None else {}),
                      "pyfunc_check_max_abs_diff": diff,
@@ -181,16 +181,13 @@ def _log_fit(rec: Recorder, results: list[WorkerResult]) -> None:
 
 
 def _meta(cfg: Config, flow: Flow, task: Task, run_id: str, ev: Evaluation) -> dict[str, Any]:
-    """meta.json of the pyfunc: head, what it reads (and the flow's extra meta, e.g. how images are decoded),
-    threshold or classes, lineage and metrics."""
+    """meta.json of the pyfunc: head, what it reads (the flow's description of the served input, e.g. how images
+    are decoded, and the network's input shape), threshold or classes, lineage and metrics."""
     record = task.record
-    image = task.input_shape is not None
-    return {"head": task.head.name, "input": "image" if image else "features",
-            "input_column": pyfunc.IMAGE_INPUT_COL if image else pyfunc.INPUT_COL,
-            "vector_size": record.vector_size, "input_shape": list(task.input_shape) if task.input_shape else None,
+    return {"head": task.head.name,
+            **pyfunc.input_description(flow.serving_meta(cfg), record.vector_size, task.input_shape),
             **({"threshold": ev.threshold} if ev.threshold is not None else {}),
             **({"classes": task.classes} if task.classes else {}),
-            **flow.serving_meta(cfg),
             "flow": record.flow, "features_run_id": record.run_id, "feature_table": record.table_path,
             "feature_table_version": record.table_version, "train_run_id": run_id,
             "result_type": task.head.result_type, "validation": ev.validation, "test": ev.test}
