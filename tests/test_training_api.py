@@ -77,3 +77,18 @@ def test_comparison_report_lists_the_model_then_the_baselines() -> None:
                          "| logreg | 0.8000 | n/a | 3 | regParam=0.01 |"]
     alone, _ = comparison("rmse", True, 2, {"rmse": 1.0}, {"rmse": 2.0}, [])
     assert alone["best_baseline"] is None and alone["same_test_rows"] is True
+
+
+def test_served_model_loads_without_mlflow_warnings() -> None:
+    """MLflow checks the predict method's type hints where the model is loaded (every Spark Python worker that
+    scores); the served model's hints must be ones it accepts, so no worker prints a UserWarning."""
+    code = """
+import runpy, sys, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    runpy.run_path("pipelines/training/serving.py", run_name="served_model")
+print([str(w.message) for w in caught if issubclass(w.category, UserWarning)])
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[]"

@@ -116,8 +116,10 @@ class ServingModel(PythonModel):
             raise ValueError(f"features: expected arrays of length {self.vector_size}, got shape {x.shape}")
         return x.reshape((-1, *self.shape)), np.ones(len(x), dtype=bool)
 
-    def predict(self, context: Any, model_input: pd.DataFrame | dict[str, np.ndarray],
-                params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """The head's output columns for `model_input`. MLflow reads the hint of `model_input`: pd.DataFrame is one
+        it takes without inferring a schema from it (the signature is logged explicitly); any other hint makes it
+        warn on every load. Feature vectors arrive as MLflow's tensor input, a dict of one matrix by name."""
         if len(next(iter(model_input.values())) if isinstance(model_input, dict) else model_input) == 0:
             return self._empty()
         x, ok = self._inputs(model_input)
