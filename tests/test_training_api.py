@@ -92,3 +92,17 @@ print([str(w.message) for w in caught if issubclass(w.category, UserWarning)])
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_the_model_input_description_comes_from_the_flow() -> None:
+    """Feature arrays by default; a flow's decode spec makes the model read (and decode) encoded bytes itself."""
+    from pipelines.training.pyfunc import ENCODED_INPUT_COL, INPUT_COL, input_description, ships_preprocessing
+
+    vectors = input_description({}, 12, None)
+    assert vectors == {"input": "features", "input_column": INPUT_COL, "vector_size": 12, "input_shape": None}
+    assert ships_preprocessing(vectors)
+    decode = {"height": 8, "width": 8, "channels": 1, "resample": "bilinear", "normalize": True}
+    images = input_description({"input": "image", "decode": decode}, 64, (8, 8, 1))
+    assert images == {"input": "image", "input_column": ENCODED_INPUT_COL, "vector_size": 64,
+                      "input_shape": [8, 8, 1], "decode": decode}
+    assert not ships_preprocessing(images)
