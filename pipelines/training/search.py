@@ -153,15 +153,15 @@ def _search_in_run(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Fl
             trial = study.ask()
             params = suggest(trial, sc.space)
             with stage("search.trial") as s:
-                rec = _run_trial(spark, cfg, task, data, caches, weights, trial, params, metric, monitor)
-                s.add(trial=rec.number, state=rec.state, epochs=rec.epochs,
-                      **({f"validation_{metric}": f"{rec.value:.4f}"} if rec.value is not None else {}),
+                done = _run_trial(spark, cfg, task, data, caches, weights, trial, params, metric, monitor)
+                s.add(trial=done.number, state=done.state, epochs=done.epochs,
+                      **({f"validation_{metric}": f"{done.value:.4f}"} if done.value is not None else {}),
                       **_shown(params))
-            records.append(rec)
-            if rec.state == COMPLETE:
-                study.tell(trial, rec.value)
+            records.append(done)
+            if done.state == COMPLETE:
+                study.tell(trial, done.value)
             else:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED if rec.state == PRUNED
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED if done.state == PRUNED
                            else optuna.trial.TrialState.FAIL)
     complete = [r for r in records if r.state == COMPLETE]
     if not complete:
