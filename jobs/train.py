@@ -18,8 +18,7 @@ from jobs.common import BadInput, job_parser, run_job
 from pipelines.core.config import Config
 from pipelines.core.delta import DeltaStore
 from pipelines.flows import get_flow
-from pipelines.training.search import run_search
-from pipelines.training.trainer import TrainingInputError, run_train
+from pipelines.stages.train import TrainingInputError, run_search, run_train
 
 
 def body(args: argparse.Namespace, cfg: Config, spark: SparkSession, store: DeltaStore) -> int:

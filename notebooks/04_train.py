@@ -16,7 +16,7 @@ cfg, spark, store, flow = nb.cfg, nb.spark, nb.store, nb.flow
 
 # COMMAND ----------
 
-from pipelines.training.trainer import run_train
+from pipelines.stages.train import run_train
 
 result = run_train(spark, cfg, store, flow)
 print(f"{result.registered_model} v{result.version} -> {result.alias}; threshold {result.threshold:.3f}")

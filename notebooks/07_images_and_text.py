@@ -48,7 +48,7 @@ for art in mlflow.artifacts.list_artifacts(run_id=features.run.run_id, artifact_
 # COMMAND ----------
 
 from pipelines.stages.score.batch import run_score
-from pipelines.training.trainer import run_train
+from pipelines.stages.train import run_train
 
 result = run_train(spark, cfg, store, flow, features_run_id=features.run.run_id)
 print(f"{result.registered_model} v{result.version} -> {result.alias}")

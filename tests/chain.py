@@ -14,7 +14,7 @@ from pipelines.flows import get_flow
 from pipelines.stages.features import run_features
 from pipelines.stages.ingest.run import ingest
 from pipelines.stages.land_demo import demo_datasets, land_demo
-from pipelines.training.trainer import run_train
+from pipelines.stages.train import run_train
 
 FAST_TRAINING = ["training.epochs=2", "training.batch_size=64", "training.optimizer.warmup_epochs=1",
                  "training.data.shuffle_buffer=500", "training.network.mlp.hidden_units=[16]",

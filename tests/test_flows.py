@@ -24,7 +24,7 @@ from pipelines.stages.features import run_features
 from pipelines.stages.ingest.run import ingest
 from pipelines.stages.land_demo import demo_datasets, land_demo
 from pipelines.stages.score.batch import run_score
-from pipelines.training.trainer import TrainResult, run_train
+from pipelines.stages.train import TrainResult, run_train
 
 FAST = ["training.epochs=12", "training.timeout_s=400", "features.stats.enabled=false",
         "training.baseline.reg_params=[0.01]"]

@@ -72,7 +72,7 @@ def test_toy_flow_runs_the_shared_stages(spark: SparkSession, tmp_path: Path) ->
     from pipelines.stages.features import run_features
     from pipelines.stages.ingest.run import ingest
     from pipelines.stages.score.batch import run_score
-    from pipelines.training.trainer import run_train
+    from pipelines.stages.train import run_train
 
     ws = tmp_path / "ws"
     cfg: Config = load_config("local", [*PROFILE, f"storage.workspace={ws}", "ingest.settle_s=0",

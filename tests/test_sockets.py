@@ -37,11 +37,11 @@ from pipelines.core.config import Config, load_config
 from pipelines.core.delta import DeltaStore
 from pipelines.flows import get_flow
 from pipelines.stages.score.batch import model_udf, resolve_model
+from pipelines.stages.train import run_train
 from pipelines.training import control
 from pipelines.training.driver import ControlChannel
 from pipelines.training.remote.task import WORKER_MODULE
 from pipelines.training.spec import STARTED
-from pipelines.training.trainer import run_train
 from tests.support.logs import logged
 from tests.support.proctree import Listener, TreeWatcher, is_loopback, rank_processes
 from tests.test_train import SMALL, fit_only, make_features_run

@@ -25,14 +25,14 @@ from pipelines.core.delta import DeltaStore
 from pipelines.core.recorder import FEATURES_JOB, PREPROCESSING_ARTIFACT, FeaturesRecord, Recorder
 from pipelines.flows import get_flow
 from pipelines.stages.features import save_preprocessing
-from pipelines.training import checkpoints, pyfunc
+from pipelines.stages.train import run_train
+from pipelines.training import Launch, checkpoint_root, checkpoints, fit, load_training_data, pyfunc, resolve_source
 from pipelines.training.data import ParquetCache, arrow_to_numpy
 from pipelines.training.driver import TrainingFailed, TrainingTimeout, steps_per_epoch
 from pipelines.training.heads import get_head
 from pipelines.training.registry import CHALLENGER, CHAMPION, register_and_promote
 from pipelines.training.remote.task import WORKER_MODULE
 from pipelines.training.spec import WorkerResult, assign_ranks
-from pipelines.training.trainer import checkpoint_root, fit, load_training_data, resolve_source, run_train
 
 RAW = [f"x{i}" for i in range(6)]
 SMALL = ["training.epochs=4", "training.batch_size=64", "training.optimizer.warmup_epochs=1",
@@ -261,8 +261,9 @@ def fit_only(spark: SparkSession, cfg: Config, store: DeltaStore, name: str) -> 
     try:
         spe = steps_per_epoch(counts["train"]["rows"], tc.batch_size, tc.num_workers, tc.max_steps_per_epoch)
         vsteps = steps_per_epoch(counts["validation"]["rows"], tc.batch_size, tc.num_workers, tc.max_steps_per_epoch)
-        return fit(spark, cfg, data.rows, source.vector_size, head.class_weights(data.per_class, 2), spe, vsteps,
-                   f"{checkpoint_root(cfg)}/{name}", None)
+        launch = Launch(source.vector_size, spe, vsteps, f"{checkpoint_root(cfg)}/{name}",
+                        class_weight=head.class_weights(data.per_class, 2))
+        return fit(spark, cfg, data.rows, launch)
     finally:
         data.rows.unpersist()
 

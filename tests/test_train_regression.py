@@ -24,10 +24,10 @@ from pipelines.core.recorder import FEATURES_JOB, PREPROCESSING_ARTIFACT, Featur
 from pipelines.flows import get_flow
 from pipelines.flows.base import FEATURES, LABEL, VECTOR_COL
 from pipelines.stages.features import save_preprocessing
+from pipelines.stages.train import run_train
 from pipelines.training import pyfunc
 from pipelines.training.heads import TrainingInputError, get_head
 from pipelines.training.registry import CHALLENGER, CHAMPION
-from pipelines.training.trainer import run_train
 
 SMALL = ["training.epochs=25", "training.batch_size=32", "training.optimizer.warmup_epochs=1",
          "training.optimizer.learning_rate=0.005", "training.max_steps_per_epoch=6",

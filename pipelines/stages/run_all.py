@@ -15,7 +15,7 @@ from pipelines.stages.ingest.run import run_ingest
 from pipelines.stages.land_demo import demo_datasets, land_demo
 from pipelines.stages.monitor.run import run_monitor
 from pipelines.stages.score.batch import run_score
-from pipelines.training.trainer import TrainingInputError, run_train
+from pipelines.stages.train import TrainingInputError, run_train
 
 
 def run_all(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Flow, fail_on_drift: bool = False) -> None:

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from pyspark.ml.classification import GBTClassifier, LogisticRegression, RandomForestClassifier
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from pipelines.core.config import BaselineConf
@@ -62,9 +63,33 @@ def _estimator(kind: str, conf: BaselineConf, seed: int) -> tuple[Any, list[Any]
         return rf, (ParamGridBuilder().addGrid(rf.numTrees, conf.rf.num_trees)
                     .addGrid(rf.maxDepth, conf.rf.max_depths).build())
     est = LogisticRegression(featuresCol=VECTOR, labelCol="label", weightCol=WEIGHT, maxIter=conf.max_iter)
-    grid = (ParamGridBuilder().addGrid(est.regParam, conf.reg_params)
+    return est, _grid(est, conf)
+
+
+def _prepared(data: DataFrame, weight: Column | None = None) -> DataFrame:
+    """split, label (double), the features as an MLlib vector and, for the classifiers, the per-row class weight."""
+    return data.select("split", F.col("label").cast("double").alias("label"), array_to_vector("features").alias(VECTOR),
+                       *([weight.alias(WEIGHT)] if weight is not None else []))
+
+
+def _tune_and_score(prepared: DataFrame, est: Any, grid: list[Any], evaluator: Any, conf: BaselineConf, seed: int,
+                    output: Column) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
+    """Tune `est` over `grid` with TrainValidationSplit on the train rows, then score every validation and test
+    row: (the best model's grid params, split -> its rows' `label` and `output` as `out`)."""
+    tvs = TrainValidationSplit(estimator=est, estimatorParamMaps=grid, trainRatio=conf.train_ratio,
+                               evaluator=evaluator, parallelism=conf.parallelism, seed=seed)
+    model = tvs.fit(train_rows(prepared, conf, seed))
+    best = model.bestModel
+    best_params = {p.name: best.getOrDefault(p) for p in grid[0]}
+    scored = (model.transform(prepared.filter(F.col("split").isin("validation", "test")))
+              .select("split", "label", output.alias("out")).toPandas())
+    return best_params, {split: scored[scored["split"] == split] for split in ("validation", "test")}
+
+
+def _grid(est: Any, conf: BaselineConf) -> list[Any]:
+    """The linear models' grid: regParam x elasticNetParam."""
+    return (ParamGridBuilder().addGrid(est.regParam, conf.reg_params)
             .addGrid(est.elasticNetParam, conf.elastic_net_params).build())
-    return est, grid
 
 
 def train_baseline(data: DataFrame, conf: BaselineConf, class_weight: dict[int, float] | None,
@@ -72,26 +97,17 @@ def train_baseline(data: DataFrame, conf: BaselineConf, class_weight: dict[int, 
     """Binary baseline `kind` (logreg | gbt | rf): tune on the train split (TrainValidationSplit), pick the threshold
     on validation, evaluate on test."""
     w = class_weight or {0: 1.0, 1: 1.0}
-    prepared = data.select(
-        "split", F.col("label").cast("double").alias("label"), array_to_vector("features").alias(VECTOR),
-        F.when(F.col("label") == 1, w[1]).otherwise(w[0]).alias(WEIGHT),
-    )
+    prepared = _prepared(data, F.when(F.col("label") == 1, w[1]).otherwise(w[0]))
     est, grid = _estimator(kind, conf, seed)
-    tvs = TrainValidationSplit(estimator=est, estimatorParamMaps=grid, trainRatio=conf.train_ratio,
-                               evaluator=BinaryClassificationEvaluator(labelCol="label",
-                                                                       metricName="areaUnderROC"),
-                               parallelism=conf.parallelism, seed=seed)
-    model = tvs.fit(train_rows(prepared, conf, seed))
-    best = model.bestModel
-    best_params = {p.name: best.getOrDefault(p) for p in grid[0]}
-    scored = (model.transform(prepared.filter(F.col("split").isin("validation", "test")))
-              .select("split", "label", vector_to_array("probability")[1].alias("p")).toPandas())
-    val, test = scored[scored["split"] == "validation"], scored[scored["split"] == "test"]
-    threshold, _ = best_f1_threshold(val["label"].to_numpy(), val["p"].to_numpy())
-    y, p = test["label"].to_numpy().astype(int), test["p"].to_numpy()
+    best_params, out = _tune_and_score(prepared, est, grid,
+                                       BinaryClassificationEvaluator(labelCol="label", metricName="areaUnderROC"),
+                                       conf, seed, vector_to_array("probability")[1])
+    val, test = out["validation"], out["test"]
+    threshold, _ = best_f1_threshold(val["label"].to_numpy(), val["out"].to_numpy())
+    y, p = test["label"].to_numpy().astype(int), test["out"].to_numpy()
     return BaselineResult(
         kind, best_params,
-        binary_metrics(val["label"].to_numpy().astype(int), val["p"].to_numpy(), threshold),
+        binary_metrics(val["label"].to_numpy().astype(int), val["out"].to_numpy(), threshold),
         binary_metrics(y, p, threshold), y, p, threshold,
     )
 
@@ -107,28 +123,18 @@ def train_multiclass_baseline(data: DataFrame, conf: BaselineConf, class_weight:
     weight = F.lit(1.0)
     for k, w in (class_weight or {}).items():
         weight = F.when(F.col("label") == k, F.lit(w)).otherwise(weight)
-    prepared = data.select("split", F.col("label").cast("double").alias("label"),
-                           array_to_vector("features").alias(VECTOR), weight.alias(WEIGHT))
     est = LogisticRegression(featuresCol=VECTOR, labelCol="label", weightCol=WEIGHT, maxIter=conf.max_iter,
                              family="multinomial")
-    grid = (ParamGridBuilder().addGrid(est.regParam, conf.reg_params)
-            .addGrid(est.elasticNetParam, conf.elastic_net_params).build())
-    tvs = TrainValidationSplit(estimator=est, estimatorParamMaps=grid, trainRatio=conf.train_ratio,
-                               evaluator=MulticlassClassificationEvaluator(labelCol="label", metricName="accuracy"),
-                               parallelism=conf.parallelism, seed=seed)
-    model = tvs.fit(train_rows(prepared, conf, seed))
-    best = model.bestModel
-    best_params = {p.name: best.getOrDefault(p) for p in grid[0]}
-    scored = (model.transform(prepared.filter(F.col("split").isin("validation", "test")))
-              .select("split", "label", vector_to_array("probability").alias("p")).toPandas())
-    out = {}
-    for split in ("validation", "test"):
-        part = scored[scored["split"] == split]
+    best_params, out = _tune_and_score(_prepared(data, weight), est, _grid(est, conf),
+                                       MulticlassClassificationEvaluator(labelCol="label", metricName="accuracy"),
+                                       conf, seed, vector_to_array("probability"))
+    judged = {}
+    for split, part in out.items():
         y = part["label"].to_numpy().astype(int)
-        proba = np.stack(part["p"].to_numpy()) if len(part) else np.zeros((0, len(classes)))
-        out[split] = (y, proba, multiclass_metrics(y, proba, classes))
-    return BaselineResult("logreg", best_params, out["validation"][2], out["test"][2], out["test"][0],
-                          out["test"][1])
+        proba = np.stack(part["out"].to_numpy()) if len(part) else np.zeros((0, len(classes)))
+        judged[split] = (y, proba, multiclass_metrics(y, proba, classes))
+    return BaselineResult("logreg", best_params, judged["validation"][2], judged["test"][2], judged["test"][0],
+                          judged["test"][1])
 
 
 def train_regression_baseline(data: DataFrame, conf: BaselineConf, seed: int) -> BaselineResult:
@@ -139,23 +145,13 @@ def train_regression_baseline(data: DataFrame, conf: BaselineConf, seed: int) ->
 
     from pipelines.training.evaluate import regression_metrics
 
-    prepared = data.select("split", F.col("label").cast("double").alias("label"),
-                           array_to_vector("features").alias(VECTOR))
     est = LinearRegression(featuresCol=VECTOR, labelCol="label", maxIter=conf.max_iter)
-    grid = (ParamGridBuilder().addGrid(est.regParam, conf.reg_params)
-            .addGrid(est.elasticNetParam, conf.elastic_net_params).build())
-    tvs = TrainValidationSplit(estimator=est, estimatorParamMaps=grid, trainRatio=conf.train_ratio,
-                               evaluator=RegressionEvaluator(labelCol="label", metricName="rmse"),
-                               parallelism=conf.parallelism, seed=seed)
-    model = tvs.fit(train_rows(prepared, conf, seed))
-    best = model.bestModel
-    best_params = {p.name: best.getOrDefault(p) for p in grid[0]}
-    scored = (model.transform(prepared.filter(F.col("split").isin("validation", "test")))
-              .select("split", "label", "prediction").toPandas())
-    out = {}
-    for split in ("validation", "test"):
-        part = scored[scored["split"] == split]
-        y, pred = part["label"].to_numpy(dtype="float64"), part["prediction"].to_numpy(dtype="float64")
-        out[split] = (y, pred, regression_metrics(y, pred))
-    return BaselineResult("linreg", best_params, out["validation"][2], out["test"][2], out["test"][0],
-                          out["test"][1])
+    best_params, out = _tune_and_score(_prepared(data), est, _grid(est, conf),
+                                       RegressionEvaluator(labelCol="label", metricName="rmse"), conf, seed,
+                                       F.col("prediction"))
+    judged = {}
+    for split, part in out.items():
+        y, pred = part["label"].to_numpy(dtype="float64"), part["out"].to_numpy(dtype="float64")
+        judged[split] = (y, pred, regression_metrics(y, pred))
+    return BaselineResult("linreg", best_params, judged["validation"][2], judged["test"][2], judged["test"][0],
+                          judged["test"][1])

@@ -123,8 +123,8 @@ class Head:
         """The head's test plots; `baselines` best first (the first also gets its own confusion matrix)."""
         raise NotImplementedError
 
-    def signature(self, input_column: str, image: bool, threshold: float | None, vector_size: int) -> Any:
-        """The pyfunc's signature: the input column (image bytes, or a float32 tensor of `vector_size` per row) in,
+    def signature(self, input_column: str, encoded: bool, threshold: float | None, vector_size: int) -> Any:
+        """The pyfunc's signature: the input column (`encoded` bytes, or a float32 tensor of `vector_size` per row) in,
         `outputs` out.
 
         Feature vectors are a tensor spec, not a column of arrays: MLflow then checks a batch's shape and dtype
@@ -136,7 +136,7 @@ class Head:
         from mlflow.models import ModelSignature
         from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
-        if image:
+        if encoded:
             inputs = Schema([ColSpec("binary", input_column)])
         else:
             inputs = Schema([TensorSpec(np.dtype("float32"), (-1, vector_size), input_column)])

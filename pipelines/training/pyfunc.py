@@ -7,8 +7,12 @@ Interface for scoring:
   - `spark_udf(spark, model_uri, result_type)` -> UDF over the model's input column returning its head's struct:
     binary `probability double, prediction int` (RESULT_TYPE; the threshold is inside the model,
     `model_meta(model_uri)["threshold"]`), multiclass `prediction int, label string, probability double`
-    (CLASSIFIER_RESULT_TYPE), regression `prediction double` (REGRESSION_RESULT_TYPE). Image models take the
-    encoded bytes in column `content` (IMAGE_INPUT_COL) instead of `features`.
+    (CLASSIFIER_RESULT_TYPE), regression `prediction double` (REGRESSION_RESULT_TYPE). A model whose input
+    description has a `decode` spec (the image flow's) takes the encoded bytes in column `content`
+    (ENCODED_INPUT_COL) instead of `features`.
+
+What the model reads is described in its meta.json (`input_description`), from the flow's serving meta and the
+trained network's input shape; the pyfunc and the served model decide from that description, never from the flow.
 """
 
 from __future__ import annotations
@@ -28,28 +32,52 @@ from pipelines.training.heads import HEADS, get_head
 
 MODEL_NAME = "model"  # artifact name of the pyfunc in the train run
 INPUT_COL = "features"
-IMAGE_INPUT_COL = "content"
+ENCODED_INPUT_COL = "content"
 SERVING_MODULE = "serving.py"  # in this package; read with pkgutil, so it also works from a code zip
 RESULT_TYPE = HEADS["binary"].result_type
 CLASSIFIER_RESULT_TYPE = HEADS["multiclass"].result_type
 REGRESSION_RESULT_TYPE = HEADS["regression"].result_type
 
 
+def input_description(serving_meta: dict[str, Any], vector_size: int, input_shape: tuple[int, ...] | None
+                      ) -> dict[str, Any]:
+    """What the served model reads, for its meta.json: the flow's serving meta (a `decode` spec when the model
+    decodes encoded bytes itself; `input`, the kind of input a scoring flow checks for, "features" unless the flow
+    says otherwise) over the defaults, the column it reads, the stored vectors' length, and the network's input
+    shape (None: a flat vector of `vector_size`)."""
+    description = {"input": "features", "vector_size": vector_size,
+                   "input_shape": list(input_shape) if input_shape else None, **serving_meta}
+    description["input_column"] = ENCODED_INPUT_COL if decodes(description) else INPUT_COL
+    return description
+
+
+def decodes(meta: dict[str, Any]) -> bool:
+    """Whether the model decodes encoded bytes itself (its description has a `decode` spec)."""
+    return meta.get("decode") is not None
+
+
+def ships_preprocessing(meta: dict[str, Any]) -> bool:
+    """Whether the model ships the features run's preprocessing: a model reading feature arrays does (scoring
+    applies it first); one that decodes its input itself needs none."""
+    return not decodes(meta)
+
+
 def signature(meta: dict[str, Any]) -> ModelSignature:
     """The signature of the model meta.json describes: its input column in, its head's columns out (and the
     binary head's threshold param, default stored)."""
-    return get_head(meta["head"]).signature(meta["input_column"], meta["input"] == "image", meta.get("threshold"),
+    return get_head(meta["head"]).signature(meta["input_column"], decodes(meta), meta.get("threshold"),
                                             int(meta["vector_size"]))
 
 
 def log_model(keras_model: Any, meta: dict[str, Any], preprocessing_dir: str | None) -> Any:
     """Log the pyfunc (Keras model, meta.json, preprocessing PipelineModel for features input) in the active run.
-    Image models carry features/image.py in their code/ so they decode bytes exactly as the features job did."""
-    image = meta["input"] == "image"
+    A model that decodes bytes carries features/image.py in its code/, so it decodes them exactly as the features
+    job did."""
+    decoder = decodes(meta)
     with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
         artifacts = _artifacts(tmp, keras_model, meta, preprocessing_dir)
         code_paths = None
-        if image:
+        if decoder:
             package = Path(tmp) / "code" / "features"
             package.mkdir(parents=True)
             (package / "__init__.py").write_text("")
@@ -57,7 +85,7 @@ def log_model(keras_model: Any, meta: dict[str, Any], preprocessing_dir: str | N
             code_paths = [str(package)]
         return mlflow.pyfunc.log_model(
             name=MODEL_NAME, python_model=serving_code(tmp), artifacts=artifacts, code_paths=code_paths,
-            signature=signature(meta), pip_requirements=[*_requirements(), *(["pillow"] if image else [])],
+            signature=signature(meta), pip_requirements=[*_requirements(), *(["pillow"] if decoder else [])],
         )
 
 

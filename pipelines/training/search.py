@@ -25,37 +25,27 @@ baselines, and registration through the champion rule (registry.py).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlflow
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from pipelines.core.config import Config, SearchSpaceConf, TrainingConf
 from pipelines.core.delta import DeltaStore
 from pipelines.core.logs import LOG, stage
-from pipelines.core.recorder import flat, log_config
-from pipelines.core.tracking import git_commit, job_run
-from pipelines.training.driver import TrainingFailed, TrainingStopped, steps_per_epoch
-from pipelines.training.trainer import (
-    EVAL_ROWS,
-    JOB,
-    Task,
-    TrainingData,
-    TrainResult,
-    checkpoint_root,
-    class_weights,
-    fit_on,
-    load_training_data,
-    petastorm_caches,
-    predict_on_driver,
-    resolve_task,
-    train_with,
-)
+from pipelines.core.recorder import Recorder, flat, log_config
+from pipelines.core.tracking import git_commit
+from pipelines.training import report
+from pipelines.training.driver import TrainingFailed, TrainingStopped
+from pipelines.training.inputs import JOB, Task, TrainingData, checkpoint_root, class_weights
+from pipelines.training.launch import Caches, Launch, fit_on, petastorm_caches
+from pipelines.training.predict import trained_model, validation_metric
+from pipelines.training.trainer import TrainResult, train_with
+
+if TYPE_CHECKING:
+    from pipelines.flows.base import Flow
 
 SEARCH_JOB = f"{JOB}.search"
 TRIAL_JOB = f"{JOB}.trial"
@@ -124,33 +114,28 @@ def _shown(params: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in params.items()}
 
 
-def run_search(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Any,
-               features_run_id: str | None = None) -> SearchResult:
-    """The search job: trials (nested runs) under one parent run, then the best configuration retrains and
-    registers through the champion rule."""
-    task = resolve_task(cfg, flow, features_run_id, None)
-    data = load_training_data(store, cfg, task.record, task.head)
-    try:
-        with job_run(cfg, SEARCH_JOB) as parent:
-            return _search_in_run(spark, cfg, store, flow, task, data, parent.info.run_id)
-    finally:
-        data.rows.unpersist()
+def hyperparameter_search(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Flow, task: Task,
+                          data: TrainingData) -> SearchResult:
+    """The search on resolved inputs: trials (nested runs) under one parent run, then the best configuration
+    retrains and registers through the champion rule."""
+    with Recorder.start(cfg, SEARCH_JOB) as rec:
+        return _search_in_run(spark, cfg, store, flow, task, data, rec)
 
 
-def _search_in_run(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Any, task: Task, data: TrainingData,
-                   run_id: str) -> SearchResult:
+def _search_in_run(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Flow, task: Task, data: TrainingData,
+                   rec: Recorder) -> SearchResult:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tc, sc, head = cfg.training, cfg.training.search, task.head
     metric, lower = head.promotion(tc.promote_metric)
     monitor = head.monitors[0]  # per-epoch value for the pruner; same direction as the promotion metric
-    mlflow.log_params({**flat("search.", sc.model_dump(mode="json")), "features_run_id": task.record.run_id,
-                       "feature_table_version": task.record.table_version, "head": head.name,
-                       "objective": f"validation_{metric}", "direction": "minimize" if lower else "maximize",
-                       "prune_on": monitor, "num_workers": tc.num_workers, "git_commit": git_commit(),
-                       **{f"rows.{k}": v["rows"] for k, v in data.counts.items()}})
-    mlflow.set_tags({"features_run_id": task.record.run_id, "head": head.name})
+    rec.params({**flat("search.", sc.model_dump(mode="json")), "features_run_id": task.record.run_id,
+                "feature_table_version": task.record.table_version, "head": head.name,
+                "objective": f"validation_{metric}", "direction": "minimize" if lower else "maximize",
+                "prune_on": monitor, "num_workers": tc.num_workers, "git_commit": git_commit(),
+                **{f"rows.{k}": v["rows"] for k, v in data.counts.items()}})
+    rec.tags({"features_run_id": task.record.run_id, "head": head.name})
     log_config(cfg)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=sc.pruner.startup_trials,
                                           n_warmup_steps=sc.pruner.warmup_epochs)
@@ -168,52 +153,47 @@ def _search_in_run(spark: SparkSession, cfg: Config, store: DeltaStore, flow: An
             trial = study.ask()
             params = suggest(trial, sc.space)
             with stage("search.trial") as s:
-                rec = _run_trial(spark, cfg, task, data, caches, weights, trial, params, metric, monitor)
-                s.add(trial=rec.number, state=rec.state, epochs=rec.epochs,
-                      **({f"validation_{metric}": f"{rec.value:.4f}"} if rec.value is not None else {}),
+                done = _run_trial(spark, cfg, task, data, caches, weights, trial, params, metric, monitor)
+                s.add(trial=done.number, state=done.state, epochs=done.epochs,
+                      **({f"validation_{metric}": f"{done.value:.4f}"} if done.value is not None else {}),
                       **_shown(params))
-            records.append(rec)
-            if rec.state == COMPLETE:
-                study.tell(trial, rec.value)
+            records.append(done)
+            if done.state == COMPLETE:
+                study.tell(trial, done.value)
             else:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED if rec.state == PRUNED
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED if done.state == PRUNED
                            else optuna.trial.TrialState.FAIL)
     complete = [r for r in records if r.state == COMPLETE]
     if not complete:
         raise TrainingFailed(f"search: none of {len(records)} trials completed: "
                              f"{[(r.number, r.state, r.error) for r in records]}")
     best = next(r for r in complete if r.number == study.best_trial.number)
-    _log_table(records, best, metric)
-    mlflow.log_metrics({f"best_validation_{metric}": best.value or math.nan,
-                        "trials_complete": len(complete),
-                        "trials_pruned": sum(r.state == PRUNED for r in records),
-                        "trials_failed": sum(r.state == FAIL for r in records),
-                        "search_seconds": time.monotonic() - started})
-    mlflow.set_tags({"best_trial": str(best.number), "best_trial_run_id": best.run_id,
-                     **{f"best.{k}": v for k, v in _shown(best.params).items()}})
+    report.record(rec, *trials_table(records, best, metric), "search/trials")
+    rec.metrics({f"best_validation_{metric}": best.value or math.nan,
+                 "trials_complete": len(complete),
+                 "trials_pruned": sum(r.state == PRUNED for r in records),
+                 "trials_failed": sum(r.state == FAIL for r in records),
+                 "search_seconds": time.monotonic() - started})
+    rec.tags({"best_trial": str(best.number), "best_trial_run_id": best.run_id,
+              **{f"best.{k}": v for k, v in _shown(best.params).items()}})
     LOG.info("search: best trial %d (validation %s %.4f) %s; retraining it with %d epochs", best.number, metric,
              best.value, _shown(best.params), tc.epochs)
     best_cfg = cfg.model_copy(update={"training": with_params(tc, best.params)})
     with stage("search.retrain"):
         result = train_with(spark, best_cfg, store, flow, task, data, nested=True,
-                            tags={"search_run_id": run_id, "search_best_trial": str(best.number),
+                            tags={"search_run_id": rec.run_id, "search_best_trial": str(best.number),
                                   "search_best_trial_run_id": best.run_id})
-    mlflow.set_tags({"retrain_run_id": result.run_id, "registered_version": result.version,
-                     "alias": result.alias})
-    mlflow.log_metrics({f"retrain_test_{metric}": result.test[metric],
-                        f"retrain_validation_{metric}": result.validation[metric]})
-    return SearchResult(run_id, metric, records, best, result, [r.number for r in records if r.state == PRUNED])
+    rec.tags({"retrain_run_id": result.run_id, "registered_version": result.version, "alias": result.alias})
+    rec.metrics({f"retrain_test_{metric}": result.test[metric],
+                 f"retrain_validation_{metric}": result.validation[metric]})
+    return SearchResult(rec.run_id, metric, records, best, result, [r.number for r in records if r.state == PRUNED])
 
 
-def _run_trial(spark: SparkSession, cfg: Config, task: Task, data: TrainingData, caches: tuple[Any, Any],
+def _run_trial(spark: SparkSession, cfg: Config, task: Task, data: TrainingData, caches: Caches,
                weights: dict[int, float] | None, trial: Any, params: dict[str, Any], metric: str,
                monitor: str) -> TrialRecord:
     """One trial: a nested run, one barrier training (pruned through the control channel), validation metric."""
     tc = with_params(cfg.training, params, cfg.training.search.epochs)
-    head = task.head
-    spe = steps_per_epoch(data.counts["train"]["rows"], tc.batch_size, tc.num_workers, tc.max_steps_per_epoch)
-    vsteps = steps_per_epoch(data.counts["validation"]["rows"], tc.batch_size, tc.num_workers,
-                             tc.max_steps_per_epoch)
     reported: list[tuple[int, float]] = []
     stop: list[int] = []
 
@@ -230,16 +210,16 @@ def _run_trial(spark: SparkSession, cfg: Config, task: Task, data: TrainingData,
             return True
         return False
 
-    with job_run(cfg, TRIAL_JOB, nested=True) as run:
-        trial_id = run.info.run_id
-        mlflow.log_params({"trial": trial.number, **_shown(params), "epochs": tc.epochs, "steps_per_epoch": spe,
-                           "validation_steps": vsteps, "effective_batch_size": tc.batch_size * tc.num_workers})
+    with Recorder.start(cfg, TRIAL_JOB, nested=True) as rec:
+        trial_id = rec.run_id
+        launch = Launch.of(tc, task, data, weights, f"{checkpoint_root(cfg)}/{trial_id}")
+        rec.params({"trial": trial.number, **_shown(params), "epochs": tc.epochs,
+                    "steps_per_epoch": launch.steps_per_epoch, "validation_steps": launch.validation_steps,
+                    "effective_batch_size": tc.batch_size * tc.num_workers})
         started = time.perf_counter()
         value, error, epochs, stopped_early = None, None, 0, False
         try:
-            results = fit_on(spark, tc, caches, task.record.vector_size, weights, spe, vsteps,
-                             f"{checkpoint_root(cfg)}/{trial_id}", None, head.name, task.num_classes,
-                             task.input_shape, data.label_scale, on_epoch=on_epoch)
+            results = fit_on(spark, tc, caches, launch, on_epoch=on_epoch)
         except TrainingStopped:
             state = PRUNED
         except TrainingFailed as e:
@@ -249,39 +229,26 @@ def _run_trial(spark: SparkSession, cfg: Config, task: Task, data: TrainingData,
             epochs, stopped_early = r0.epochs_completed, r0.stopped_early
             state = PRUNED if stop else COMPLETE
             if state == COMPLETE:
-                value = _validation_value(tc, task, data, r0.weights or [], metric)
+                value = validation_metric(trained_model(tc, task, data, r0.weights or []), task, data, tc.seed,
+                                          metric)
         seconds = time.perf_counter() - started
         if state == PRUNED:
             epochs = len(reported)
         for epoch, v in reported:
-            mlflow.log_metric(monitor, v, step=epoch)
-        mlflow.log_metrics({"duration_s": seconds, "epochs_completed": epochs, "stopped_early": float(stopped_early),
-                            **({f"validation_{metric}": value} if value is not None else {})})
-        mlflow.set_tags({"state": state, "trial": str(trial.number),
-                         **({"pruned_after_epoch": str(stop[0])} if stop else {}),
-                         **({"error": error[:500]} if error else {})})
+            rec.metrics({monitor: v}, step=epoch)
+        rec.metrics({"duration_s": seconds, "epochs_completed": epochs, "stopped_early": float(stopped_early),
+                     **({f"validation_{metric}": value} if value is not None else {})})
+        rec.tags({"state": state, "trial": str(trial.number), **({"pruned_after_epoch": str(stop[0])} if stop else {}),
+                  **({"error": error[:500]} if error else {})})
         if state == FAIL:
             LOG.error("search: trial %d failed: %s", trial.number, error)
     return TrialRecord(trial.number, trial_id, params, state, value, reported[-1][1] if reported else None, epochs,
                        seconds, error)
 
 
-def _validation_value(tc: TrainingConf, task: Task, data: TrainingData, weights: list[Any], metric: str) -> float:
-    """The trial's best-epoch weights scored on the validation split on the driver: the promotion metric."""
-    from pipelines.training.model import build_network
-
-    head = task.head
-    model = build_network(tc.network.model_dump(mode="json"), task.record.vector_size, head.name, task.num_classes,
-                          task.input_shape, data.label_scale)
-    model.set_weights(weights)
-    validation = data.rows.filter(F.col("split") == "validation")
-    y, scores = predict_on_driver(model, validation, head, task.record.vector_size, tc.seed, EVAL_ROWS,
-                                  task.input_shape)
-    return float(head.metrics(y, scores, head.threshold(y, scores), task.classes)[metric])
-
-
-def _log_table(records: list[TrialRecord], best: TrialRecord, metric: str) -> None:
-    """search/trials.json and search/trials.md on the parent run: trial, params, value, state, epochs, seconds."""
+def trials_table(records: list[TrialRecord], best: TrialRecord, metric: str) -> tuple[list[dict[str, Any]], str]:
+    """(rows, markdown) of the search table: trial, params, value, state, epochs, seconds (search/trials.json and
+    search/trials.md on the parent run)."""
     rows = [{"trial": r.number, "run_id": r.run_id, **_shown(r.params), "state": r.state,
              f"validation_{metric}": r.value, "last_epoch_value": r.last_intermediate, "epochs": r.epochs,
              "duration_s": round(r.seconds, 1), "best": r.number == best.number} for r in records]
@@ -293,5 +260,4 @@ def _log_table(records: list[TrialRecord], best: TrialRecord, metric: str) -> No
         lines.append(f"| {r.number}{' (best)' if r.number == best.number else ''} | {r.params['learning_rate']:.2e} "
                      f"| {r.params['hidden_units']} | {r.params['dropout']:.3f} | {r.params['batch_size']} | {value} "
                      f"| {r.state} | {r.epochs} | {r.seconds:.0f} |")
-    mlflow.log_text(json.dumps(rows, indent=1), "search/trials.json")
-    mlflow.log_text("\n".join(lines) + "\n", "search/trials.md")
+    return rows, "\n".join(lines) + "\n"

@@ -1,13 +1,15 @@
 """The scoring model as MLflow logs it (models-from-code: this file is copied into the model and run at load).
 
-One PythonModel for every head and input, configured by the model's meta.json:
-  - `input` "features": column `features`, float arrays of the training vector size (the output of the features
-    run's preprocessing PipelineModel, shipped inside the model);
-  - `input` "image": column `content` with the encoded image bytes (PNG, JPEG, ...). The model decodes, resizes
-    and normalizes them itself with features.image.decode_image (shipped in the model's code/) and the `decode`
-    settings, the function the features job used, so serving sees the training pixels and callers pass bytes,
-    never file paths. Bytes that do not decode as an image score as a marked row (prediction -1 or NaN,
+One PythonModel for every head and input, configured by the input description in the model's meta.json
+(`input_column`, `vector_size`, `input_shape`, `decode`):
+  - without `decode`: column `input_column` (`features`), float arrays of the training vector size (the output of
+    the features run's preprocessing PipelineModel, shipped inside the model);
+  - with `decode`: column `input_column` (`content`) with encoded image bytes (PNG, JPEG, ...). The model decodes,
+    resizes and normalizes them itself with features.image.decode_image (shipped in the model's code/) and the
+    `decode` settings, the function the features job used, so serving sees the training pixels and callers pass
+    bytes, never file paths. Bytes that do not decode as an image score as a marked row (prediction -1 or NaN,
     probability NaN, label null): one bad row never fails a batch.
+The network reads `input_shape` per row (a CNN's height, width, channels), or a flat vector of `vector_size`.
 Output by `head`:
   - "binary": `probability` (double, P(label = 1)) and `prediction` (int, probability >= threshold). The threshold
     was chosen on the validation split (max F1); the `threshold` param overrides it per call;
@@ -27,7 +29,7 @@ import pandas as pd
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
-BATCH = {"features": 16384, "image": 1024}  # rows per call of the compiled network (bounds its memory)
+VECTOR_BATCH, DECODED_BATCH = 16384, 1024  # rows per call of the compiled network (bounds its memory)
 
 
 _CACHE = "_spark_ml_pipeline_serving"  # a module in sys.modules: lives as long as the (Spark Python worker) process
@@ -70,13 +72,13 @@ class ServingModel(PythonModel):
         with open(context.artifacts["meta"]) as f:
             self.meta = json.load(f)
         self.head = self.meta.get("head", "binary")
-        self.input = self.meta.get("input", "features")
+        self.column = self.meta.get("input_column", "features")
+        self.decode = self.meta.get("decode")
         self.classes = list(self.meta.get("classes") or [])
         self.threshold = float(self.meta["threshold"]) if self.meta.get("threshold") is not None else 0.5
         self.vector_size = int(self.meta["vector_size"])
-        d = self.meta.get("decode") or {}
-        shape = [d["height"], d["width"], d["channels"]] if self.input == "image" else [self.vector_size]
-        self._network = (context.artifacts["keras_model"], shape)
+        self.shape = list(self.meta.get("input_shape") or [self.vector_size])
+        self._network = (context.artifacts["keras_model"], self.shape)
 
     @property
     def model(self) -> Any:
@@ -84,8 +86,8 @@ class ServingModel(PythonModel):
         return _network(*self._network)[0]
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
-        """The network's outputs for `x`, in chunks of BATCH rows."""
-        step = BATCH[self.input]
+        """The network's outputs for `x`, in chunks of VECTOR_BATCH (or DECODED_BATCH images) rows."""
+        step = DECODED_BATCH if self.decode else VECTOR_BATCH
         x = np.asarray(x, dtype=np.float32)
         forward = _network(*self._network)[1]
         return np.concatenate([forward(x[i:i + step]).numpy() for i in range(0, len(x), step)])
@@ -93,13 +95,13 @@ class ServingModel(PythonModel):
     def _inputs(self, model_input: pd.DataFrame | dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(model inputs, per-row validity); undecodable images get zeros and validity False. Feature vectors come
         as MLflow's tensor input, one float32 matrix (a dict of it by name); a plain DataFrame of arrays also works."""
-        if self.input == "image":
+        if self.decode:
             from features.image import decode_image
 
-            d = self.meta["decode"]
+            d = self.decode
             shape = (d["height"], d["width"], d["channels"])
             images, ok = [], []
-            for b in model_input["content"]:
+            for b in model_input[self.column]:
                 try:
                     images.append(decode_image(bytes(b), d["height"], d["width"], d["channels"], d["resample"],
                                                d["normalize"]))
@@ -107,15 +109,17 @@ class ServingModel(PythonModel):
                 except Exception:  # not an image: a row marked invalid, never a failed batch
                     images.append(np.zeros(shape, dtype=np.float32))
                     ok.append(False)
-            return np.stack(images), np.array(ok)
-        x = model_input["features"]
+            return np.stack(images).reshape((-1, *self.shape)), np.array(ok)
+        x = model_input[self.column]
         x = x if isinstance(x, np.ndarray) else np.stack([np.asarray(v, dtype=np.float32) for v in x])
         if x.ndim != 2 or x.shape[1] != self.vector_size:
             raise ValueError(f"features: expected arrays of length {self.vector_size}, got shape {x.shape}")
-        return x, np.ones(len(x), dtype=bool)
+        return x.reshape((-1, *self.shape)), np.ones(len(x), dtype=bool)
 
-    def predict(self, context: Any, model_input: pd.DataFrame | dict[str, np.ndarray],
-                params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """The head's output columns for `model_input`. MLflow reads the hint of `model_input`: pd.DataFrame is one
+        it takes without inferring a schema from it (the signature is logged explicitly); any other hint makes it
+        warn on every load. Feature vectors arrive as MLflow's tensor input, a dict of one matrix by name."""
         if len(next(iter(model_input.values())) if isinstance(model_input, dict) else model_input) == 0:
             return self._empty()
         x, ok = self._inputs(model_input)

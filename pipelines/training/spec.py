@@ -1,13 +1,15 @@
 """The contract between the driver and the barrier tasks: what a worker is given, what it returns, how ranks
-are assigned, and the names on the driver's control channel. Imported on both sides; no TensorFlow here."""
+are assigned, the names on the driver's control channel, and the error a failed training process raises. Imported
+on both sides and by the driver before any training: no TensorFlow here, and Horovod only inside `assign_ranks`."""
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from horovod.runner.common.util.hosts import HostInfo, SlotInfo, get_host_assignments
+if TYPE_CHECKING:
+    from horovod.runner.common.util.hosts import SlotInfo
 
 # Control channel scopes on the driver's KV server (next to Horovod's own rendezvous scopes); values are JSON.
 ATTEMPT = "attempt"  # rank 0 registers an attempt: key = attempt token, value = the tasks' hosts
@@ -17,6 +19,10 @@ PROGRESS = "progress"  # a rank reports an epoch: key = rank, value = dict
 ERROR = "error"  # a rank reports its failure: key = token-rank, value = traceback text
 CONTROL_SCOPES = (ATTEMPT, STARTED, PROGRESS, ERROR)  # what the tasks send; the driver answers in ATTEMPT_NO
 ABORT = -1
+
+
+class WorkerFailed(RuntimeError):
+    """A training process ended without a result; the message names the rank and carries its traceback."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,8 @@ def assign_ranks(hosts: list[str]) -> list[SlotInfo]:
     Ranks follow Horovod's own host assignment (ranks on one host are contiguous); the tasks on a host take that
     host's slots in partition order, so driver and tasks compute the same plan independently.
     """
+    from horovod.runner.common.util.hosts import HostInfo, get_host_assignments
+
     counts = Counter(hosts)
     plan = get_host_assignments([HostInfo(h, counts[h]) for h in dict.fromkeys(hosts)], len(hosts))
     free: dict[str, deque[SlotInfo]] = defaultdict(deque)

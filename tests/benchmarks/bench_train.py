@@ -40,9 +40,16 @@ from pipelines.core.config import Config, load_config
 from pipelines.core.delta import DeltaStore
 from pipelines.core.logs import setup_logging
 from pipelines.core.session import get_spark
+from pipelines.training import (
+    Launch,
+    TrainingInputError,
+    fit_on,
+    load_training_data,
+    petastorm_caches,
+    resolve_source,
+)
 from pipelines.training.data import ParquetCache, shuffle_and_batch
 from pipelines.training.heads import get_head
-from pipelines.training.trainer import TrainingInputError, fit_on, load_training_data, petastorm_caches, resolve_source
 from tests.benchmarks.harness import Report, measure
 
 BATCH = 256
@@ -122,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                              ) -> Any:
                         def run() -> dict[str, float]:
                             c = run_cfg(cfg, workers, batch, steps, args.epochs, timeline)
-                            res = fit_on(spark, c.training, caches, source.vector_size, weights, steps,
-                                         max(1, steps // 4), f"{tmp}/ckpt-{os.urandom(4).hex()}", None)
+                            launch = Launch(source.vector_size, steps, max(1, steps // 4),
+                                            f"{tmp}/ckpt-{os.urandom(4).hex()}", class_weight=weights)
+                            res = fit_on(spark, c.training, caches, launch)
                             timed = res[0].history[1:]
                             secs = sum(h["epoch_train_seconds"] for h in timed)
                             out = {"samples_per_s": len(timed) * steps * batch * workers / secs}

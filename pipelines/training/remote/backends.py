@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipelines.training.spec import WorkerSpec
+from pipelines.training.spec import WorkerFailed, WorkerSpec
 
 BIND_SHIM = "libbind_address.so"  # in <environment>/lib; source: bind_address.c beside this module
 BIND_ADDRESS_ENV = "PIPELINE_BIND_ADDRESS"  # the shim's address for wildcard binds (not a secret)
@@ -186,8 +186,6 @@ def _iface_of(host: str) -> str:
     for iface, addrs in psutil.net_if_addrs().items():
         if any(a.family == socket.AF_INET and a.address == ip for a in addrs):
             return iface
-    from pipelines.training.remote.task import WorkerFailed
-
     raise WorkerFailed(f"no network interface holds {host} ({ip}); set training.horovod.iface")
 
 
@@ -202,8 +200,6 @@ def bind_shim() -> Path:
     """The bind shim bootstrap.sh compiles into the environment (it travels in YARN's packed environment)."""
     path = Path(sys.prefix) / "lib" / BIND_SHIM
     if not path.is_file():
-        from pipelines.training.remote.task import WorkerFailed
-
         raise WorkerFailed(f"{path} is missing: ./bootstrap.sh builds it (gcc); tf-mwms needs it to keep TensorFlow's "
                            "gRPC server off the wildcard address")
     return path

@@ -44,16 +44,21 @@ import cloudpickle
 from pipelines.core.procs import ProcessId
 from pipelines.training import control
 from pipelines.training.remote.backends import backend_class
-from pipelines.training.spec import ABORT, ATTEMPT, ATTEMPT_NO, ERROR, WorkerResult, WorkerSpec, assign_ranks
+from pipelines.training.spec import (
+    ABORT,
+    ATTEMPT,
+    ATTEMPT_NO,
+    ERROR,
+    WorkerFailed,
+    WorkerResult,
+    WorkerSpec,
+    assign_ranks,
+)
 
 LOG_TAIL_LINES = 60
 WORKDIR_PREFIX = "train-rank"
 OWNER_FILE = "owner"  # "<pid> <start time>" of the task's Python worker that owns the folder
 WORKER_MODULE = "pipelines.training.remote.worker"  # `python -m` entry of the training process
-
-
-class WorkerFailed(RuntimeError):
-    """A training process ended without a result; the message names the rank and carries its traceback."""
 
 
 @dataclass(frozen=True)
