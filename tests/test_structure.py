@@ -7,7 +7,11 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 from pipelines.core.config import REPO_ROOT
+
+pytestmark = pytest.mark.fast  # the fast tier: no JVM, cluster or training process
 
 CODE = [p for d in ("jobs", "pipelines", "features", "notebooks") for p in sorted((REPO_ROOT / d).rglob("*.py"))]
 
