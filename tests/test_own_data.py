@@ -146,7 +146,7 @@ def test_land_diamonds_once(tmp_path: Path) -> None:
 
 
 # ---- the whole chain --------------------------------------------------------------------------------------------
-CHAIN = [*PROFILE, "demo.fraction=0.1", "features.stats.enabled=false", "training.epochs=2",
+CHAIN = [*PROFILE, "ingest.settle_s=0", "demo.fraction=0.1", "features.stats.enabled=false", "training.epochs=2",
          "training.max_steps_per_epoch=10", "training.optimizer.warmup_epochs=1", "training.baseline.enabled=true",
          "training.timeout_s=600"]
 
