@@ -25,8 +25,10 @@ from pipelines.ingest import ingest
 from pipelines.stages.featurize import run_features
 from pipelines.stages.score import run_score
 from pipelines.training.trainer import TrainResult, run_train
+from tests.chain import LANDED
+from tests.support.console import noise as known_noise
 
-FAST = ["training.epochs=12", "training.timeout_s=400", "features.stats.enabled=false",
+FAST = [LANDED, "training.epochs=12", "training.timeout_s=400", "features.stats.enabled=false",
         "training.baseline.reg_params=[0.01]"]
 
 
@@ -129,6 +131,7 @@ def test_text_flow_end_to_end_through_spark_submit(tmp_path: Path) -> None:
     for noise in ("FutureWarning", "DeprecationWarning", "oneDNN", "cpu_feature_guard", "env_manager",
                   "Downloading artifacts", "An input example was not provided"):
         assert noise not in console, noise
+    assert not known_noise(console), known_noise(console)
     (debug,) = (ws / "logs").glob("run-all-*.log")
     assert f"debug log: {debug}" in console
     text = debug.read_text()
