@@ -234,7 +234,7 @@ def test_features_package_is_the_stage_library_when_a_job_runs_as_a_script() -> 
 def e2e(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, DeltaStore, FeaturesResult]:
     """land 2% of the demo data -> ingest -> run_features, once for the tests below."""
     ws = tmp_path_factory.mktemp("features_e2e")
-    cfg = load_config("local", [f"storage.workspace={ws}"])
+    cfg = load_config("local", [f"storage.workspace={ws}", "ingest.settle_s=0"])  # landed just before
     store = DeltaStore(spark)
     land_demo(cfg.catalog.landing, 0.02)
     ingest(spark, cfg, store, run_id="t", sources=["flights", "weather", "planes", "airlines"])

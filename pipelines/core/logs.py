@@ -20,7 +20,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -253,9 +253,7 @@ def without_jvm_notice() -> Iterator[int | None]:
         yield None
         return
     if os.isatty(out):
-        import pty
-
-        read_fd, write_fd = pty.openpty()
+        read_fd, write_fd = _pseudo_terminal(out)
     else:
         read_fd, write_fd = os.pipe()
     copier = threading.Thread(target=_copy_without_notice, args=(read_fd, out), name="stderr-filter", daemon=True)
@@ -265,6 +263,22 @@ def without_jvm_notice() -> Iterator[int | None]:
     finally:
         os.close(write_fd)
         copier.join(timeout=10)  # until the child's last descendant closed its stderr
+
+
+def _pseudo_terminal(like: int) -> tuple[int, int]:
+    """A pseudo-terminal (read end, write end) of the terminal `like`'s size that passes bytes as they are (the
+    real terminal turns "\\n" into "\\r\\n" itself)."""
+    import fcntl
+    import pty
+    import termios
+
+    read_fd, write_fd = pty.openpty()
+    attrs = termios.tcgetattr(write_fd)
+    attrs[1] &= ~termios.OPOST
+    termios.tcsetattr(write_fd, termios.TCSANOW, attrs)
+    with suppress(OSError):
+        fcntl.ioctl(write_fd, termios.TIOCSWINSZ, fcntl.ioctl(like, termios.TIOCGWINSZ, b"\0" * 8))
+    return read_fd, write_fd
 
 
 def _copy_without_notice(read_fd: int, out: int) -> None:
