@@ -262,7 +262,7 @@ def without_jvm_notice() -> Iterator[int | None]:
         yield write_fd
     finally:
         os.close(write_fd)
-        copier.join(timeout=10)  # until the child's last descendant closed its stderr
+        copier.join(timeout=2)  # the rest of what the child wrote; a straggler holding its stderr is not waited for
 
 
 def _pseudo_terminal(like: int) -> tuple[int, int]:
