@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pipelines.core.config import Config, load_config
+from tests.support.workspaces import with_mlflow_db
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -40,11 +41,21 @@ def spark() -> Iterator[SparkSession]:
     session.stop()
 
 
+@pytest.fixture(scope="session")
+def mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow tracking database with all of MLflow's schema migrations applied, made once per run. A fresh
+    database costs a workspace 3-5 s of migrations (MLflow's own work, not the project's); the end-to-end runs,
+    the module fixtures' workspaces and tests/test_concurrency.py still create theirs for real."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "mlartifacts")).engine.dispose()
+    return path
+
+
 @pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    ws = tmp_path / "workspace"
-    ws.mkdir()
-    return ws
+def workspace(tmp_path: Path, mlflow_db: Path) -> Path:
+    return with_mlflow_db(tmp_path / "workspace", mlflow_db)
 
 
 @pytest.fixture
@@ -67,12 +78,12 @@ def store(spark: SparkSession) -> DeltaStore:
 
 
 @pytest.fixture(scope="session")
-def chain(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Config:
+def chain(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory, mlflow_db: Path) -> Config:
     """One real chain for every test that needs a registered champion (1% of flights, two Horovod workers):
     built once per run. Tests may add predictions, drift rows and runs to it, never remove what others read."""
     from tests.chain import build_chain
 
-    return build_chain(spark, tmp_path_factory.mktemp("chain") / "ws")
+    return build_chain(spark, with_mlflow_db(tmp_path_factory.mktemp("chain") / "ws", mlflow_db))
 
 
 # ---- the fast tier ---------------------------------------------------------------------------------------------------

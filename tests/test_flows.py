@@ -27,15 +27,17 @@ from pipelines.stages.score import run_score
 from pipelines.training.trainer import TrainResult, run_train
 from tests.chain import LANDED
 from tests.support.console import noise as known_noise
+from tests.support.workspaces import with_mlflow_db
 
 FAST = [LANDED, "training.epochs=12", "training.timeout_s=400", "features.stats.enabled=false",
         "training.baseline.reg_params=[0.01]"]
 
 
 @pytest.fixture(scope="module")
-def digits(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, TrainResult]:
+def digits(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory,
+           mlflow_db: Path) -> tuple[Config, TrainResult]:
     """Digits landed, ingested (digits only, by the profile), featurized and a CNN trained by 2 workers."""
-    ws = tmp_path_factory.mktemp("digits")
+    ws = with_mlflow_db(tmp_path_factory.mktemp("digits"), mlflow_db)
     cfg = load_config("local", [f"storage.workspace={ws}", "pipeline=digits", *FAST])
     store = DeltaStore(spark)
     land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, demo_datasets(cfg))
