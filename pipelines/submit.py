@@ -42,7 +42,7 @@ from pipelines.core.handoff import (
     write_properties,
 )
 from pipelines.core.locks import file_lock
-from pipelines.core.logs import redact
+from pipelines.core.logs import redact, without_jvm_notice
 from pipelines.core.session import (
     delta_conf,
     delta_jars,
@@ -286,10 +286,11 @@ class Submission:
     def run(self, env: dict[str, str]) -> int:
         """Write the private files, run spark-submit, remove the files once it has ended. SIGTERM and SIGHUP (a
         scheduler's kill or timeout) are passed on to spark-submit, so the job stops and the files still go."""
-        with private_dir() as private:
+        with private_dir() as private, without_jvm_notice() as stderr:
             write_properties(private / PROPERTIES, self.properties)
             write_job_file(private / JOB_FILE, self.overrides, self.driver_env)
-            proc = subprocess.Popen(self.command(private), env={**env, JOB_FILE_ENV: str(private / JOB_FILE)})
+            proc = subprocess.Popen(self.command(private), env={**env, JOB_FILE_ENV: str(private / JOB_FILE)},
+                                    stderr=stderr)
 
             def forward(signum: int, _frame: object) -> None:
                 proc.send_signal(signum)

@@ -20,11 +20,14 @@ FAST_TRAINING = ["training.epochs=2", "training.batch_size=64", "training.optimi
                  "training.data.shuffle_buffer=500", "training.network.mlp.hidden_units=[16]",
                  "training.baseline.enabled=false", "training.timeout_s=300", "features.stats.enabled=false"]
 FLIGHT_SOURCES = ["flights", "weather", "planes", "airlines"]
+# Landing files a run wrote itself (land-demo) before ingest lists them need no settling time: saves the default
+# 5 s wait per ingest in the end-to-end runs (settling is tested in test_landing and test_ingest_reliability).
+LANDED = "ingest.settle_s=0"
 
 
 def chain_config(workspace: Path, *overrides: str) -> Config:
     """The chain's config; landing files are taken as listed (land-demo wrote them before ingest runs)."""
-    return load_config("local", [f"storage.workspace={workspace}", "demo.fraction=0.01", "ingest.settle_s=0",
+    return load_config("local", [f"storage.workspace={workspace}", "demo.fraction=0.01", LANDED,
                                  *FAST_TRAINING, *overrides])
 
 

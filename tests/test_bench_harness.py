@@ -9,6 +9,8 @@ import pytest
 
 from tests.benchmarks import harness
 
+pytestmark = pytest.mark.fast  # the fast tier: no JVM, cluster or training process
+
 
 def test_sides_interleave_and_warmups_are_not_counted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     order: list[str] = []

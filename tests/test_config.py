@@ -9,6 +9,8 @@ import pytest
 
 from pipelines.core.config import REPO_ROOT, CategoryLabel, ConfigError, load_config
 
+pytestmark = pytest.mark.fast  # the fast tier: no JVM, cluster or training process
+
 
 def _conf(tmp_path: Path, local_yaml: str, profiles: tuple[str, ...] = ("flights",)) -> Path:
     """A copy of conf/base and of the named profiles (conf/pipelines/<name>), with conf/local/spark.yaml given."""

@@ -10,6 +10,7 @@ from pyspark.sql import SparkSession
 from pipelines.stages.monitor.drift import categorical_drift, drift_report, numeric_drift, psi_from_counts
 
 
+@pytest.mark.fast
 def test_psi_exact() -> None:
     assert psi_from_counts([50, 50], [50, 50]) == 0.0
     expected = (0.8 - 0.5) * math.log(0.8 / 0.5) + (0.2 - 0.5) * math.log(0.2 / 0.5)

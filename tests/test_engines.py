@@ -17,7 +17,8 @@ from jobs import ingest as ingest_job
 from jobs import score as score_job
 from pipelines.core.config import REPO_ROOT, load_config
 from pipelines.core.delta import DeltaStore, to_pandas
-from tests.chain import FAST_TRAINING, FLIGHT_SOURCES
+from tests.chain import FAST_TRAINING, FLIGHT_SOURCES, LANDED
+from tests.support.console import beside_stages, noise
 
 
 def _versions(store: DeltaStore, paths: list[str]) -> dict[str, int | None]:
@@ -26,11 +27,12 @@ def _versions(store: DeltaStore, paths: list[str]) -> dict[str, int | None]:
 
 def test_run_all_on_embedded_engine_then_both_engines_continue(spark: SparkSession, tmp_path: Path) -> None:
     ws = tmp_path / "ws"
-    sets = ["storage.engine=embedded", "demo.fraction=0.01", *FAST_TRAINING]
+    sets = ["storage.engine=embedded", "demo.fraction=0.01", LANDED, *FAST_TRAINING]
     res = subprocess.run([str(REPO_ROOT / "spark-submit.sh"), "run-all", *[f"--set={s}" for s in sets]],
                          cwd=REPO_ROOT, env={**os.environ, "PIPELINE_HOME": str(ws)}, capture_output=True,
                          text=True, timeout=1500)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    assert not noise(res.stdout + res.stderr), noise(res.stdout + res.stderr)
     cfg = load_config("local", [f"storage.workspace={ws}", *sets])
     dry = subprocess.run([sys.executable, "-m", "pipelines.submit", "run-all", "--set=storage.engine=embedded",
                           "--dry-run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
@@ -64,7 +66,17 @@ def test_run_all_on_embedded_engine_then_both_engines_continue(spark: SparkSessi
     day = test_dates[0]
     before = to_pandas(gold_path)
     for version, engine in enumerate(("embedded", "delta-spark"), start=1):  # re-score one date: replaced
-        assert score_job.main([*args, "--set", f"storage.engine={engine}", "--date", day]) == 0, engine
+        if engine == "embedded":
+            assert score_job.main([*args, "--set", f"storage.engine={engine}", "--date", day]) == 0, engine
+        else:  # as the schedule runs it: its console is the stage lines and at most a few more, none known noise
+            score = subprocess.run([str(REPO_ROOT / "spark-submit.sh"), "score", *args, "--set",
+                                    f"storage.engine={engine}", "--date", day], cwd=REPO_ROOT,
+                                   env={**os.environ, "PIPELINE_HOME": str(ws)}, capture_output=True, text=True,
+                                   timeout=600)
+            console = score.stdout + score.stderr
+            assert score.returncode == 0, console[-4000:]
+            assert "stage=score.predict" in console and len(beside_stages(console)) <= 5, console
+            assert not noise(console), console
         after = to_pandas(gold_path)
         assert embedded.version(gold_path) == ds.version(gold_path) == version, engine
         assert len(after) == len(before) and len(after) == len(after.drop_duplicates(key)), engine

@@ -36,6 +36,7 @@ from pipelines.stages.features import FeaturesResult, run_features
 from pipelines.stages.ingest.run import ingest
 from pipelines.stages.inputs import read_sources
 from pipelines.stages.land_demo import land_demo
+from tests.support.workspaces import with_mlflow_db
 
 FLIGHT_COLS = ("year int, month int, day int, carrier string, flight int, origin string, dest string, "
                "sched_dep_time int, hour int, tailnum string, distance double, arr_delay double, dep_delay double")
@@ -231,10 +232,11 @@ def test_features_package_is_the_stage_library_when_a_job_runs_as_a_script() -> 
 
 # ---- end to end on a small fraction ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def e2e(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, DeltaStore, FeaturesResult]:
+def e2e(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory,
+        mlflow_db: Path) -> tuple[Config, DeltaStore, FeaturesResult]:
     """land 2% of the demo data -> ingest -> run_features, once for the tests below."""
-    ws = tmp_path_factory.mktemp("features_e2e")
-    cfg = load_config("local", [f"storage.workspace={ws}"])
+    ws = with_mlflow_db(tmp_path_factory.mktemp("features_e2e"), mlflow_db)
+    cfg = load_config("local", [f"storage.workspace={ws}", "ingest.settle_s=0"])  # landed just before
     store = DeltaStore(spark)
     land_demo(cfg.catalog.landing, 0.02)
     ingest(spark, cfg, store, run_id="t", sources=["flights", "weather", "planes", "airlines"])

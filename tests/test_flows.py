@@ -25,15 +25,19 @@ from pipelines.stages.ingest.run import ingest
 from pipelines.stages.land_demo import demo_datasets, land_demo
 from pipelines.stages.score.batch import run_score
 from pipelines.stages.train import TrainResult, run_train
+from tests.chain import LANDED
+from tests.support.console import noise as known_noise
+from tests.support.workspaces import with_mlflow_db
 
-FAST = ["training.epochs=12", "training.timeout_s=400", "features.stats.enabled=false",
+FAST = [LANDED, "training.epochs=12", "training.timeout_s=400", "features.stats.enabled=false",
         "training.baseline.reg_params=[0.01]"]
 
 
 @pytest.fixture(scope="module")
-def digits(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, TrainResult]:
+def digits(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory,
+           mlflow_db: Path) -> tuple[Config, TrainResult]:
     """Digits landed, ingested (digits only, by the profile), featurized and a CNN trained by 2 workers."""
-    ws = tmp_path_factory.mktemp("digits")
+    ws = with_mlflow_db(tmp_path_factory.mktemp("digits"), mlflow_db)
     cfg = load_config("local", [f"storage.workspace={ws}", "pipeline=digits", *FAST])
     store = DeltaStore(spark)
     land_demo(cfg.catalog.landing, cfg.demo.fraction, cfg.demo.seed, demo_datasets(cfg))
@@ -129,6 +133,7 @@ def test_text_flow_end_to_end_through_spark_submit(tmp_path: Path) -> None:
     for noise in ("FutureWarning", "DeprecationWarning", "oneDNN", "cpu_feature_guard", "env_manager",
                   "Downloading artifacts", "An input example was not provided"):
         assert noise not in console, noise
+    assert not known_noise(console), known_noise(console)
     (debug,) = (ws / "logs").glob("run-all-*.log")
     assert f"debug log: {debug}" in console
     text = debug.read_text()

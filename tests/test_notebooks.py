@@ -12,6 +12,7 @@ from pipelines.core.notebook import LocalDbutils, read_databricks_source, run_no
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.py"))
 
 
+@pytest.mark.fast
 def test_databricks_source_format() -> None:
     assert NOTEBOOKS, "no notebooks found"
     for nb in NOTEBOOKS:
@@ -21,6 +22,7 @@ def test_databricks_source_format() -> None:
         assert "get_dbutils" in code and "dbutils.widgets" in code, f"{nb.name}: parameters must be widgets"
 
 
+@pytest.mark.fast
 def test_local_widgets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WIDGET_FRACTION", "0.5")
     w = LocalDbutils().widgets

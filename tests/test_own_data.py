@@ -43,6 +43,7 @@ def _data_lines(folder: Path) -> int:
 
 
 # ---- the profile ------------------------------------------------------------------------------------------------
+@pytest.mark.fast
 def test_profile_loads_with_only_its_own_source_and_a_plain_flow() -> None:
     cfg = load_config("local", PROFILE)
     assert cfg.pipeline == "diamonds" and demo_datasets(cfg) == ["diamonds"]  # from its source
@@ -73,6 +74,7 @@ def test_profile_loads_with_only_its_own_source_and_a_plain_flow() -> None:
     assert catalog.get("drift").table == "diamond_drift"
 
 
+@pytest.mark.fast
 def test_label_variants_by_set() -> None:
     """The same data as a threshold label or a regression on price: price leaves the inputs (and cut, no longer
     the label, may join them); the union member is replaced, nothing of the category label is kept."""
@@ -89,6 +91,7 @@ def test_label_variants_by_set() -> None:
     assert category.flow.label == CategoryLabel(column="cut", positive=["Ideal"])
 
 
+@pytest.mark.fast
 def test_price_label_with_price_among_inputs_is_refused() -> None:
     for label in ("{kind: threshold, column: price, threshold: 5000}", "{kind: regression, column: price}"):
         with pytest.raises(ConfigError) as e:
@@ -97,6 +100,7 @@ def test_price_label_with_price_among_inputs_is_refused() -> None:
         assert "flow.groups:" in msg and "['price']" in msg and "conf/pipelines/diamonds/flow.yaml" in msg
 
 
+@pytest.mark.fast
 def test_profile_whose_label_column_is_an_input_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "conf"
     for layer in ("base", "local", "pipelines/diamonds"):
@@ -116,6 +120,7 @@ def test_profile_whose_label_column_is_an_input_is_refused(tmp_path: Path) -> No
 
 
 # ---- landing ----------------------------------------------------------------------------------------------------
+@pytest.mark.fast
 def test_land_diamonds_once(tmp_path: Path) -> None:
     landing = tmp_path / "landing"
     summary = land_demo(str(landing), fraction=0.05, seed=7, datasets=["diamonds"])
@@ -141,7 +146,7 @@ def test_land_diamonds_once(tmp_path: Path) -> None:
 
 
 # ---- the whole chain --------------------------------------------------------------------------------------------
-CHAIN = [*PROFILE, "demo.fraction=0.1", "features.stats.enabled=false", "training.epochs=2",
+CHAIN = [*PROFILE, "ingest.settle_s=0", "demo.fraction=0.1", "features.stats.enabled=false", "training.epochs=2",
          "training.max_steps_per_epoch=10", "training.optimizer.warmup_epochs=1", "training.baseline.enabled=true",
          "training.timeout_s=600"]
 

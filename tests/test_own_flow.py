@@ -44,6 +44,7 @@ def _land_iris(folder: Path) -> int:
     return len(df)
 
 
+@pytest.mark.fast
 def test_profile_names_its_flow_package_and_validates_through_the_loader(tmp_path: Path) -> None:
     root = _conf(tmp_path)
     cfg = load_config("local", PROFILE, root)

@@ -11,6 +11,8 @@ import pytest
 
 from pipelines.core.config import REPO_ROOT, ConfigError, load_config
 
+pytestmark = pytest.mark.fast  # the fast tier: no JVM, cluster or training process
+
 ESCAPES = [
     ("catalog.predictions.table=../../etc", "catalog.predictions.table"),
     ("catalog.drift.table=/etc", "catalog.drift.table"),

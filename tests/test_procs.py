@@ -10,7 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pipelines.core.procs import ProcessId
+
+pytestmark = pytest.mark.fast  # the fast tier: no JVM, cluster or training process
 
 
 def _state(pid: int) -> str:

@@ -40,6 +40,7 @@ def test_dag_task_builds_a_spark_submit_command(task: str) -> None:
     assert "  monitor.psi_threshold=0.3" in private_files  # a --set reaches the job through its private job file
 
 
+@pytest.mark.fast
 def test_dag_scores_monitors_then_maintains() -> None:
     assert set(airflow_dag.TASKS) == {"score", "monitor", "maintain"}
     assert airflow_dag.UPSTREAM == {"monitor": "score", "maintain": "monitor"}
@@ -83,6 +84,7 @@ def test_crontab_runs_score_then_monitor_daily_through_the_wrapper(tmp_path: Pat
     assert log[-1][2] == "end: exit 0 after " + log[-1][2].split()[-1]
 
 
+@pytest.mark.fast
 def test_crontab_runs_maintain_weekly() -> None:
     fields = _cron_lines()[1].split(maxsplit=5)
     assert fields[:5] == ["0", "7", "*", "*", "0"]

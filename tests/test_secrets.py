@@ -25,6 +25,7 @@ from tests.support.servers import free_port
 SECRET = "Sx9Vq2LmT"  # a sentinel for the fast tests below
 
 
+@pytest.mark.fast
 def test_redact_values_and_config() -> None:
     """Credentials in URIs and secret-named keys are masked; everything else is kept as it was."""
     from pipelines.core.logs import redact, redact_config
@@ -44,6 +45,7 @@ def test_redact_values_and_config() -> None:
                                                      "spark.sql.shuffle.partitions": "4"}}}
 
 
+@pytest.mark.fast
 def test_redact_masks_whole_values() -> None:
     """What the first rule missed: base64 padding ('='), commas and spaces in a value, the Azure account key (no
     secret word but 'account.key'), a password holding '@'."""
@@ -67,6 +69,7 @@ def test_redact_masks_whole_values() -> None:
     assert redact("partitions=8 master=local[2] file=/x/y.csv") == "partitions=8 master=local[2] file=/x/y.csv"
 
 
+@pytest.mark.fast
 def test_spark_redaction_follows_the_one_definition() -> None:
     """The session's spark.redaction.regex (keys and values) and spark.redaction.string.regex (text such as SQL
     plans) mask what redact() masks; a spark.conf of the user's own wins. (The regexes are Java's: only syntax that
@@ -100,12 +103,14 @@ def test_spark_redaction_follows_the_one_definition() -> None:
     f"spark.conf.spark.hadoop.fs.s3a.secret.key=a${{b{SECRET}",  # a bad interpolation: OmegaConf quotes it
     f"mlflow.experiment={{password: {SECRET}}}",  # a wrong type under a secret-named key
 ])
+@pytest.mark.fast
 def test_config_errors_do_not_echo_secrets(override: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config("local", [override])
     assert SECRET not in str(err.value), str(err.value)
 
 
+@pytest.mark.fast
 def test_submit_config_error_is_masked() -> None:
     """spark-submit.sh prints a config error itself (before any job): masked too."""
     res = subprocess.run([sys.executable, "-m", "pipelines.submit", "ingest", "--set",
@@ -142,6 +147,7 @@ def test_unhandled_exception_is_printed_masked(spark: SparkSession, tmp_path: Pa
     assert logs and "MlflowException" in logs[0].read_text() and SECRET not in logs[0].read_text()
 
 
+@pytest.mark.fast
 def test_excepthooks_print_masked(tmp_path: Path) -> None:
     """Outside run_job (an import, a thread): the hooks setup_logging installs print tracebacks masked."""
     code = ("import threading\nfrom pipelines.core.logs import setup_logging\nsetup_logging()\n"
@@ -156,6 +162,7 @@ def test_excepthooks_print_masked(tmp_path: Path) -> None:
     assert SECRET not in res.stderr + res.stdout
 
 
+@pytest.mark.fast
 def test_ingest_records_the_landing_zone_masked(tmp_path: Path) -> None:
     """ingest's MLflow record (the `landing` param and the file report) masks a landing URI's password."""
     from pipelines.stages.ingest.deliveries import FileResult, SourceResult
@@ -169,6 +176,7 @@ def test_ingest_records_the_landing_zone_masked(tmp_path: Path) -> None:
     assert SECRET not in json.dumps(params) + json.dumps(report)
 
 
+@pytest.mark.fast
 def test_private_files_are_private(tmp_path: Path) -> None:
     """The properties and job files a submit writes: 0600 in a 0700 folder, removed afterwards; Java's properties
     syntax escaped so Spark reads back exactly what was written."""

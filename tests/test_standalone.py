@@ -19,7 +19,7 @@ from deltalake import DeltaTable
 from mlflow.tracking import MlflowClient
 
 from pipelines.core.config import REPO_ROOT
-from tests.chain import FAST_TRAINING
+from tests.chain import FAST_TRAINING, LANDED
 from tests.support.secrets import (
     SECRET_SETTINGS,
     SECRETS_ENV,
@@ -61,7 +61,8 @@ def test_chain_on_standalone_with_tracking_server(cluster: tuple[str, Path], tmp
     ws = tmp_path / "ws"
     events = tmp_path / "events"
     events.mkdir()
-    sets = [f"--set={s}" for s in ["demo.fraction=0.01", *FAST_TRAINING, "spark.conf.spark.eventLog.enabled=true",
+    sets = [f"--set={s}" for s in ["demo.fraction=0.01", LANDED, *FAST_TRAINING,
+                                   "spark.conf.spark.eventLog.enabled=true",
                                    f"spark.conf.spark.eventLog.dir=file://{events}",
                                    "spark.conf.spark.eventLog.compress=false",  # plain JSON, searchable
                                    "spark.conf.spark.eventLog.rolling.enabled=false", *SECRET_SETTINGS]]

@@ -13,8 +13,12 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from pipelines.core.config import REPO_ROOT, FlowConf, flow_kinds, flow_model, flow_package
 from pipelines.flows import get_flow
+
+pytestmark = pytest.mark.fast  # the fast tier: no JVM, cluster or training process
 
 CODE = [p for d in ("jobs", "pipelines", "features", "notebooks") for p in sorted((REPO_ROOT / d).rglob("*.py"))]
 

@@ -6,7 +6,11 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from pipelines.training.remote import task
+
+pytestmark = pytest.mark.fast  # the fast tier: no JVM, cluster or training process
 
 
 def _folder(root: Path, name: str, owner: str | None) -> Path:

@@ -2,8 +2,10 @@
 redaction of secret-looking values wherever the project prints or records text (logs, --dry-run, MLflow).
 
 The console keeps the stage lines, the warnings that matter and the errors. Known third-party noise (the
-libraries' own FutureWarnings and DeprecationWarnings, MLflow's notices) goes only to the job's debug log file
-(`log_to_file`: <workspace>/logs/<job>-<timestamp>.log, DEBUG), where it can still be read. TensorFlow's C++ log
+libraries' own FutureWarnings and DeprecationWarnings, MLflow's notices, Spark's known warnings listed in
+conf/log4j2.properties) goes only to the job's debug log file (`log_to_file`: <workspace>/logs/<job>-<timestamp>.log,
+DEBUG; the JVM's warnings and errors join it under spark-submit), where it can still be read; the JVM's boot notice
+about its incubator module is dropped (`without_jvm_notice`, around spark-submit). TensorFlow's C++ log
 is quieted by TF_CPP_MIN_LOG_LEVEL, set here, before any module imports TensorFlow (executors get it through
 spark.executorEnv, see session.derived_conf).
 """
@@ -18,7 +20,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -197,7 +199,114 @@ def log_to_file(directory: str | Path, job: str) -> Path:
     handler._pipeline = "file"  # type: ignore[attr-defined]
     for name in ("pipeline", "py.warnings", *LIBRARIES):
         logging.getLogger(name).addHandler(handler)
+    _jvm_log_to_file(path)
     return path
+
+
+JVM_APPENDER = "pipeline-debug-log"
+
+
+def _jvm_log_to_file(path: Path) -> None:
+    """Send the JVM's log (Spark's warnings and errors, the console's known noise included: conf/log4j2.properties)
+    to the job's debug log too, when this Python already has a JVM: under spark-submit, which starts the JVM before
+    the job's Python, or in a process whose session is up. It never starts one. Both sides append whole lines."""
+    from pyspark import SparkContext
+
+    if SparkContext._jvm is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return
+    try:
+        SparkContext._ensure_initialized()  # connects to spark-submit's gateway; creates no context
+        jvm = SparkContext._jvm
+        core = jvm.org.apache.logging.log4j.core
+        context = jvm.org.apache.logging.log4j.LogManager.getContext(False)
+        config = context.getConfiguration()
+        root = config.getRootLogger()
+        previous = config.getAppenders().get(JVM_APPENDER)
+        if previous is not None:  # an earlier job run in this process: its file is closed
+            root.removeAppender(JVM_APPENDER)
+            previous.stop()
+        layout = (core.layout.PatternLayout.newBuilder().withConfiguration(config)
+                  .withPattern("%d{yyyy-MM-dd HH:mm:ss,SSS} %p %c: %m%n").build())
+        appender = (core.appender.FileAppender.newBuilder().setName(JVM_APPENDER).withFileName(str(path))
+                    .withAppend(True).setLayout(layout).setConfiguration(config).build())
+        appender.start()
+        config.addAppender(appender)
+        root.addAppender(appender, None, None)
+        context.updateLoggers()
+    except Exception as e:  # the debug log is a help, never a reason for a job to fail
+        LOG.debug("the JVM's log does not go to %s: %s", path, e)
+
+
+# The JVM prints this on every start: Spark's launcher always adds --add-modules=jdk.incubator.vector (its vectorized
+# BLAS), and no JVM option turns the notice off. Nothing to act on.
+JVM_NOTICE = b"WARNING: Using incubator modules: jdk.incubator.vector"
+
+
+@contextmanager
+def without_jvm_notice() -> Iterator[int | None]:
+    """A file descriptor for a child's stderr that passes everything on to this process's stderr but JVM_NOTICE.
+    A terminal stays a terminal (a pseudo-terminal in between), so the child's progress bars and colours are as
+    before. Yields None (the child inherits stderr as it is) when this process's stderr is no file."""
+    try:
+        out = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield None
+        return
+    if os.isatty(out):
+        read_fd, write_fd = _pseudo_terminal(out)
+    else:
+        read_fd, write_fd = os.pipe()
+    copier = threading.Thread(target=_copy_without_notice, args=(read_fd, out), name="stderr-filter", daemon=True)
+    copier.start()
+    try:
+        yield write_fd
+    finally:
+        os.close(write_fd)
+        copier.join(timeout=2)  # the rest of what the child wrote; a straggler holding its stderr is not waited for
+
+
+def _pseudo_terminal(like: int) -> tuple[int, int]:
+    """A pseudo-terminal (read end, write end) of the terminal `like`'s size that passes bytes as they are (the
+    real terminal turns "\\n" into "\\r\\n" itself)."""
+    import fcntl
+    import pty
+    import termios
+
+    read_fd, write_fd = pty.openpty()
+    attrs = termios.tcgetattr(write_fd)
+    attrs[1] &= ~termios.OPOST
+    termios.tcsetattr(write_fd, termios.TCSANOW, attrs)
+    with suppress(OSError):
+        fcntl.ioctl(write_fd, termios.TIOCSWINSZ, fcntl.ioctl(like, termios.TIOCGWINSZ, b"\0" * 8))
+    return read_fd, write_fd
+
+
+def _copy_without_notice(read_fd: int, out: int) -> None:
+    """Copy read_fd to out as it comes, dropping JVM_NOTICE lines; a partial line that cannot become the notice
+    goes on at once (progress bars redraw a line without ending it)."""
+    pending = b""
+    try:
+        while chunk := _read(read_fd):
+            *lines, pending = (pending + chunk).split(b"\n")
+            data = b"".join(line + b"\n" for line in lines if line.rstrip(b"\r") != JVM_NOTICE)
+            if pending and not JVM_NOTICE.startswith(pending.rstrip(b"\r")):
+                data, pending = data + pending, b""
+            _write(out, data)
+        _write(out, pending)
+    finally:
+        os.close(read_fd)
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: a pseudo-terminal whose last writer closed it
+        return b""
+
+
+def _write(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
 
 
 class Stage:
