@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: set up the pinned environment from nothing (a no-op when ready), lint, run the suite.
 # `./run-tests.sh --fast`: the fast tier only (tests marked `fast`: no JVM, cluster, training process or Horovod;
-# about half a minute), without Airflow's set-up. Other arguments go to pytest.
+# under a minute), without Airflow's set-up. Other arguments go to pytest.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
