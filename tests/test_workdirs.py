@@ -18,7 +18,7 @@ def _folder(root: Path, name: str, owner: str | None) -> Path:
 
 
 def test_sweep_removes_dead_owners_only(tmp_path: Path) -> None:
-    dead = subprocess.Popen([sys.executable, "-c", "import psutil; p = psutil.Process(); print(p.pid, p.create_time())"],
+    dead = subprocess.Popen([sys.executable, "-c", "from pipelines.training.remote import task; print(task._owner())"],
                             stdout=subprocess.PIPE, text=True)
     dead_owner = dead.communicate()[0].strip()
     gone = _folder(tmp_path, "0-gone", dead_owner)
