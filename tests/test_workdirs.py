@@ -22,9 +22,9 @@ def _folder(root: Path, name: str, owner: str | None) -> Path:
 
 
 def test_sweep_removes_dead_owners_only(tmp_path: Path) -> None:
-    owner_of_itself = "import psutil; p = psutil.Process(); print(p.pid, p.create_time())"
-    dead_owner = subprocess.run([sys.executable, "-c", owner_of_itself], capture_output=True, text=True,
-                                check=True).stdout.strip()
+    dead = subprocess.Popen([sys.executable, "-c", "from pipelines.training.remote import task; print(task._owner())"],
+                            stdout=subprocess.PIPE, text=True)
+    dead_owner = dead.communicate()[0].strip()
     gone = _folder(tmp_path, "0-gone", dead_owner)
     live = _folder(tmp_path, "1-live", task._owner())
     half = _folder(tmp_path, "2-half", "")  # a writer between open() and write()
