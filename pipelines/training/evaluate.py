@@ -55,33 +55,6 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, 
     }
 
 
-def plot_confusion(y: np.ndarray, p: np.ndarray, threshold: float, path: Path, title: str) -> Path:
-    """Confusion matrix at `threshold` as a PNG (counts and row-normalised rates)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import confusion_matrix
-
-    cm = confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1])
-    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(4.8, 4.2))
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    for i in range(2):
-        for j in range(2):
-            ax.text(j, i, f"{cm[i, j]:,}\n{rates[i, j]:.1%}", ha="center", va="center",
-                    color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_xticks([0, 1], ["on time", "delayed"])
-    ax.set_yticks([0, 1], ["on time", "delayed"])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    ax.set_title(f"{title}\nthreshold {threshold:.3f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
     """ROC curves (name -> (labels, probabilities)) on one plot, AUC in the legend."""
     import matplotlib
@@ -146,8 +119,9 @@ def multiclass_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> 
     }
 
 
-def plot_confusion_classes(y: np.ndarray, pred: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
-    """Multiclass confusion matrix (row-normalised colour, counts written) as a PNG."""
+def plot_confusion(y: np.ndarray, pred: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
+    """Confusion matrix of class indices `pred` against `y` as a PNG: row-normalised colour, counts written (and
+    rates where there is room)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,19 +131,20 @@ def plot_confusion_classes(y: np.ndarray, pred: np.ndarray, classes: list[str], 
     k = len(classes)
     cm = confusion_matrix(y, pred, labels=list(range(k)))
     rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    size = 2.5 + 0.55 * k
+    size = max(4.2, 2.5 + 0.55 * k)
     fig, ax = plt.subplots(figsize=(size, size * 0.9))
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{cm[i, j]:,}", ha="center", va="center", fontsize=8,
+            text = f"{cm[i, j]:,}\n{rates[i, j]:.1%}" if k <= 4 else f"{cm[i, j]:,}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8 if k > 4 else 10,
                     color="white" if rates[i, j] > 0.5 else "black")
     short = [c if len(c) <= 12 else c[:11] + "…" for c in classes]
-    ax.set_xticks(range(k), short, rotation=45, ha="right")
+    ax.set_xticks(range(k), short, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center")
     ax.set_yticks(range(k), short)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
-    ax.set_title(f"{title}\naccuracy {np.mean(y == pred):.3f}")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -230,14 +230,17 @@ class BinaryHead(_Classifier):
         from pipelines.training.evaluate import plot_confusion, plot_roc
 
         t = 0.5 if threshold is None else threshold
-        plot_confusion(y, scores, t, out / "confusion_matrix_test.png", "Keras model, test split")
+        names = ["negative (0)", "positive (1)"]
+        plot_confusion(y, (scores >= t).astype(int), names, out / "confusion_matrix_test.png",
+                       f"Keras model, test split\nthreshold {t:.3f}")
         curves = {f"Keras ({backend})": (y, scores)}
         for b in baselines:
             curves[f"MLlib {b.kind}"] = (b.test_labels, b.test_scores)
         if baselines:
             baseline = baselines[0]
-            plot_confusion(baseline.test_labels, baseline.test_scores, baseline.threshold,
-                           out / "confusion_matrix_test_baseline.png", f"MLlib {baseline.kind}, test split")
+            plot_confusion(baseline.test_labels, (baseline.test_scores >= baseline.threshold).astype(int), names,
+                           out / "confusion_matrix_test_baseline.png",
+                           f"MLlib {baseline.kind}, test split\nthreshold {baseline.threshold:.3f}")
         plot_roc(curves, out / "roc_curve_test.png", "ROC, test split")
 
     def _params(self, threshold: float | None) -> Any:
@@ -300,15 +303,16 @@ class MulticlassHead(_Classifier):
 
     def plots(self, out: Path, y: np.ndarray, scores: np.ndarray, threshold: float | None, baselines: list[Any],
               classes: list[str] | None, backend: str) -> None:
-        from pipelines.training.evaluate import plot_confusion_classes
+        from pipelines.training.evaluate import plot_confusion
 
         names = classes or []
-        plot_confusion_classes(y, scores.argmax(axis=1), names, out / "confusion_matrix_test.png",
-                               "Keras model, test split")
+        plot_confusion(y, scores.argmax(axis=1), names, out / "confusion_matrix_test.png",
+                       f"Keras model, test split\naccuracy {np.mean(y == scores.argmax(axis=1)):.3f}")
         if baselines:
             baseline = baselines[0]
-            plot_confusion_classes(baseline.test_labels, baseline.test_scores.argmax(axis=1), names,
-                                   out / "confusion_matrix_test_baseline.png", "MLlib logreg, test split")
+            pred = baseline.test_scores.argmax(axis=1)
+            plot_confusion(baseline.test_labels, pred, names, out / "confusion_matrix_test_baseline.png",
+                           f"MLlib logreg, test split\naccuracy {np.mean(baseline.test_labels == pred):.3f}")
 
 
 class RegressionHead(Head):

@@ -4,6 +4,7 @@ decision threshold, test metrics and the Keras/pyfunc parity check, on small arr
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,3 +90,19 @@ def test_parity_between_keras_outputs_and_pyfunc_structs() -> None:
     big = np.array([[1e6]])  # float32 outputs: tolerance relative to the values
     assert RegressionHead().parity(big, [{"prediction": 1e6 + 1}]) == (1.0, True)
     assert not RegressionHead().parity(np.array([[1.0]]), [{"prediction": 1.001}])[1]
+
+
+@pytest.mark.parametrize("head", ["binary", "multiclass"])
+def test_a_classifying_head_plots_its_confusion_matrices(head: str, tmp_path: Path) -> None:
+    """Both classifying heads draw their confusion matrices with the one plot; the binary one thresholds first."""
+    from types import SimpleNamespace
+
+    y = np.array([0, 1, 1, 0, 1])
+    scores = np.array([0.2, 0.9, 0.4, 0.6, 0.8]) if head == "binary" else np.eye(3)[[0, 1, 2, 0, 1]]
+    baseline = SimpleNamespace(kind="logreg", test_labels=y, test_scores=scores, threshold=0.5)
+    get_head(head).plots(tmp_path, y, scores, 0.5, [baseline], ["a", "b", "c"], "horovod")
+    made = sorted(p.name for p in tmp_path.iterdir())
+    expected = {"binary": ["confusion_matrix_test.png", "confusion_matrix_test_baseline.png", "roc_curve_test.png"],
+                "multiclass": ["confusion_matrix_test.png", "confusion_matrix_test_baseline.png"]}[head]
+    assert made == expected
+    assert all((tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in made)

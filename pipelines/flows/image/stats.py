@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 
 from pipelines.core.logs import stage
 from pipelines.flows.base import FEATURES, LABEL, SPLITS
+from pipelines.flows.figures import save_figure
 from pipelines.flows.image.config import ImageFlowConf
 from pipelines.flows.image.nodes import HEIGHT, SIZE, WIDTH
 
@@ -162,10 +163,7 @@ def plot_images(report: dict[str, Any], means: dict[str, np.ndarray],
                   [f"{n} ({report['per_class'][n]['rows']:,})" for n in names], fontsize=8)
     ax.set_xticks([])
     ax.set_title(f"Sample images per class, as decoded {h}x{w}x{c}{suffix}", fontsize=10)
-    fig.tight_layout()
-    files.append(out_dir / "sample_grid.png")
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
+    files.append(save_figure(fig, out_dir / "sample_grid.png"))
 
     # Counts per class and split (stacked), and file-size range per class.
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8.0, 0.5 * len(names) * 2 + 4), 4))
@@ -184,10 +182,7 @@ def plot_images(report: dict[str, Any], means: dict[str, np.ndarray],
     ax2.set_title("File size per class, bytes (mean, min-max)", fontsize=10)
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", labelsize=8, rotation=60 if len(names) > 12 else 0)
-    fig.tight_layout()
-    files.append(out_dir / "class_counts.png")
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
+    files.append(save_figure(fig, out_dir / "class_counts.png"))
 
     # Mean image per class, on one intensity scale so classes compare.
     ncol = min(10, max(1, len(names)))
@@ -199,11 +194,6 @@ def plot_images(report: dict[str, Any], means: dict[str, np.ndarray],
                   interpolation="nearest")
         ax.set_title(f"{n}\nmean {report['per_class'][n]['mean_intensity']:.3f}", fontsize=8)
         ax.axis("off")
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    fig.suptitle(f"Mean image per class{suffix}", fontsize=10)
-    fig.tight_layout()
-    files.append(out_dir / "mean_image_per_class.png")
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
+    files.append(save_figure(fig, out_dir / "mean_image_per_class.png", f"Mean image per class{suffix}",
+                             list(axes.flat)[len(names):]))
     return files

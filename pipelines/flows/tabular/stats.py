@@ -20,6 +20,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipelines.flows.base import LABEL
+from pipelines.flows.figures import save_figure
 from pipelines.flows.tabular.config import BucketizedGroup, CategoricalGroup, NumericGroup
 from pipelines.flows.tabular.nodes import BKT, IDX, IMP
 
@@ -177,13 +178,8 @@ def plot(report: dict[str, Any], splits: dict[str, dict[str, Any]], out_dir: Pat
             nulls = report["numeric"][name]["null_fraction"]
             ax.set_title(f"{name} (null {nulls:.1%})" if nulls is not None else name, fontsize=10)
             ax.tick_params(labelsize=8)
-        for ax in list(axes.flat)[len(hists):]:
-            ax.axis("off")
-        fig.suptitle(f"Training split: raw numeric features ({report['rows']:,} rows)", fontsize=12)
-        fig.tight_layout()
-        files.append(out_dir / "histograms.png")
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
+        title = f"Training split: raw numeric features ({report['rows']:,} rows)"
+        files.append(save_figure(fig, out_dir / "histograms.png", title, list(axes.flat)[len(hists):], fontsize=12))
 
     corr = report.get("correlation", {})
     methods = [m for m in ("pearson", "spearman") if m in corr]
@@ -205,10 +201,7 @@ def plot(report: dict[str, Any], splits: dict[str, dict[str, Any]], out_dir: Pat
             sample = f", {frac:.0%} sample" if frac < 1 else ""
             ax.set_title(f"{m.capitalize()} correlation (training split{sample})", fontsize=11)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-        fig.tight_layout()
-        files.append(out_dir / "correlation.png")
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
+        files.append(save_figure(fig, out_dir / "correlation.png"))
 
     bal = report.get("label_balance")
     if bal:
@@ -225,8 +218,5 @@ def plot(report: dict[str, Any], splits: dict[str, dict[str, Any]], out_dir: Pat
         ax2.bar_label(bars, [f"{r:.1%}" for r in rates], fontsize=9)
         ax2.set_ylim(0, max(rates + [0.1]) * 1.25)
         ax2.set_title("Positive label rate by split", fontsize=11)
-        fig.tight_layout()
-        files.append(out_dir / "label_balance.png")
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
+        files.append(save_figure(fig, out_dir / "label_balance.png"))
     return files
