@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pytest
 
 from pipelines.core.config import REPO_ROOT
 from pipelines.training.report import comparison, rank_baselines
+
+pytestmark = pytest.mark.fast  # the fast tier: no JVM, cluster or training process
 
 BLOCKED = """
 import importlib.abc, sys
@@ -84,8 +87,6 @@ def test_served_model_loads_without_mlflow_warnings() -> None:
     scores); the served model's hints must be ones it accepts, so no worker prints a UserWarning."""
     code = """
 import runpy, sys, warnings
-
-pytestmark = pytest.mark.fast  # the fast tier: no JVM, cluster or training process
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     runpy.run_path("pipelines/training/serving.py", run_name="served_model")
