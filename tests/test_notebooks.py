@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.core.config import REPO_ROOT
-from pipelines.core.notebook import LocalDbutils, read_databricks_source, run_notebook
+from pipelines.core.notebook import LocalDbutils, read_databricks_source, run_notebooks
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.py"))
 
@@ -36,11 +36,11 @@ def test_local_widgets(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_notebooks_execute(tmp_path: Path) -> None:
-    """One workspace for all notebooks, run in order, as a person would run them."""
+    """One workspace for all notebooks, run in order in one kernel, as a person would run them on one cluster (each
+    from an empty namespace: `%reset -f` between them)."""
     env = {"PIPELINE_HOME": str(tmp_path / "ws"), "WIDGET_FRACTION": "0.01", "WIDGET_EPOCHS": "2",
            "WIDGET_DATES": "2013-12-02:2013-12-03"}
-    for nb in NOTEBOOKS:
-        executed = run_notebook(nb, env)
+    for nb, executed in zip(NOTEBOOKS, run_notebooks(NOTEBOOKS, env), strict=True):
         errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
                   if o.get("output_type") == "error"]
         assert not errors, f"{nb.name}: {errors}"
@@ -50,3 +50,17 @@ def test_notebooks_execute(tmp_path: Path) -> None:
     assert [nb.name for nb in NOTEBOOKS] == ["01_land_and_ingest.py", "02_features.py", "03_exploration.py",
                                              "04_train.py", "05_score.py", "06_monitor.py",
                                              "07_images_and_text.py"]
+
+
+@pytest.mark.fast
+def test_notebooks_in_one_kernel_share_no_names(tmp_path: Path) -> None:
+    """run_notebooks empties the namespace between notebooks: the second cannot use the first's variable."""
+    from nbclient.exceptions import CellExecutionError
+
+    first, second = tmp_path / "a.py", tmp_path / "b.py"
+    first.write_text("# Databricks notebook source\nleft_over = 41\n")
+    second.write_text("# Databricks notebook source\nprint(left_over + 1)\n")
+    (ran,) = run_notebooks([first])
+    assert ran.cells[0].outputs == []
+    with pytest.raises(CellExecutionError, match="NameError"):
+        run_notebooks([first, second])

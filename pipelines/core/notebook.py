@@ -113,21 +113,41 @@ def read_databricks_source(path: Path) -> list[tuple[str, str]]:
     return cells
 
 
-def run_notebook(path: Path, env: dict[str, str] | None = None, timeout: int = 900) -> Any:
-    """Execute a Databricks source notebook in a fresh kernel of this environment; return the executed notebook."""
+def _as_notebook(cells: list[tuple[str, str]]) -> Any:
     import nbformat
-    from nbclient import NotebookClient
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "markdown" else nbformat.v4.new_code_cell(src)
-                for kind, src in read_databricks_source(path)]
+                for kind, src in cells]
+    return nb
+
+
+def run_notebooks(paths: list[Path], env: dict[str, str] | None = None, timeout: int = 900) -> list[Any]:
+    """Execute Databricks source notebooks one after another in one kernel of this environment, as notebooks
+    attached to one cluster share its Spark session; return the executed notebooks. Each notebook starts from an
+    empty namespace (`%reset -f`), so none leans on another's variables; a failing cell stops the run with nbclient's
+    CellExecutionError naming it."""
+    from nbclient import NotebookClient
+
+    notebooks = [_as_notebook(read_databricks_source(path)) for path in paths]
+    reset = _as_notebook([("code", "%reset -f")])
     saved = dict(os.environ)
     os.environ.update(env or {})
     try:
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                resources={"metadata": {"path": str(path.parent)}})
-        client.execute()
+        client = NotebookClient(reset, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(paths[0].parent) if paths else "."}})
+        with client.setup_kernel():
+            for nb in notebooks:
+                for current in (reset, nb):
+                    client.nb = current
+                    for index, cell in enumerate(current.cells):
+                        client.execute_cell(cell, index)
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    return nb
+    return notebooks
+
+
+def run_notebook(path: Path, env: dict[str, str] | None = None, timeout: int = 900) -> Any:
+    """Execute one Databricks source notebook in a fresh kernel of this environment; return the executed notebook."""
+    return run_notebooks([path], env, timeout)[0]
