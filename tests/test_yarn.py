@@ -1,10 +1,10 @@
-"""The chain on a real Hadoop cluster: Hadoop's MiniCluster (HDFS + YARN with two NodeManagers) on 127.0.0.1, the
+"""The chain on a real Hadoop cluster: Hadoop's MiniCluster (HDFS + YARN, one NodeManager) on 127.0.0.1, the
 workspace on hdfs:// (Delta tables written by delta-spark on HDFS), the packed virtual environment shipped with
 --archives, the project wheel with --py-files, MLflow through a tracking server on loopback, all submitted through
 ./spark-submit.sh --env yarn: run-all in client deploy mode, then a score job in cluster deploy mode. The cluster-mode
 score carries the secrets check: a tracking URI with a password ('@' and '='), a secret s3a key and an Azure account
 key, none of which may appear on any command line on the machine while it runs (sampled every 0.2 s), in the
-NodeManagers' container logs (YARN copies each container's launch script, with its environment, there), in the
+NodeManager's container logs (YARN copies each container's launch script, with its environment, there), in the
 workspace on HDFS, in MLflow or in the console."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from tests.test_standalone import barrier_executors
 
 YARN_SETTINGS = ["demo.fraction=0.01", "demo.datasets=[flights]", "ingest.select=[flights,weather,planes,airlines]",
                  *FAST_TRAINING,
-                 # Two one-core executors of 1 GiB on the MiniCluster's NodeManagers; the driver on loopback.
+                 # Two one-core executors of 1 GiB on the MiniCluster's NodeManager; the driver on loopback.
                  "spark.num_executors=2", "spark.executor_cores=1", "spark.executor_memory=1g",
                  "spark.driver_memory=2g", "spark.queue=default",
                  "spark.conf.spark.driver.host=127.0.0.1", "spark.conf.spark.driver.bindAddress=127.0.0.1",
@@ -176,8 +176,33 @@ def test_minicluster_matches_pyspark_hadoop() -> None:
 def test_minicluster_listens_on_loopback_only(hadoop: HadoopCluster) -> None:
     listening = {(c.laddr.ip, c.laddr.port) for c in psutil.Process(hadoop.pid).net_connections("tcp")
                  if c.status == psutil.CONN_LISTEN}
-    assert len(listening) >= 10  # NameNode, DataNode, ResourceManager, two NodeManagers, JobHistory: RPC and web
+    assert len(listening) >= 10  # NameNode, DataNode, ResourceManager, NodeManager, JobHistory: RPC and web
     assert {ip for ip, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}, sorted(listening)
+
+
+FORK_AFTER_HDFS = """
+import subprocess, sys
+from pipelines.core import files
+print(len(files.listdir(sys.argv[1])), flush=True)
+print("child", subprocess.run(["true"], preexec_fn=lambda: None, timeout=60).returncode, flush=True)
+"""
+
+
+def test_a_process_that_used_hdfs_still_starts_processes(hadoop: HadoopCluster) -> None:
+    """After HDFS use through pipelines.core.files, a subprocess started with preexec_fn (as pyspark starts its
+    gateway and the launcher its training processes) starts. fsspec empties its instance cache in a forked child;
+    dropping an hdfs-native client there hung the child before exec, for good (the test session's own Spark start
+    hung this way after the YARN tests)."""
+    env = {**os.environ, **hadoop.env(), "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", FORK_AFTER_HDFS, f"{hadoop.fs_uri}/"], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"the subprocess after HDFS use hung:\n{out[-2000:]}")
+    assert proc.returncode == 0 and out.splitlines()[-1] == "child 0", out[-2000:]
 
 
 def test_chain_on_yarn_with_hdfs_workspace(hadoop: HadoopCluster, tmp_path: Path) -> None:

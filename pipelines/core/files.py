@@ -66,9 +66,9 @@ def list_files(base: str, pattern: str) -> list[FileInfo]:
     to Spark. A local symbolic link to nothing or out of `base` is listed with the reason it is `refused`; a file
     removed while the folder is listed is not listed."""
     uri = to_uri(base).rstrip("/") + "/" + pattern
-    fs, root = fsspec.core.url_to_fs(uri)
+    fs, root = filesystem(uri)
     local = isinstance(fs, LocalFileSystem)
-    zone = os.path.realpath(fsspec.core.url_to_fs(base)[1]) if local else ""
+    zone = os.path.realpath(filesystem(base)[1]) if local else ""
     out = []
     for p in sorted(fs.glob(root)):
         if local and os.path.islink(p) and (problem := _link_problem(p, zone)):
@@ -99,13 +99,29 @@ def from_spark_path(path: str) -> str:
 
 def head(uri: str, n: int) -> bytes:
     """The first `n` bytes of a file."""
-    with fsspec.open(uri, "rb") as f:
+    with open_read(uri) as f:
         return f.read(n)
+
+
+# Every non-local file system instance this process made, held for its life (fsspec's instance cache holds them
+# too). fsspec's after-fork hook empties that cache in a forked child; were it the last reference to an hdfs-native
+# client, dropping it there would wait forever on the client's runtime threads, which a forked child does not have:
+# the child would hang before it could exec (seen with pyspark's gateway launch and any preexec_fn subprocess).
+_HELD: dict[int, AbstractFileSystem] = {}
 
 
 def filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
     """(file system, path in it) for a local path or URI."""
-    return fsspec.core.url_to_fs(to_uri(uri))
+    fs, path = fsspec.core.url_to_fs(to_uri(uri))
+    if not isinstance(fs, LocalFileSystem):
+        _HELD.setdefault(id(fs), fs)
+    return fs, path
+
+
+def open_read(uri: str) -> Any:
+    """A binary file object for reading `uri` (a context manager)."""
+    fs, path = filesystem(uri)
+    return fs.open(path, "rb")
 
 
 def join(base: str, *parts: str) -> str:

@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import fsspec
 import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -17,7 +16,7 @@ from pyspark.sql import functions as F
 from pipelines.core.config import Config, SourceConf
 from pipelines.core.delta import DeltaStore
 from pipelines.core.errors import BadInput
-from pipelines.core.files import FileInfo, list_files
+from pipelines.core.files import FileInfo, list_files, open_read
 from pipelines.core.landing import Settling, split_writer_names
 from pipelines.core.logs import LOG
 
@@ -185,7 +184,7 @@ def file_sha256(uri: str, keep: int = 0, chunk: int = 4 << 20) -> tuple[str, byt
     memory; the kept head serves the format sniffing, so the file is not opened again for it."""
     digest = hashlib.sha256()
     first = b""
-    with fsspec.open(uri, "rb") as f:
+    with open_read(uri) as f:
         while block := f.read(max(chunk, keep)):
             if not first and keep:
                 first = block[:keep]
