@@ -116,7 +116,8 @@ class WatchedTraining:
 
 
 def _forge(run: WatchedTraining, started: threading.Event) -> None:
-    """Once rank 0 reported its start: forged requests to every port seen listening, then the replays."""
+    """Once rank 0 reported its start: replays of real signed requests, then forged requests to every port seen
+    listening."""
     if not started.wait(timeout=300):
         return
     run.fired = True
@@ -128,16 +129,17 @@ def _forge(run: WatchedTraining, started: threading.Event) -> None:
             run.private.append((workdir.stat().st_mode & 0o777, (workdir / "task.pkl").stat().st_mode & 0o777))
         except (psutil.Error, OSError):
             continue
-    targets = sorted({(s.ip, s.port) for s in run.watcher.listeners})
-    with ThreadPoolExecutor(16) as pool:
-        futures = {(ip, port, name): pool.submit(_send, ip, port, raw)
-                   for ip, port in targets for name, raw in forged_requests(run.payloads).items()}
-    run.outcomes = {key: f.result() for key, f in futures.items()}
+    # The replays first: a short training can end (and its server close) while the sweep below goes on.
     for scope in ("attempt", RENDEZVOUS_SCOPE):  # a task's own request, and one gloo sent through its proxy
         real = next((a for a in run.accepted if a[0] == "PUT" and a[1].startswith(f"/{scope}/")), None)
         if real is not None:
             method, path, headers, body = real
             run.replayed[path] = _send("127.0.0.1", run.driver_ports[-1], _raw(method, path, body, headers))
+    targets = sorted({(s.ip, s.port) for s in run.watcher.listeners})
+    with ThreadPoolExecutor(16) as pool:
+        futures = {(ip, port, name): pool.submit(_send, ip, port, raw)
+                   for ip, port in targets for name, raw in forged_requests(run.payloads).items()}
+    run.outcomes = {key: f.result() for key, f in futures.items()}
 
 
 def watched_training(backend: str, payloads: Path, train: Callable[[], Any]) -> WatchedTraining:
