@@ -146,8 +146,3 @@ def run_notebooks(paths: list[Path], env: dict[str, str] | None = None, timeout:
         os.environ.clear()
         os.environ.update(saved)
     return notebooks
-
-
-def run_notebook(path: Path, env: dict[str, str] | None = None, timeout: int = 900) -> Any:
-    """Execute one Databricks source notebook in a fresh kernel of this environment; return the executed notebook."""
-    return run_notebooks([path], env, timeout)[0]
