@@ -195,6 +195,9 @@ class FaultConf(Strict):
     mode: Literal["raise", "exit"] = "raise"  # exit: the process dies without a Python traceback
 
 
+FRAMEWORK_BACKENDS = {"tensorflow": ("horovod", "tf-mwms"), "pytorch": ("torch-ddp",)}
+
+
 class TrainingConf(Strict):
     """Distributed training: N workers in one Spark barrier stage (Horovod over gloo, or TF MultiWorkerMirrored).
 
@@ -202,7 +205,8 @@ class TrainingConf(Strict):
     `max_attempts` times; a retry continues from the latest checkpoint. `timeout_s` bounds all attempts together.
     """
 
-    backend: Literal["horovod", "tf-mwms"] = "horovod"
+    framework: Literal["tensorflow", "pytorch"] = "tensorflow"  # Keras 2 (tf.keras) or PyTorch DDP
+    backend: Literal["horovod", "tf-mwms", "torch-ddp"] | None = None  # None: the framework's first (FRAMEWORK_BACKENDS)
     num_workers: int = Field(default=2, ge=1)
     threads_per_worker: int = Field(default=1, ge=1)  # TensorFlow intra/inter-op threads per worker
     gpus_per_worker: int = Field(default=0, ge=0)  # > 0: stage-level GPU request, CUDA_VISIBLE_DEVICES per task
@@ -224,6 +228,23 @@ class TrainingConf(Strict):
     baseline: BaselineConf = BaselineConf()
     search: SearchConf = SearchConf()
     fault: FaultConf = FaultConf()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_of_framework(cls, data: Any) -> Any:
+        """backend None is the framework's default; a backend of the other framework is an error."""
+        if not isinstance(data, dict):
+            return data
+        framework = data.get("framework") or "tensorflow"
+        allowed = FRAMEWORK_BACKENDS.get(framework)
+        if allowed is None:
+            return data  # the field's own check names the bad framework
+        if data.get("backend") is None:
+            return {**data, "backend": allowed[0]}
+        if data["backend"] not in allowed:
+            raise ValueError(f"training.backend {data['backend']} does not train {framework} models; "
+                             f"training.framework={framework} trains with {' | '.join(allowed)}")
+        return data
 
     @field_validator("fault")
     @classmethod
