@@ -14,6 +14,7 @@ from typing import Any
 import tensorflow as tf
 
 from pipelines.training import checkpoints
+from pipelines.training.epochs import fault_due, warmup_lr
 
 
 class InjectedFault(RuntimeError):
@@ -52,12 +53,11 @@ class FaultInjection(tf.keras.callbacks.Callback):
         self.fault, self.rank, self.attempt, self.sync = fault, rank, attempt, sync
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        f = self.fault
-        if f["fail_rank"] is None or epoch != f["fail_epoch"] or (f["only_first_attempt"] and self.attempt > 0):
+        if not fault_due(self.fault, epoch, self.attempt):
             return
         self.sync()
-        if self.rank == f["fail_rank"]:
-            if f["mode"] == "exit":
+        if self.rank == self.fault["fail_rank"]:
+            if self.fault["mode"] == "exit":
                 os._exit(17)
             raise InjectedFault(f"injected fault: rank {self.rank} at epoch {epoch} (attempt {self.attempt})")
 
@@ -126,8 +126,8 @@ class LinearWarmup(tf.keras.callbacks.Callback):
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         if self.epoch >= self.epochs:
             return
-        progress = (self.epoch + (batch + 1) / self.steps) / self.epochs
-        tf.keras.backend.set_value(self.model.optimizer.lr, self.lr / self.size * (1 + progress * (self.size - 1)))
+        tf.keras.backend.set_value(self.model.optimizer.lr,
+                                   warmup_lr(self.lr, self.size, self.epochs, self.epoch, batch, self.steps))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None:

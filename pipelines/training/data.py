@@ -80,6 +80,25 @@ class ParquetCache:
             reader.stop()
             reader.join()
 
+    @contextmanager
+    def make_torch_loader(self, batch_size: int, num_epochs: int | None = None, workers_count: int | None = None,
+                          shuffling_queue_capacity: int = 0, **reader_kwargs: Any) -> Iterator[Any]:
+        """Petastorm's BatchedDataLoader over the files (PyTorch workers): dicts of tensors by column, rows shuffled
+        in a buffer of `shuffling_queue_capacity` (0: file order); the reader stops when the block exits."""
+        from petastorm import make_batch_reader
+        from petastorm.pytorch import BatchedDataLoader
+
+        _use_vectorized_conversion()
+        if not self.url.startswith("file:"):
+            reader_kwargs["filesystem"] = files.petastorm_filesystem(self.url)
+        reader = make_batch_reader(list(self.file_urls), num_epochs=num_epochs, workers_count=workers_count or 4,
+                                   **reader_kwargs)
+        try:
+            yield BatchedDataLoader(reader, batch_size=batch_size, shuffling_queue_capacity=shuffling_queue_capacity)
+        finally:
+            reader.stop()
+            reader.join()
+
     def delete(self) -> None:
         files.remove(self.url, recursive=True)
 

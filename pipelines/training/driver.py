@@ -398,7 +398,16 @@ class TfMwmsLauncher(BarrierLauncher):
     uses_rendezvous = False
 
 
+class TorchDdpLauncher(BarrierLauncher):
+    """PyTorch DistributedDataParallel in the same barrier tasks; the process group meets in the control server
+    (a signed store, one scope per attempt, so nothing needs resetting between attempts)."""
+
+    backend = "torch-ddp"
+    uses_rendezvous = False
+
+
 def make_launcher(spark: SparkSession, training: TrainingConf) -> Launcher:
     """The launcher for training.backend."""
-    launchers: dict[str, type[BarrierLauncher]] = {"horovod": HorovodLauncher, "tf-mwms": TfMwmsLauncher}
+    launchers: dict[str, type[BarrierLauncher]] = {"horovod": HorovodLauncher, "tf-mwms": TfMwmsLauncher,
+                                                   "torch-ddp": TorchDdpLauncher}
     return launchers[training.backend](spark, training)

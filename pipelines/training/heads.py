@@ -119,8 +119,9 @@ class Head:
         raise NotImplementedError
 
     def plots(self, out: Path, y: np.ndarray, scores: np.ndarray, threshold: float | None, baselines: list[Any],
-              classes: list[str] | None, backend: str) -> None:
-        """The head's test plots; `baselines` best first (the first also gets its own confusion matrix)."""
+              classes: list[str] | None, model: str) -> None:
+        """The head's test plots of the trained network (labelled `model`, e.g. "Keras (horovod)"); `baselines` best
+        first (the first also gets its own confusion matrix)."""
         raise NotImplementedError
 
     def signature(self, input_column: str, encoded: bool, threshold: float | None, vector_size: int) -> Any:
@@ -226,14 +227,14 @@ class BinaryHead(_Classifier):
         return train_baseline(data, conf, weights, seed, kind)
 
     def plots(self, out: Path, y: np.ndarray, scores: np.ndarray, threshold: float | None, baselines: list[Any],
-              classes: list[str] | None, backend: str) -> None:
+              classes: list[str] | None, model: str) -> None:
         from pipelines.training.evaluate import plot_confusion, plot_roc
 
         t = 0.5 if threshold is None else threshold
         names = ["negative (0)", "positive (1)"]
         plot_confusion(y, (scores >= t).astype(int), names, out / "confusion_matrix_test.png",
-                       f"Keras model, test split\nthreshold {t:.3f}")
-        curves = {f"Keras ({backend})": (y, scores)}
+                       f"{model}, test split\nthreshold {t:.3f}")
+        curves = {model: (y, scores)}
         for b in baselines:
             curves[f"MLlib {b.kind}"] = (b.test_labels, b.test_scores)
         if baselines:
@@ -302,12 +303,12 @@ class MulticlassHead(_Classifier):
         return train_multiclass_baseline(data, conf, weights, seed, classes or [])
 
     def plots(self, out: Path, y: np.ndarray, scores: np.ndarray, threshold: float | None, baselines: list[Any],
-              classes: list[str] | None, backend: str) -> None:
+              classes: list[str] | None, model: str) -> None:
         from pipelines.training.evaluate import plot_confusion
 
         names = classes or []
         plot_confusion(y, scores.argmax(axis=1), names, out / "confusion_matrix_test.png",
-                       f"Keras model, test split\naccuracy {np.mean(y == scores.argmax(axis=1)):.3f}")
+                       f"{model}, test split\naccuracy {np.mean(y == scores.argmax(axis=1)):.3f}")
         if baselines:
             baseline = baselines[0]
             pred = baseline.test_scores.argmax(axis=1)
@@ -375,10 +376,10 @@ class RegressionHead(Head):
         return train_regression_baseline(data, conf, seed)
 
     def plots(self, out: Path, y: np.ndarray, scores: np.ndarray, threshold: float | None, baselines: list[Any],
-              classes: list[str] | None, backend: str) -> None:
+              classes: list[str] | None, model: str) -> None:
         from pipelines.training.evaluate import plot_regression
 
-        series = {f"Keras ({backend})": (y, scores)}
+        series = {model: (y, scores)}
         for baseline in baselines:
             series[f"MLlib {baseline.kind}"] = (baseline.test_labels, baseline.test_scores)
         plot_regression(series, out / "predicted_vs_actual_test.png", "Predicted vs actual, test split")

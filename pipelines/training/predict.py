@@ -38,7 +38,14 @@ class Evaluation:
 
 
 def trained_model(tc: TrainingConf, task: Task, data: TrainingData, weights: list[Any]) -> Any:
-    """The network of `tc` for `task`, holding `weights` (rank 0's best-epoch weights)."""
+    """The network of `tc` for `task`, holding `weights` (rank 0's best-epoch weights): a Keras model, or a
+    torch_net.TorchModel (training.framework pytorch) with the same `predict` and `save`."""
+    if tc.framework == "pytorch":
+        from pipelines.training import torch_net
+
+        desc = torch_net.description(tc.network.model_dump(mode="json"), task.record.vector_size, task.head.name,
+                                     task.num_classes, task.input_shape, data.label_scale)
+        return torch_net.TorchModel.from_arrays(desc, weights)
     from pipelines.training.model import build_network
 
     model = build_network(tc.network.model_dump(mode="json"), task.record.vector_size, task.head.name,

@@ -69,33 +69,48 @@ def signature(meta: dict[str, Any]) -> ModelSignature:
                                             int(meta["vector_size"]))
 
 
-def log_model(keras_model: Any, meta: dict[str, Any], preprocessing_dir: str | None) -> Any:
-    """Log the pyfunc (Keras model, meta.json, preprocessing PipelineModel for features input) in the active run.
-    A model that decodes bytes carries features/image.py in its code/, so it decodes them exactly as the features
-    job did."""
+TORCH_CODE_PACKAGE = "spark_ml_pipeline_serving"  # a PyTorch model's code/: torch_net.py, its network builder
+
+
+def log_model(model: Any, meta: dict[str, Any], preprocessing_dir: str | None) -> Any:
+    """Log the pyfunc (the network, meta.json, preprocessing PipelineModel for features input) in the active run.
+    `model` is a Keras model, or a torch_net.TorchModel when meta["framework"] is pytorch; the PyTorch model
+    carries torch_net.py in its code/ (serving rebuilds the network from it). A model that decodes bytes carries
+    features/image.py in its code/, so it decodes them exactly as the features job did."""
     decoder = decodes(meta)
+    torch = meta.get("framework") == "pytorch"
     with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
-        artifacts = _artifacts(tmp, keras_model, meta, preprocessing_dir)
-        code_paths = None
+        artifacts = _artifacts(tmp, model, meta, preprocessing_dir)
+        code_paths = []
         if decoder:
-            package = Path(tmp) / "code" / "features"
-            package.mkdir(parents=True)
-            (package / "__init__.py").write_text("")
-            serving_code(str(package), "image.py", "features")
-            code_paths = [str(package)]
+            code_paths.append(_code_package(tmp, "features", "image.py", "features"))
+        if torch:
+            code_paths.append(_code_package(tmp, TORCH_CODE_PACKAGE, "torch_net.py"))
         return mlflow.pyfunc.log_model(
-            name=MODEL_NAME, python_model=serving_code(tmp), artifacts=artifacts, code_paths=code_paths,
-            signature=signature(meta), pip_requirements=[*_requirements(), *(["pillow"] if decoder else [])],
+            name=MODEL_NAME, python_model=serving_code(tmp), artifacts=artifacts, code_paths=code_paths or None,
+            signature=signature(meta),
+            pip_requirements=[*_requirements(meta.get("framework", "tensorflow")), *(["pillow"] if decoder else [])],
         )
 
 
-def _artifacts(folder: str, keras_model: Any, meta: dict[str, Any], preprocessing_dir: str | None) -> dict[str, str]:
-    """The pyfunc's artifacts written to `folder`: the Keras model, meta.json, and the preprocessing model."""
-    keras_path = Path(folder) / "model.keras"
-    keras_model.save(keras_path)
+def _code_package(folder: str, name: str, module: str, package: str | None = None) -> str:
+    """A package `name` under <folder>/code holding `module` of this package (or `package`), for code_paths."""
+    path = Path(folder) / "code" / name
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "__init__.py").write_text("")
+    serving_code(str(path), module, package)
+    return str(path)
+
+
+def _artifacts(folder: str, model: Any, meta: dict[str, Any], preprocessing_dir: str | None) -> dict[str, str]:
+    """The pyfunc's artifacts written to `folder`: the network (keras_model, a .keras file, or torch_model, a
+    folder of network.json and state.pt), meta.json, and the preprocessing model."""
+    key, name = ("torch_model", "torch_model") if meta.get("framework") == "pytorch" else ("keras_model",
+                                                                                            "model.keras")
+    model.save(str(Path(folder) / name))
     meta_path = Path(folder) / "meta.json"
     meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    artifacts = {"keras_model": str(keras_path), "meta": str(meta_path)}
+    artifacts = {key: str(Path(folder) / name), "meta": str(meta_path)}
     if preprocessing_dir:
         artifacts["preprocessing"] = preprocessing_dir
     return artifacts
@@ -112,14 +127,22 @@ def serving_code(folder: str, module: str = SERVING_MODULE, package: str | None 
     return str(path)
 
 
-def _requirements() -> list[str]:
+def _requirements(framework: str) -> list[str]:
+    """What the served model needs: MLflow, numpy, pandas and its framework (torch without its local build tag,
+    so the requirement resolves on PyPI)."""
     import mlflow as m
     import numpy
     import pandas
-    import tensorflow as tf
 
-    return [f"mlflow=={m.__version__}", f"tensorflow-cpu=={tf.__version__}", f"numpy=={numpy.__version__}",
-            f"pandas=={pandas.__version__}"]
+    if framework == "pytorch":
+        import torch
+
+        net = f"torch=={torch.__version__.split('+')[0]}"
+    else:
+        import tensorflow as tf
+
+        net = f"tensorflow-cpu=={tf.__version__}"
+    return [f"mlflow=={m.__version__}", net, f"numpy=={numpy.__version__}", f"pandas=={pandas.__version__}"]
 
 
 def spark_udf(spark: Any, model_uri: str, result_type: str = RESULT_TYPE) -> Any:

@@ -42,18 +42,24 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+MODEL_NAMES = {"tensorflow": ("keras", "Keras"), "pytorch": ("pytorch", "PyTorch")}  # framework -> (key, title)
+
+
 def comparison(metric: str, lower_is_better: bool, test_rows: int, validation: dict[str, float],
-               test: dict[str, float], baselines: Sequence[Judged]) -> tuple[dict[str, Any], str]:
-    """(report, its markdown table): the Keras model (with its `validation` and `test` metrics on `test_rows`
-    rows) and every baseline (ranked best first), with whether all were judged on the same number of test rows."""
-    rows = [{"model": "keras", "params": {}, "validation": validation.get(metric), "test": test.get(metric),
+               test: dict[str, float], baselines: Sequence[Judged], framework: str = "tensorflow"
+               ) -> tuple[dict[str, Any], str]:
+    """(report, its markdown table): the trained network of `framework` (with its `validation` and `test` metrics
+    on `test_rows` rows; named keras or pytorch) and every baseline (ranked best first), with whether all were
+    judged on the same number of test rows."""
+    key, title = MODEL_NAMES[framework]
+    rows = [{"model": key, "params": {}, "validation": validation.get(metric), "test": test.get(metric),
              "test_rows": test_rows}]
     rows += [{"model": b.kind, "params": b.best_params, "validation": b.validation.get(metric),
               "test": b.test.get(metric), "test_rows": len(b.test_labels)} for b in baselines]
     report = {"metric": metric, "lower_is_better": lower_is_better,
               "best_baseline": baselines[0].kind if baselines else None,
               "same_test_rows": all(r["test_rows"] == test_rows for r in rows), "models": rows}
-    lines = [f"# Keras model vs MLlib baselines ({metric}, test split)", "",
+    lines = [f"# {title} model vs MLlib baselines ({metric}, test split)", "",
              f"Best baseline (by validation {metric}): {report['best_baseline']}", "",
              f"| model | validation {metric} | test {metric} | test rows | tuned params |", "|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {_fmt(r['validation'])} | {_fmt(r['test'])} | {r['test_rows']} | "

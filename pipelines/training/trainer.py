@@ -114,9 +114,9 @@ def _train_in_run(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Flo
                 s.add(best=baselines[0].kind,
                       **{f"baseline_{k}": v for k, v in head.summary(baselines[0].test).items()})
     metric, lower = head.promotion(tc.promote_metric)
-    report.record(rec, *report.comparison(metric, lower, len(ev.test_labels), ev.validation, ev.test, baselines),
-                  "report/model_comparison")
-    _log_plots(rec, task, r0.history, ev, baselines, tc.backend)
+    report.record(rec, *report.comparison(metric, lower, len(ev.test_labels), ev.validation, ev.test, baselines,
+                                          tc.framework), "report/model_comparison")
+    _log_plots(rec, task, r0.history, ev, baselines, f"{report.MODEL_NAMES[tc.framework][1]} ({tc.backend})")
 
     with stage("train.register") as s:
         promo = register_and_promote(
@@ -148,7 +148,8 @@ def _log_inputs(rec: Recorder, cfg: Config, task: Task, data: TrainingData, laun
                 **({"num_classes": task.num_classes,
                     "input_shape": str(list(task.input_shape) if task.input_shape else None)}
                    if names else {}),
-                "num_workers": tc.num_workers, "backend": tc.backend, "git_commit": git_commit(),
+                "num_workers": tc.num_workers, "framework": tc.framework, "backend": tc.backend,
+                "git_commit": git_commit(),
                 "steps_per_epoch": launch.steps_per_epoch, "validation_steps": launch.validation_steps,
                 "effective_batch_size": tc.batch_size * tc.num_workers, "early_stopping_monitor": es["monitor"],
                 **{f"class_weight.{names[k] if names else k}": round(v, 6)
@@ -184,7 +185,7 @@ def _meta(cfg: Config, flow: Flow, task: Task, run_id: str, ev: Evaluation) -> d
     """meta.json of the pyfunc: head, what it reads (the flow's description of the served input, e.g. how images
     are decoded, and the network's input shape), threshold or classes, lineage and metrics."""
     record = task.record
-    return {"head": task.head.name,
+    return {"head": task.head.name, "framework": cfg.training.framework,
             **pyfunc.input_description(flow.serving_meta(cfg), record.vector_size, task.input_shape),
             **({"threshold": ev.threshold} if ev.threshold is not None else {}),
             **({"classes": task.classes} if task.classes else {}),
@@ -218,10 +219,10 @@ def _baselines(rec: Recorder, cfg: Config, task: Task, data: TrainingData, weigh
 
 
 def _log_plots(rec: Recorder, task: Task, history: list[dict[str, float]], ev: Evaluation, baselines: list[Any],
-               backend: str) -> None:
+               model: str) -> None:
     with tempfile.TemporaryDirectory(prefix="train-plots-") as tmp:
         out = Path(tmp)
-        task.head.plots(out, ev.test_labels, ev.test_scores, ev.threshold, baselines, task.classes, backend)
+        task.head.plots(out, ev.test_labels, ev.test_scores, ev.threshold, baselines, task.classes, model)
         if history:
             plot_history(history, out / "training_history.png")
         rec.artifacts(tmp, "plots")

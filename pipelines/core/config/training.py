@@ -206,7 +206,7 @@ class TrainingConf(Strict):
     """
 
     framework: Literal["tensorflow", "pytorch"] = "tensorflow"  # Keras 2 (tf.keras) or PyTorch DDP
-    backend: Literal["horovod", "tf-mwms", "torch-ddp"] | None = None  # None: the framework's first (FRAMEWORK_BACKENDS)
+    backend: Literal["horovod", "tf-mwms", "torch-ddp"] | None = None  # None: the framework's first backend
     num_workers: int = Field(default=2, ge=1)
     threads_per_worker: int = Field(default=1, ge=1)  # TensorFlow intra/inter-op threads per worker
     gpus_per_worker: int = Field(default=0, ge=0)  # > 0: stage-level GPU request, CUDA_VISIBLE_DEVICES per task

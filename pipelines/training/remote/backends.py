@@ -12,7 +12,10 @@ gRPC server binds the wildcard address with no option to change it, so the tf-mw
 the bind shim (bind_address.c, built into the environment by bootstrap.sh, preloaded with LD_PRELOAD): a bind to
 the wildcard address binds the task's own host address instead (127.0.0.1 in local mode).
 
-TensorFlow and Horovod's TensorFlow module are imported only in the training process.
+torch-ddp (training.framework pytorch) has no Keras-shaped interface: its training process (torch_worker.py)
+drives DistributedDataParallel itself and uses the backend for the process group, `sync` and `shutdown`.
+
+TensorFlow, Horovod's TensorFlow module and torch are imported only in the training process.
 """
 
 from __future__ import annotations
@@ -165,10 +168,45 @@ class MwmsBackend:
         """The strategy has nothing to release; the process exits after writing its result."""
 
 
-BACKENDS: dict[str, type[HorovodBackend] | type[MwmsBackend]] = {"horovod": HorovodBackend, "tf-mwms": MwmsBackend}
+class TorchDdpBackend:
+    """torch.distributed for DistributedDataParallel: gloo on CPU, nccl when the rank has a GPU. The process group
+    meets through the driver's control server (a signed store, remote/torch_worker.SignedStore, one scope per
+    attempt) instead of torch's own TCPStore, which authenticates nothing; gloo's pairs bind the interface
+    `training.horovod.iface` (lo in local mode), as Horovod's do."""
+
+    @staticmethod
+    def task_env(spec: WorkerSpec, slot: Any, host: str, all_gather: Callable[[str], list[str]]) -> dict[str, str]:
+        iface = spec.iface or ("lo" if spec.local else _iface_of(slot.hostname))
+        return {"GLOO_SOCKET_IFNAME": iface, "NCCL_SOCKET_IFNAME": iface}
+
+    def __init__(self, spec: WorkerSpec, task: Any) -> None:
+        from datetime import timedelta
+
+        import torch
+        import torch.distributed as dist
+
+        from pipelines.training.remote.torch_worker import SignedStore
+
+        timeout = float(spec.training["horovod"]["gloo_timeout_s"])
+        self.device = torch.device("cuda", 0) if (spec.training["gpus_per_worker"] > 0
+                                                   and torch.cuda.is_available()) else torch.device("cpu")
+        store = SignedStore(spec, f"torch-ddp-{task.attempt}", timeout)
+        dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", store=store, rank=task.rank,
+                                world_size=task.size, timeout=timedelta(seconds=timeout))
+        self.dist = dist
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+
+    def sync(self) -> None:
+        self.dist.barrier()
+
+    def shutdown(self) -> None:
+        self.dist.destroy_process_group()
 
 
-def backend_class(name: str) -> type[HorovodBackend] | type[MwmsBackend]:
+BACKENDS: dict[str, Any] = {"horovod": HorovodBackend, "tf-mwms": MwmsBackend, "torch-ddp": TorchDdpBackend}
+
+
+def backend_class(name: str) -> Any:
     """The backend called `name` (training.backend)."""
     return BACKENDS[name]
 

@@ -1,5 +1,6 @@
 """The training process: one per rank and attempt, started by the barrier task (task.py) as
-`python -m pipelines.training.remote.worker <workdir>`.
+`python -m pipelines.training.remote.worker <workdir>`. This module trains Keras models; with
+training.framework pytorch the same process runs torch_worker.train_torch instead (same task file, same result).
 
 It reads (WorkerSpec, TaskInfo) from <workdir>/task.pkl (a local file its own task wrote, mode 0600: it holds the
 launch's secret), sets TensorFlow's threads, starts the backend (hvd.init(), or MultiWorkerMirroredStrategy),
@@ -29,7 +30,12 @@ def main(argv: list[str]) -> int:
     workdir = Path(argv[0])
     spec, task = cloudpickle.loads((workdir / "task.pkl").read_bytes())
     try:
-        result = train_worker(spec, task)
+        if spec.training.get("framework") == "pytorch":
+            from pipelines.training.remote.torch_worker import train_torch
+
+            result = train_torch(spec, task)
+        else:
+            result = train_worker(spec, task)
     except BaseException:
         (workdir / "error.txt").write_text(traceback.format_exc())
         return 1
