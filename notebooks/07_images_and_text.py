@@ -3,7 +3,9 @@
 # MAGIC # 07 Images and text
 # MAGIC The image (digits) and text (tweets) flows, chosen by the `pipeline` widget exactly as
 # MAGIC `./spark-submit.sh run-all --set pipeline=<name>` chooses them: land and ingest the profile's data, build the
-# MAGIC feature table, train with the barrier Horovod launcher against the MLlib baseline, and score into gold.
+# MAGIC feature table, train with the barrier launcher against the MLlib baseline, and score into gold. The `framework`
+# MAGIC widget picks the network's framework (`training.framework`): PyTorch DistributedDataParallel by default here,
+# MAGIC Keras with Horovod as in 04_train; the model registers and scores the same way.
 
 # COMMAND ----------
 
@@ -13,8 +15,10 @@ dbutils = get_dbutils()
 dbutils.widgets.dropdown("pipeline", "digits", ["digits", "tweets"])
 dbutils.widgets.text("fraction", "1.0")
 dbutils.widgets.text("epochs", "60")
+dbutils.widgets.dropdown("framework", "pytorch", ["pytorch", "tensorflow"])
 nb = open_notebook(dbutils, [f"demo.fraction={dbutils.widgets.get('fraction')}",
-                             f"training.epochs={dbutils.widgets.get('epochs')}"])
+                             f"training.epochs={dbutils.widgets.get('epochs')}",
+                             f"training.framework={dbutils.widgets.get('framework')}"])
 cfg, spark, store, flow = nb.cfg, nb.spark, nb.store, nb.flow
 
 # COMMAND ----------
@@ -52,7 +56,7 @@ from pipelines.stages.train import run_train
 
 result = run_train(spark, cfg, store, flow, features_run_id=features.run.run_id)
 print(f"{result.registered_model} v{result.version} -> {result.alias}")
-{"keras_test_accuracy": result.test["accuracy"], "mllib_baseline_test_accuracy": (result.baseline_test or {}).get("accuracy")}
+{f"{cfg.training.framework}_test_accuracy": result.test["accuracy"], "mllib_baseline_test_accuracy": (result.baseline_test or {}).get("accuracy")}
 
 # COMMAND ----------
 

@@ -1,10 +1,12 @@
-"""The chain on a real standalone cluster (master + two one-core workers on 127.0.0.1) logging to a real
-MLflow tracking server, submitted through spark-submit.sh --env standalone. Spark's event log proves that the
-barrier training stage ran one task on each executor. The same run carries the secrets check: the tracking URI holds
-a password (with '@' and '='), the Spark conf a secret s3a key and an Azure account key (read from the environment),
-and none may appear on any process's command line while the run goes (every process of the machine, sampled every
-0.2 s: spark-submit, the driver's JVM and Python, the executors, the Horovod ranks), in --dry-run, the job's output,
-MLflow (params, tags, the logged config, artifacts), the event log, the executors' logs or any file the run leaves."""
+"""The chain on a real standalone cluster (master + two one-core workers on 127.0.0.1) logging to a real MLflow
+tracking server, submitted through spark-submit.sh --env standalone, training with PyTorch (`--set
+training.framework=pytorch`: two DistributedDataParallel ranks; the YARN test trains with Horovod). Spark's event
+log proves that the barrier training stage ran one task on each executor. The same run carries the secrets check:
+the tracking URI holds a password (with '@' and '='), the Spark conf a secret s3a key and an Azure account key (read
+from the environment), and none may appear on any process's command line while the run goes (every process of the
+machine, sampled every 0.2 s: spark-submit, the driver's JVM and Python, the executors, the training ranks), in
+--dry-run, the job's output, MLflow (params, tags, the logged config, artifacts), the event log, the executors' logs
+or any file the run leaves."""
 
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def test_chain_on_standalone_with_tracking_server(cluster: tuple[str, Path], tmp
     ws = tmp_path / "ws"
     events = tmp_path / "events"
     events.mkdir()
-    sets = [f"--set={s}" for s in ["demo.fraction=0.01", LANDED, *FAST_TRAINING,
+    sets = [f"--set={s}" for s in ["demo.fraction=0.01", LANDED, *FAST_TRAINING, "training.framework=pytorch",
                                    "spark.conf.spark.eventLog.enabled=true",
                                    f"spark.conf.spark.eventLog.dir=file://{events}",
                                    "spark.conf.spark.eventLog.compress=false",  # plain JSON, searchable
@@ -92,6 +94,11 @@ def test_chain_on_standalone_with_tracking_server(cluster: tuple[str, Path], tmp
         assert '"rows_quarantined": 0' in report
         champion = client.get_model_version_by_alias("flight-delay", "champion")
         assert champion.version == "1"
+        train = client.get_run(champion.run_id).data  # the PyTorch chain: two DDP ranks, one on each executor
+        assert (train.params["framework"], train.params["backend"]) == ("pytorch", "torch-ddp")
+        assert train.metrics["identical_weights"] == 1.0 and train.metrics["pyfunc_check_max_abs_diff"] < 1e-5
+        scored = client.search_runs([exp.experiment_id], "tags.job = 'score'")[0].data.metrics
+        assert scored["rows_scored"] > 0
         runs = client.search_runs([exp.experiment_id])
         assert {r.data.tags["job"] for r in runs} >= {"ingest", "features", "train", "score", "monitor"}
         recorded = json.dumps([[r.data.params, r.data.tags] for r in runs])

@@ -4,16 +4,21 @@ real two-rank DistributedDataParallel training in the shared Spark session (the 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 
+import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
-from pipelines.core.config import Config
+from pipelines.core.config import REPO_ROOT, Config, load_config
 from pipelines.core.delta import DeltaStore
 from pipelines.flows import get_flow
 from pipelines.stages.train import run_train
@@ -22,6 +27,7 @@ from pipelines.training.driver import ControlChannel
 from pipelines.training.registry import CHAMPION
 from pipelines.training.remote.torch_worker import SignedStore
 from pipelines.training.spec import WorkerSpec
+from tests.chain import LANDED
 from tests.test_train import RAW, SMALL, make_features_run
 
 TORCH = ("training.framework=pytorch",)
@@ -94,3 +100,59 @@ def test_two_torch_ranks_train_log_register_and_score(spark: SparkSession, torch
     meta = pyfunc.model_meta(f"models:/{cfg.mlflow.registered_model}@{CHAMPION}")
     assert meta["framework"] == "pytorch" and meta["vector_size"] == len(RAW)
     assert np.isfinite(run.data.metrics["pyfunc_check_max_abs_diff"])
+
+
+def test_search_with_pytorch_trials_and_retrain(spark: SparkSession, torch_cfg: Callable[..., Config]) -> None:
+    """`train --search` with training.framework=pytorch: Optuna's trials are PyTorch trainings (nested runs with
+    per-epoch validation metrics), the best one retrains and registers a PyTorch model."""
+    from jobs import train as train_job
+
+    cfg = torch_cfg("training.search.trials=2", "training.search.epochs=2", "training.search.pruner.enabled=false",
+                    "mlflow.registered_model=torch-search")
+    argv = ["--search", *[f"--set={o}" for o in (f"storage.workspace={cfg.storage.workspace}", *SMALL, *TORCH,
+                                                 "training.search.trials=2", "training.search.epochs=2",
+                                                 "training.search.pruner.enabled=false",
+                                                 "mlflow.registered_model=torch-search")]]
+    assert train_job.main(argv) == 0
+    client = MlflowClient(cfg.tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    trials = [r for r in runs if r.data.tags.get("job") == "train.trial"]
+    assert len(trials) == 2 and all(t.data.tags["state"] == "COMPLETE" for t in trials)
+    for t in trials:
+        assert [m.step for m in client.get_metric_history(t.info.run_id, "val_auc")] == [0, 1]
+        assert t.data.params["framework"] == "pytorch"
+    (retrain,) = [r for r in runs if r.data.tags.get("job") == "train" and r.data.tags.get("search_best_trial_run_id")]
+    assert retrain.data.params["framework"] == "pytorch"
+    version = client.get_model_version_by_alias("torch-search", CHAMPION)
+    assert version.run_id == retrain.info.run_id
+    assert pyfunc.model_meta(f"models:/torch-search@{CHAMPION}")["framework"] == "pytorch"
+
+
+@pytest.mark.slow
+def test_digits_cnn_through_spark_submit_with_pytorch(tmp_path: Path) -> None:
+    """`spark-submit.sh run-all --set pipeline=digits --set training.framework=pytorch`: the CNN trains on two DDP
+    ranks, registers, and the score job scores the PNG bytes through mlflow's spark_udf with the accuracy the
+    training's own evaluation measured."""
+    ws = tmp_path / "ws"
+    sets = [f"--set={s}" for s in ["pipeline=digits", *TORCH, LANDED, "training.epochs=12", "training.timeout_s=400",
+                                   "features.stats.enabled=false", "training.baseline.reg_params=[0.01]"]]
+    res = subprocess.run([str(REPO_ROOT / "spark-submit.sh"), "run-all", *sets], cwd=REPO_ROOT,
+                         env={**os.environ, "PIPELINE_HOME": str(ws)}, capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    cfg = load_config("local", [f"storage.workspace={ws}", "pipeline=digits"])
+    client = MlflowClient(cfg.tracking_uri)
+    champion = client.get_model_version_by_alias("digit-classifier", CHAMPION)
+    train = client.get_run(champion.run_id).data
+    assert (train.params["framework"], train.params["training.network.kind"]) == ("pytorch", "cnn")
+    assert train.params["input_shape"] == "[8, 8, 1]" and train.metrics["identical_weights"] == 1.0
+    assert train.metrics["test_accuracy"] > 0.85 and train.metrics["baseline_test_accuracy"] > 0.85
+    assert train.metrics["pyfunc_check_max_abs_diff"] <= 1e-5
+    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    score = client.search_runs([exp.experiment_id], "tags.job = 'score'")[0].data.metrics
+    assert score["rows_in"] == score["rows_scored"] == 1797
+    assert score["accuracy_test"] == pytest.approx(train.metrics["test_accuracy"])  # serving path == evaluation
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/digit-classifier@{CHAMPION}")  # image bytes in, as served
+    pngs = sorted((Path(cfg.catalog.landing) / "digits" / "3").glob("digit_*.png"))[:5]
+    out = model.predict(pd.DataFrame({"content": [f.read_bytes() for f in pngs] + [b"not an image"]}))
+    assert out["label"].tolist()[:5].count("3") >= 4 and out["prediction"].iloc[-1] == -1

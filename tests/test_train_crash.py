@@ -1,6 +1,7 @@
-"""Crash recovery of barrier-mode Horovod training, with real SIGKILLs of the ranks' training processes.
+"""Crash recovery of barrier-mode training, with real SIGKILLs of the ranks' training processes, for each framework.
 
-One `python -m jobs.train` subprocess (its own local[2] Spark, two Horovod ranks over gloo, 5 short epochs, one
+One `python -m jobs.train` subprocess (its own local[2] Spark, two Horovod ranks over gloo or two PyTorch DDP ranks
+over gloo, 5 short epochs, one
 checkpoint per epoch, gloo timeout 30 s) is killed twice while the test watches its process tree with psutil:
   1. rank 0's training process inside the write of the epoch-1 checkpoint (a failpoint pauses it there with half
      of the file written; the SIGKILL is real): attempt 1 must resume from epoch 0's checkpoint;
@@ -84,9 +85,11 @@ def _checkpoint_dir(ws: Path) -> Path | None:
     return found[0] if found else None
 
 
-@pytest.fixture(scope="module")
-def crash_run(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> CrashRun:
-    base = tmp_path_factory.mktemp("crash")
+@pytest.fixture(scope="module", params=["tensorflow", "pytorch"])
+def crash_run(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+              ) -> CrashRun:
+    """The job and its two kills, once per training.framework (Horovod ranks, then PyTorch DDP ranks)."""
+    base = tmp_path_factory.mktemp(f"crash-{request.param}")
     ws, tmpdir = base / "workspace", base / "tmp"
     point = "checkpoint.write.epoch-0001.npz"
     marker = base / "failpoints" / point
@@ -96,7 +99,8 @@ def crash_run(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> 
     make_features_run(spark, cfg, DeltaStore(spark), rows=2000)
     env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONPATH": str(REPO_ROOT),
            failpoints.ENV: point, failpoints.DIR_ENV: str(marker.parent)}
-    argv = [sys.executable, "-m", "jobs.train", *[f"--set={o}" for o in (*JOB, f"storage.workspace={ws}")]]
+    argv = [sys.executable, "-m", "jobs.train",
+            *[f"--set={o}" for o in (*JOB, f"storage.workspace={ws}", f"training.framework={request.param}")]]
     log_path = base / "job.log"
     started = time.monotonic()
     with open(log_path, "wb") as log:
