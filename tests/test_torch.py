@@ -11,7 +11,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -99,7 +98,32 @@ def test_two_torch_ranks_train_log_register_and_score(spark: SparkSession, torch
     assert run.data.params["framework"] == "pytorch" and run.data.params["backend"] == "torch-ddp"
     meta = pyfunc.model_meta(f"models:/{cfg.mlflow.registered_model}@{CHAMPION}")
     assert meta["framework"] == "pytorch" and meta["vector_size"] == len(RAW)
-    assert np.isfinite(run.data.metrics["pyfunc_check_max_abs_diff"])
+    assert run.data.metrics["pyfunc_check_max_abs_diff"] <= 1e-5  # spark_udf on 256 test rows == the network
+
+
+def test_pytorch_model_serves_on_loopback(spark: SparkSession, torch_cfg: Callable[..., Config], store: DeltaStore,
+                                          tmp_path: Path) -> None:
+    """The registered PyTorch model answers `mlflow models serve` requests as its pyfunc predicts the same rows."""
+    import json
+    import urllib.request
+
+    from tests.support.servers import model_server
+
+    cfg = torch_cfg("mlflow.registered_model=torch-served")
+    run_train(spark, cfg, store, get_flow(cfg))
+    uri = f"models:/torch-served@{CHAMPION}"
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    rows = store.read(cfg.catalog.path("features")).filter("split = 'test'").select("features").limit(3).toPandas()
+    expected = mlflow.pyfunc.load_model(uri).predict(rows)
+    body = json.dumps({"dataframe_split": {"columns": ["features"],
+                                           "data": [[list(map(float, v))] for v in rows["features"]]}}).encode()
+    with model_server(uri, cfg.tracking_uri, tmp_path) as url:
+        req = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
+            answer = json.loads(resp.read())["predictions"]
+    assert [a["prediction"] for a in answer] == expected["prediction"].tolist()
+    assert [a["probability"] for a in answer] == pytest.approx(expected["probability"].tolist(), abs=1e-6)
+    assert min(expected["probability"]) > 0 and max(expected["probability"]) < 1
 
 
 def test_search_with_pytorch_trials_and_retrain(spark: SparkSession, torch_cfg: Callable[..., Config]) -> None:

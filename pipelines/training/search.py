@@ -133,7 +133,8 @@ def _search_in_run(spark: SparkSession, cfg: Config, store: DeltaStore, flow: Fl
     rec.params({**flat("search.", sc.model_dump(mode="json")), "features_run_id": task.record.run_id,
                 "feature_table_version": task.record.table_version, "head": head.name,
                 "objective": f"validation_{metric}", "direction": "minimize" if lower else "maximize",
-                "prune_on": monitor, "num_workers": tc.num_workers, "git_commit": git_commit(),
+                "prune_on": monitor, "num_workers": tc.num_workers, "framework": tc.framework,
+                "backend": tc.backend, "git_commit": git_commit(),
                 **{f"rows.{k}": v["rows"] for k, v in data.counts.items()}})
     rec.tags({"features_run_id": task.record.run_id, "head": head.name})
     log_config(cfg)
@@ -213,7 +214,7 @@ def _run_trial(spark: SparkSession, cfg: Config, task: Task, data: TrainingData,
     with Recorder.start(cfg, TRIAL_JOB, nested=True) as rec:
         trial_id = rec.run_id
         launch = Launch.of(tc, task, data, weights, f"{checkpoint_root(cfg)}/{trial_id}")
-        rec.params({"trial": trial.number, **_shown(params), "epochs": tc.epochs,
+        rec.params({"trial": trial.number, **_shown(params), "epochs": tc.epochs, "framework": tc.framework,
                     "steps_per_epoch": launch.steps_per_epoch, "validation_steps": launch.validation_steps,
                     "effective_batch_size": tc.batch_size * tc.num_workers})
         started = time.perf_counter()
