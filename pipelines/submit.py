@@ -11,6 +11,7 @@ setting or override is an argument of spark-submit, its JVM or the job, where `p
 - yarn: the project is built as a wheel (--py-files) and the virtual environment is packed with venv-pack and
   shipped with --archives; the driver (cluster mode) and executors run ./environment/bin/python from it, and the
   conf folder travels as an archive too.
+  PyTorch and what only it needs (the CUDA wheels, triton, sympy: the torch layer) stay out of that archive.
 """
 
 from __future__ import annotations
@@ -18,15 +19,20 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import importlib.metadata
 import os
+import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import uuid
 import zipfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +79,7 @@ DEV_TOOLS = ("_pytest", "pytest*", "ruff*", "jupytext*", "jupyterlab_jupytext", 
 PACK_EXCLUDES = ("*__editable__*", "*.egg-link", "*/__pycache__/*", "*/site-packages/pyspark/jars/*",
                  "*/site-packages/tensorflow/include/*", "*/site-packages/*/tests/*",
                  *(f"*/site-packages/{name}/*" for name in DEV_TOOLS))
+TORCH_DIST = "torch"  # the root of the torch layer (torch_layer)
 
 
 @dataclass(frozen=True)
@@ -138,9 +145,138 @@ def build_conf_archive(conf_dir: Path, dest: Path) -> Path:
     return dest
 
 
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _site_packages(venv: Path) -> Path | None:
+    found = sorted((venv / "lib").glob("python*/site-packages"))
+    return found[0] if found else None
+
+
+def _requirement_names(requirements: Path) -> set[str]:
+    """The distributions a requirements file names (options, comments and blank lines skipped)."""
+    from packaging.requirements import Requirement
+
+    if not requirements.exists():
+        return set()
+    lines = (line.split("#", 1)[0].strip() for line in requirements.read_text().splitlines())
+    return {_canonical(Requirement(line).name) for line in lines if line and not line.startswith("-")}
+
+
+def _closure(dists: dict[str, importlib.metadata.Distribution], roots: Iterable[str]) -> set[str]:
+    """The installed distributions reachable from `roots` through their requirements (markers evaluated for this
+    interpreter and for the extras each requirement asks for); names not installed are skipped."""
+    from packaging.requirements import Requirement
+
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = [(_canonical(r), frozenset[str]()) for r in roots]
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in seen or name not in dists:
+            continue
+        seen.add((name, extras))
+        for spec in dists[name].requires or []:
+            req = Requirement(spec)
+            if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in sorted(extras) or [""]):
+                todo.append((_canonical(req.name), frozenset(req.extras)))
+    return {name for name, _ in seen}
+
+
+@dataclass(frozen=True)
+class TorchLayer:
+    """PyTorch and the installed distributions only it needs, as the files of a virtual environment.
+
+    `entries` are top-level folders and files of site-packages that only the layer's distributions own (torch,
+    nvidia, triton, the .dist-info folders...), `files` the layer's single files inside a top-level folder it
+    shares with another distribution, `outside` its files outside site-packages (bin/torchrun), relative to the
+    environment. Paths inside site-packages are relative to it."""
+
+    site: Path | None = None
+    dists: tuple[str, ...] = ()  # "name==version", sorted
+    entries: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    outside: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.dists)
+
+    def excludes(self, venv: Path) -> list[str]:
+        """venv-pack patterns (paths relative to the environment) that leave the layer out of the environment."""
+        if self.site is None:
+            return []
+        site = self.site.relative_to(venv).as_posix()
+        return [*(p for e in self.entries for p in (f"{site}/{e}", f"{site}/{e}/*")),
+                *(f"{site}/{f}" for f in self.files), *self.outside]
+
+    def members(self) -> Iterator[tuple[Path, str]]:
+        """(file, its name in the layer archive: its path relative to site-packages), sorted, without what the
+        packed environment leaves out anyway (PACK_EXCLUDES: __pycache__, tests...)."""
+        if self.site is None:
+            return
+        site = self.site
+        prefix = f"lib/{site.parent.name}/site-packages"  # the name the file would have in the packed environment
+
+        def kept(rel: str) -> bool:
+            return not any(fnmatch(f"{prefix}/{rel}", pattern) for pattern in PACK_EXCLUDES)
+
+        for entry in sorted({*self.entries, *self.files}):
+            path = site / entry
+            if path.is_dir() and not path.is_symlink():
+                for root, dirs, names in os.walk(path):
+                    dirs.sort()
+                    for name in sorted(names):
+                        rel = (Path(root) / name).relative_to(site).as_posix()
+                        if kept(rel):
+                            yield Path(root) / name, rel
+            elif (path.exists() or path.is_symlink()) and kept(entry):
+                yield path, entry
+
+
+def torch_layer(venv: Path, requirements: Path | None = None) -> TorchLayer:
+    """The torch layer of the environment `venv`: the installed distributions reachable from torch's requirements
+    (torch included) less those reachable from anything else the environment ships, which stay in the packed
+    environment (jinja2, fsspec, typing-extensions...). Anything else is each line of `requirements` (default: the
+    project's requirements.txt) but torch, and each installed distribution outside torch's closure (Horovod, built
+    by bootstrap.sh; the project itself). Empty when torch is not installed."""
+    site = _site_packages(venv)
+    if site is None:
+        return TorchLayer()
+    dists: dict[str, importlib.metadata.Distribution] = {}
+    for dist in importlib.metadata.distributions(path=[str(site)]):
+        dists.setdefault(_canonical(dist.metadata["Name"]), dist)
+    if TORCH_DIST not in dists:
+        return TorchLayer(site)
+    torch_side = _closure(dists, [TORCH_DIST])
+    roots = (_requirement_names(requirements or REPO_ROOT / "requirements.txt") | (set(dists) - torch_side))
+    layer = torch_side - _closure(dists, roots - {TORCH_DIST})
+    owners: dict[str, set[str]] = {}  # top-level entry of site-packages -> the distributions with files in it
+    layer_files: dict[str, set[str]] = {}  # top-level entry -> the layer's files in it
+    outside: set[str] = set()
+    for name, dist in dists.items():
+        paths = [p.as_posix() for p in dist.files or []]
+        info = getattr(dist, "_path", None)  # its .dist-info folder, should RECORD be missing
+        if not paths and isinstance(info, Path) and info.parent == site:
+            paths = [f"{info.name}/METADATA"]
+        for rel in paths:
+            if rel.startswith("../"):
+                if name in layer:
+                    outside.add(os.path.relpath(os.path.normpath(site / rel), venv))
+                continue
+            top = rel.split("/", 1)[0]
+            owners.setdefault(top, set()).add(name)
+            if name in layer:
+                layer_files.setdefault(top, set()).add(rel)
+    entries = sorted(top for top in layer_files if owners[top] <= layer)
+    files = sorted(f for top, rels in layer_files.items() if not owners[top] <= layer for f in rels)
+    return TorchLayer(site, tuple(sorted(f"{n}=={dists[n].version}" for n in layer)), tuple(entries), tuple(files),
+                      tuple(sorted(outside)))
+
+
 def pack_environment(venv: Path, dest: Path, python_prefix: str | None = None) -> Path:
-    """venv-pack the virtual environment into `dest` (tar.gz); reused while the installed packages and the native
-    libraries in its lib/ (the bind shim) are unchanged.
+    """venv-pack the virtual environment into `dest` (tar.gz), without its torch layer (torch_layer: shipped only to
+    pipelines that train with PyTorch, pack_torch_layer); reused while the installed packages, what the layer holds
+    and the native libraries in its lib/ (the bind shim) are unchanged.
 
     With `python_prefix` (where Python lives on the nodes) the environment's python links point there. venv-pack
     0.2.0 gets those links wrong for a venv whose bin/python3.11 links to <base>/bin/python3.11 (it writes
@@ -150,7 +286,8 @@ def pack_environment(venv: Path, dest: Path, python_prefix: str | None = None) -
 
     listing = "\n".join(sorted(p.name for p in (venv / "lib").glob("python*/site-packages/*")))
     native = sorted(f"{p.name}:{hashlib.sha256(p.read_bytes()).hexdigest()}" for p in (venv / "lib").glob("*.so"))
-    digest = hashlib.sha256(f"{listing}|{native}|{python_prefix}|{PACK_EXCLUDES}".encode()).hexdigest()
+    excludes = (*PACK_EXCLUDES, *torch_layer(venv).excludes(venv))
+    digest = hashlib.sha256(f"{listing}|{native}|{python_prefix}|{excludes}".encode()).hexdigest()
     stamp = dest.with_suffix(dest.suffix + ".sha256")
     if dest.exists() and stamp.exists() and stamp.read_text() == digest:
         return dest
@@ -166,9 +303,35 @@ def pack_environment(venv: Path, dest: Path, python_prefix: str | None = None) -
     vp.check_python_prefix = prefix_rewrites
     try:
         vp.pack(str(venv), str(dest), python_prefix=python_prefix, force=True,
-                filters=[("exclude", pattern) for pattern in PACK_EXCLUDES])
+                filters=[("exclude", pattern) for pattern in excludes])
     finally:
         vp.check_python_prefix = original
+    stamp.write_text(digest)
+    return dest
+
+
+def pack_torch_layer(venv: Path, dest: Path) -> Path:
+    """The torch layer of `venv` (torch_layer) alone as a tar.gz at `dest`, its paths relative to site-packages:
+    extracted, it is a folder to put on PYTHONPATH (torch and the nvidia folder side by side, as torch's libraries'
+    RPATH $ORIGIN/../../nvidia/... expects). Reused while the layer is unchanged (a stamp beside it, as
+    pack_environment's); written under a private name and renamed into place."""
+    layer = torch_layer(venv)
+    if not layer:
+        raise FileNotFoundError(f"training.framework=pytorch, but torch is not installed in {venv} "
+                                "(./bootstrap.sh installs requirements.txt)")
+    digest = hashlib.sha256(f"{layer.dists}|{layer.entries}|{layer.files}|{PACK_EXCLUDES}".encode()).hexdigest()
+    stamp = dest.with_suffix(dest.suffix + ".sha256")
+    if dest.exists() and stamp.exists() and stamp.read_text() == digest:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _private_tmp(dest)
+    try:
+        with tarfile.open(tmp, "w:gz", compresslevel=4) as tar:  # venv-pack's level, for the environment
+            for path, name in layer.members():
+                tar.add(path, name, recursive=False)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
     stamp.write_text(digest)
     return dest
 
