@@ -10,8 +10,9 @@ setting or override is an argument of spark-submit, its JVM or the job, where `p
   zip and executors run this virtual environment's Python.
 - yarn: the project is built as a wheel (--py-files) and the virtual environment is packed with venv-pack and
   shipped with --archives; the driver (cluster mode) and executors run ./environment/bin/python from it, and the
-  conf folder travels as an archive too.
-  PyTorch and what only it needs (the CUDA wheels, triton, sympy: the torch layer) stay out of that archive.
+  conf folder travels as an archive too. PyTorch and what only it needs (the CUDA wheels, triton, sympy: the torch
+  layer) never go into that archive: a pipeline with training.framework=pytorch ships them as a second archive
+  (./torchlayer, on the PYTHONPATH of the executors and of a cluster-mode driver), any other pipeline not at all.
 """
 
 from __future__ import annotations
@@ -79,7 +80,13 @@ DEV_TOOLS = ("_pytest", "pytest*", "ruff*", "jupytext*", "jupyterlab_jupytext", 
 PACK_EXCLUDES = ("*__editable__*", "*.egg-link", "*/__pycache__/*", "*/site-packages/pyspark/jars/*",
                  "*/site-packages/tensorflow/include/*", "*/site-packages/*/tests/*",
                  *(f"*/site-packages/{name}/*" for name in DEV_TOOLS))
-TORCH_DIST = "torch"  # the root of the torch layer (torch_layer)
+# The torch layer (torch_layer): shipped only for training.framework=pytorch, extracted as ./torchlayer in the YARN
+# container and put on its PYTHONPATH. {{PWD}} is the container's working folder, which the NodeManager expands in
+# the container's environment (Spark writes its own --py-files entries of PYTHONPATH the same way).
+TORCH_DIST = "torch"
+TORCH_LAYER_ALIAS = "torchlayer"
+TORCH_LAYER_PATH = "{{PWD}}/" + TORCH_LAYER_ALIAS
+PYTHONPATH_SETTINGS = ("spark.executorEnv.PYTHONPATH", "spark.yarn.appMasterEnv.PYTHONPATH")
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class Artifacts:
     env_archive: Path | str | None = None  # a local file, or its copy on the cluster's file system
     conf_archive: Path | None = None
     spark_archive: str | None = None  # Spark's jars on the cluster's file system (spark.yarn.archive)
+    torch_layer: Path | str | None = None  # training.framework=pytorch: the torch layer, local or on the cluster
 
 
 def available_jobs() -> dict[str, str]:
@@ -373,8 +381,9 @@ def plan_artifacts(cfg: Config) -> Artifacts:
     dist = Path(os.environ.get("PIPELINE_DIST") or (Path(cfg.workspace) if "://" not in cfg.workspace
                                                     else REPO_ROOT / "workspace") / "dist")
     if cfg.env == "yarn":
+        layer = dist / "torch-layer.tar.gz" if cfg.training.framework == "pytorch" else None
         return Artifacts(dist / "spark_ml_pipeline-0.1.0-py3-none-any.whl", dist / "pyenv.tar.gz",
-                         dist / "conf.zip")
+                         dist / "conf.zip", torch_layer=layer)
     return Artifacts(dist / "project-code.zip")
 
 
@@ -394,15 +403,19 @@ def _build_artifacts(cfg: Config, planned: Artifacts, conf_dir: Path) -> Artifac
     assert isinstance(planned.env_archive, Path) and planned.conf_archive
     wheel = build_wheel(planned.code.parent)
     env = pack_environment(Path(sys.prefix), planned.env_archive, cfg.spark.python_prefix)
+    layer = pack_torch_layer(Path(sys.prefix), Path(planned.torch_layer)) if planned.torch_layer else None
     build_conf_archive(conf_dir, planned.conf_archive)
     if "://" not in cfg.workspace or cfg.workspace.startswith("file:"):
-        return Artifacts(wheel, env, planned.conf_archive)
+        return Artifacts(wheel, env, planned.conf_archive, torch_layer=layer)
     import pyspark
 
-    digest = env.with_suffix(env.suffix + ".sha256").read_text()[:16]
+    def staged(archive: Path, kind: str) -> str:
+        digest = archive.with_suffix(archive.suffix + ".sha256").read_text()[:16]
+        return stage_on_cluster(archive, cfg.workspace, f"{kind}-{digest}.tar.gz")
+
     libs = spark_jars_archive(env.parent / f"spark-libs-{pyspark.__version__}.zip")
-    return Artifacts(wheel, stage_on_cluster(env, cfg.workspace, f"pyenv-{digest}.tar.gz"), planned.conf_archive,
-                     stage_on_cluster(libs, cfg.workspace, libs.name))
+    return Artifacts(wheel, staged(env, "pyenv"), planned.conf_archive,
+                     stage_on_cluster(libs, cfg.workspace, libs.name), staged(layer, "torch-layer") if layer else None)
 
 
 def spark_submit_binary() -> str:
@@ -509,10 +522,21 @@ def build_command(job: str, cfg: Config, job_args: list[str], artifacts: Artifac
         archives = [f"{artifacts.env_archive}#{ENV_ARCHIVE_ALIAS}"]
         if artifacts.conf_archive is not None:
             archives.append(f"{artifacts.conf_archive}#{CONF_ARCHIVE_ALIAS}")
+        if artifacts.torch_layer is not None:
+            # Spark on YARN puts these values first on the PYTHONPATH it builds for --py-files and pyspark.zip
+            # (SPARK-22151, Spark 2.4+); a client-mode driver runs here, in the whole environment.
+            archives.append(f"{artifacts.torch_layer}#{TORCH_LAYER_ALIAS}")
+            conf["spark.executorEnv.PYTHONPATH"] = TORCH_LAYER_PATH
+            if remote_driver:
+                conf["spark.yarn.appMasterEnv.PYTHONPATH"] = TORCH_LAYER_PATH
         cmd += ["--archives", ",".join(archives)]
     conf |= derived_conf(cfg, sys.stderr.isatty())  # the driver's stderr is this process's: the user's terminal
     app = ["--py-files", str(artifacts.code), str(REPO_ROOT / available_jobs()[job]), *job_args]
-    return Submission(cmd, app, {**conf, **sc.conf}, list(overrides), driver_env, remote_driver)
+    properties = {**conf, **sc.conf}
+    for key in PYTHONPATH_SETTINGS:  # a PYTHONPATH of spark.conf comes after the torch layer's, not instead of it
+        if key in conf and key in sc.conf:
+            properties[key] = os.pathsep.join([conf[key], sc.conf[key]])
+    return Submission(cmd, app, properties, list(overrides), driver_env, remote_driver)
 
 
 def main(argv: list[str] | None = None) -> int:
