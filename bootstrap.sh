@@ -62,6 +62,6 @@ command -v gcc >/dev/null || { echo "bootstrap: gcc is required to build $SHIM_S
 gcc -O2 -Wall -shared -fPIC -o "$VENV/lib/libbind_address.so" "$SHIM_SRC" -ldl
 # The project itself, editable, so jobs, notebooks and tests import the same code.
 "${pip[@]}" install -q --no-build-isolation --no-deps -e .
-"$VENV/bin/python" -c "import horovod.tensorflow, petastorm, pyspark, deltalake, mlflow, tensorflow" 
+"$VENV/bin/python" -c "import horovod.tensorflow, petastorm, pyspark, deltalake, mlflow, tensorflow, torch"
 echo "$want" > "$stamp"
 echo "bootstrap: environment ready in $(( $(date +%s) - start ))s" >&2

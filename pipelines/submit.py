@@ -10,7 +10,9 @@ setting or override is an argument of spark-submit, its JVM or the job, where `p
   zip and executors run this virtual environment's Python.
 - yarn: the project is built as a wheel (--py-files) and the virtual environment is packed with venv-pack and
   shipped with --archives; the driver (cluster mode) and executors run ./environment/bin/python from it, and the
-  conf folder travels as an archive too.
+  conf folder travels as an archive too. PyTorch and what only it needs (the CUDA wheels, triton, sympy: the torch
+  layer) never go into that archive: a pipeline with training.framework=pytorch ships them as a second archive
+  (./torchlayer, on the PYTHONPATH of the executors and of a cluster-mode driver), any other pipeline not at all.
 """
 
 from __future__ import annotations
@@ -18,15 +20,20 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import importlib.metadata
 import os
+import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import uuid
 import zipfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +80,13 @@ DEV_TOOLS = ("_pytest", "pytest*", "ruff*", "jupytext*", "jupyterlab_jupytext", 
 PACK_EXCLUDES = ("*__editable__*", "*.egg-link", "*/__pycache__/*", "*/site-packages/pyspark/jars/*",
                  "*/site-packages/tensorflow/include/*", "*/site-packages/*/tests/*",
                  *(f"*/site-packages/{name}/*" for name in DEV_TOOLS))
+# The torch layer (torch_layer): shipped only for training.framework=pytorch, extracted as ./torchlayer in the YARN
+# container and put on its PYTHONPATH. {{PWD}} is the container's working folder, which the NodeManager expands in
+# the container's environment (Spark writes its own --py-files entries of PYTHONPATH the same way).
+TORCH_DIST = "torch"
+TORCH_LAYER_ALIAS = "torchlayer"
+TORCH_LAYER_PATH = "{{PWD}}/" + TORCH_LAYER_ALIAS
+PYTHONPATH_SETTINGS = ("spark.executorEnv.PYTHONPATH", "spark.yarn.appMasterEnv.PYTHONPATH")
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,7 @@ class Artifacts:
     env_archive: Path | str | None = None  # a local file, or its copy on the cluster's file system
     conf_archive: Path | None = None
     spark_archive: str | None = None  # Spark's jars on the cluster's file system (spark.yarn.archive)
+    torch_layer: Path | str | None = None  # training.framework=pytorch: the torch layer, local or on the cluster
 
 
 def available_jobs() -> dict[str, str]:
@@ -138,9 +153,138 @@ def build_conf_archive(conf_dir: Path, dest: Path) -> Path:
     return dest
 
 
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _site_packages(venv: Path) -> Path | None:
+    found = sorted((venv / "lib").glob("python*/site-packages"))
+    return found[0] if found else None
+
+
+def _requirement_names(requirements: Path) -> set[str]:
+    """The distributions a requirements file names (options, comments and blank lines skipped)."""
+    from packaging.requirements import Requirement
+
+    if not requirements.exists():
+        return set()
+    lines = (line.split("#", 1)[0].strip() for line in requirements.read_text().splitlines())
+    return {_canonical(Requirement(line).name) for line in lines if line and not line.startswith("-")}
+
+
+def _closure(dists: dict[str, importlib.metadata.Distribution], roots: Iterable[str]) -> set[str]:
+    """The installed distributions reachable from `roots` through their requirements (markers evaluated for this
+    interpreter and for the extras each requirement asks for); names not installed are skipped."""
+    from packaging.requirements import Requirement
+
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = [(_canonical(r), frozenset[str]()) for r in roots]
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in seen or name not in dists:
+            continue
+        seen.add((name, extras))
+        for spec in dists[name].requires or []:
+            req = Requirement(spec)
+            if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in sorted(extras) or [""]):
+                todo.append((_canonical(req.name), frozenset(req.extras)))
+    return {name for name, _ in seen}
+
+
+@dataclass(frozen=True)
+class TorchLayer:
+    """PyTorch and the installed distributions only it needs, as the files of a virtual environment.
+
+    `entries` are top-level folders and files of site-packages that only the layer's distributions own (torch,
+    nvidia, triton, the .dist-info folders...), `files` the layer's single files inside a top-level folder it
+    shares with another distribution, `outside` its files outside site-packages (bin/torchrun), relative to the
+    environment. Paths inside site-packages are relative to it."""
+
+    site: Path | None = None
+    dists: tuple[str, ...] = ()  # "name==version", sorted
+    entries: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    outside: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.dists)
+
+    def excludes(self, venv: Path) -> list[str]:
+        """venv-pack patterns (paths relative to the environment) that leave the layer out of the environment."""
+        if self.site is None:
+            return []
+        site = self.site.relative_to(venv).as_posix()
+        return [*(p for e in self.entries for p in (f"{site}/{e}", f"{site}/{e}/*")),
+                *(f"{site}/{f}" for f in self.files), *self.outside]
+
+    def members(self) -> Iterator[tuple[Path, str]]:
+        """(file, its name in the layer archive: its path relative to site-packages), sorted, without what the
+        packed environment leaves out anyway (PACK_EXCLUDES: __pycache__, tests...)."""
+        if self.site is None:
+            return
+        site = self.site
+        prefix = f"lib/{site.parent.name}/site-packages"  # the name the file would have in the packed environment
+
+        def kept(rel: str) -> bool:
+            return not any(fnmatch(f"{prefix}/{rel}", pattern) for pattern in PACK_EXCLUDES)
+
+        for entry in sorted({*self.entries, *self.files}):
+            path = site / entry
+            if path.is_dir() and not path.is_symlink():
+                for root, dirs, names in os.walk(path):
+                    dirs.sort()
+                    for name in sorted(names):
+                        rel = (Path(root) / name).relative_to(site).as_posix()
+                        if kept(rel):
+                            yield Path(root) / name, rel
+            elif (path.exists() or path.is_symlink()) and kept(entry):
+                yield path, entry
+
+
+def torch_layer(venv: Path, requirements: Path | None = None) -> TorchLayer:
+    """The torch layer of the environment `venv`: the installed distributions reachable from torch's requirements
+    (torch included) less those reachable from anything else the environment ships, which stay in the packed
+    environment (jinja2, fsspec, typing-extensions...). Anything else is each line of `requirements` (default: the
+    project's requirements.txt) but torch, and each installed distribution outside torch's closure (Horovod, built
+    by bootstrap.sh; the project itself). Empty when torch is not installed."""
+    site = _site_packages(venv)
+    if site is None:
+        return TorchLayer()
+    dists: dict[str, importlib.metadata.Distribution] = {}
+    for dist in importlib.metadata.distributions(path=[str(site)]):
+        dists.setdefault(_canonical(dist.metadata["Name"]), dist)
+    if TORCH_DIST not in dists:
+        return TorchLayer(site)
+    torch_side = _closure(dists, [TORCH_DIST])
+    roots = (_requirement_names(requirements or REPO_ROOT / "requirements.txt") | (set(dists) - torch_side))
+    layer = torch_side - _closure(dists, roots - {TORCH_DIST})
+    owners: dict[str, set[str]] = {}  # top-level entry of site-packages -> the distributions with files in it
+    layer_files: dict[str, set[str]] = {}  # top-level entry -> the layer's files in it
+    outside: set[str] = set()
+    for name, dist in dists.items():
+        paths = [p.as_posix() for p in dist.files or []]
+        info = getattr(dist, "_path", None)  # its .dist-info folder, should RECORD be missing
+        if not paths and isinstance(info, Path) and info.parent == site:
+            paths = [f"{info.name}/METADATA"]
+        for rel in paths:
+            if rel.startswith("../"):
+                if name in layer:
+                    outside.add(os.path.relpath(os.path.normpath(site / rel), venv))
+                continue
+            top = rel.split("/", 1)[0]
+            owners.setdefault(top, set()).add(name)
+            if name in layer:
+                layer_files.setdefault(top, set()).add(rel)
+    entries = sorted(top for top in layer_files if owners[top] <= layer)
+    files = sorted(f for top, rels in layer_files.items() if not owners[top] <= layer for f in rels)
+    return TorchLayer(site, tuple(sorted(f"{n}=={dists[n].version}" for n in layer)), tuple(entries), tuple(files),
+                      tuple(sorted(outside)))
+
+
 def pack_environment(venv: Path, dest: Path, python_prefix: str | None = None) -> Path:
-    """venv-pack the virtual environment into `dest` (tar.gz); reused while the installed packages and the native
-    libraries in its lib/ (the bind shim) are unchanged.
+    """venv-pack the virtual environment into `dest` (tar.gz), without its torch layer (torch_layer: shipped only to
+    pipelines that train with PyTorch, pack_torch_layer); reused while the installed packages, what the layer holds
+    and the native libraries in its lib/ (the bind shim) are unchanged.
 
     With `python_prefix` (where Python lives on the nodes) the environment's python links point there. venv-pack
     0.2.0 gets those links wrong for a venv whose bin/python3.11 links to <base>/bin/python3.11 (it writes
@@ -150,7 +294,8 @@ def pack_environment(venv: Path, dest: Path, python_prefix: str | None = None) -
 
     listing = "\n".join(sorted(p.name for p in (venv / "lib").glob("python*/site-packages/*")))
     native = sorted(f"{p.name}:{hashlib.sha256(p.read_bytes()).hexdigest()}" for p in (venv / "lib").glob("*.so"))
-    digest = hashlib.sha256(f"{listing}|{native}|{python_prefix}|{PACK_EXCLUDES}".encode()).hexdigest()
+    excludes = (*PACK_EXCLUDES, *torch_layer(venv).excludes(venv))
+    digest = hashlib.sha256(f"{listing}|{native}|{python_prefix}|{excludes}".encode()).hexdigest()
     stamp = dest.with_suffix(dest.suffix + ".sha256")
     if dest.exists() and stamp.exists() and stamp.read_text() == digest:
         return dest
@@ -166,9 +311,35 @@ def pack_environment(venv: Path, dest: Path, python_prefix: str | None = None) -
     vp.check_python_prefix = prefix_rewrites
     try:
         vp.pack(str(venv), str(dest), python_prefix=python_prefix, force=True,
-                filters=[("exclude", pattern) for pattern in PACK_EXCLUDES])
+                filters=[("exclude", pattern) for pattern in excludes])
     finally:
         vp.check_python_prefix = original
+    stamp.write_text(digest)
+    return dest
+
+
+def pack_torch_layer(venv: Path, dest: Path) -> Path:
+    """The torch layer of `venv` (torch_layer) alone as a tar.gz at `dest`, its paths relative to site-packages:
+    extracted, it is a folder to put on PYTHONPATH (torch and the nvidia folder side by side, as torch's libraries'
+    RPATH $ORIGIN/../../nvidia/... expects). Reused while the layer is unchanged (a stamp beside it, as
+    pack_environment's); written under a private name and renamed into place."""
+    layer = torch_layer(venv)
+    if not layer:
+        raise FileNotFoundError(f"training.framework=pytorch, but torch is not installed in {venv} "
+                                "(./bootstrap.sh installs requirements.txt)")
+    digest = hashlib.sha256(f"{layer.dists}|{layer.entries}|{layer.files}|{PACK_EXCLUDES}".encode()).hexdigest()
+    stamp = dest.with_suffix(dest.suffix + ".sha256")
+    if dest.exists() and stamp.exists() and stamp.read_text() == digest:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _private_tmp(dest)
+    try:
+        with tarfile.open(tmp, "w:gz", compresslevel=4) as tar:  # venv-pack's level, for the environment
+            for path, name in layer.members():
+                tar.add(path, name, recursive=False)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
     stamp.write_text(digest)
     return dest
 
@@ -210,8 +381,9 @@ def plan_artifacts(cfg: Config) -> Artifacts:
     dist = Path(os.environ.get("PIPELINE_DIST") or (Path(cfg.workspace) if "://" not in cfg.workspace
                                                     else REPO_ROOT / "workspace") / "dist")
     if cfg.env == "yarn":
+        layer = dist / "torch-layer.tar.gz" if cfg.training.framework == "pytorch" else None
         return Artifacts(dist / "spark_ml_pipeline-0.1.0-py3-none-any.whl", dist / "pyenv.tar.gz",
-                         dist / "conf.zip")
+                         dist / "conf.zip", torch_layer=layer)
     return Artifacts(dist / "project-code.zip")
 
 
@@ -231,15 +403,19 @@ def _build_artifacts(cfg: Config, planned: Artifacts, conf_dir: Path) -> Artifac
     assert isinstance(planned.env_archive, Path) and planned.conf_archive
     wheel = build_wheel(planned.code.parent)
     env = pack_environment(Path(sys.prefix), planned.env_archive, cfg.spark.python_prefix)
+    layer = pack_torch_layer(Path(sys.prefix), Path(planned.torch_layer)) if planned.torch_layer else None
     build_conf_archive(conf_dir, planned.conf_archive)
     if "://" not in cfg.workspace or cfg.workspace.startswith("file:"):
-        return Artifacts(wheel, env, planned.conf_archive)
+        return Artifacts(wheel, env, planned.conf_archive, torch_layer=layer)
     import pyspark
 
-    digest = env.with_suffix(env.suffix + ".sha256").read_text()[:16]
+    def staged(archive: Path, kind: str) -> str:
+        digest = archive.with_suffix(archive.suffix + ".sha256").read_text()[:16]
+        return stage_on_cluster(archive, cfg.workspace, f"{kind}-{digest}.tar.gz")
+
     libs = spark_jars_archive(env.parent / f"spark-libs-{pyspark.__version__}.zip")
-    return Artifacts(wheel, stage_on_cluster(env, cfg.workspace, f"pyenv-{digest}.tar.gz"), planned.conf_archive,
-                     stage_on_cluster(libs, cfg.workspace, libs.name))
+    return Artifacts(wheel, staged(env, "pyenv"), planned.conf_archive,
+                     stage_on_cluster(libs, cfg.workspace, libs.name), staged(layer, "torch-layer") if layer else None)
 
 
 def spark_submit_binary() -> str:
@@ -346,10 +522,21 @@ def build_command(job: str, cfg: Config, job_args: list[str], artifacts: Artifac
         archives = [f"{artifacts.env_archive}#{ENV_ARCHIVE_ALIAS}"]
         if artifacts.conf_archive is not None:
             archives.append(f"{artifacts.conf_archive}#{CONF_ARCHIVE_ALIAS}")
+        if artifacts.torch_layer is not None:
+            # Spark on YARN puts these values first on the PYTHONPATH it builds for --py-files and pyspark.zip
+            # (SPARK-22151, Spark 2.4+); a client-mode driver runs here, in the whole environment.
+            archives.append(f"{artifacts.torch_layer}#{TORCH_LAYER_ALIAS}")
+            conf["spark.executorEnv.PYTHONPATH"] = TORCH_LAYER_PATH
+            if remote_driver:
+                conf["spark.yarn.appMasterEnv.PYTHONPATH"] = TORCH_LAYER_PATH
         cmd += ["--archives", ",".join(archives)]
     conf |= derived_conf(cfg, sys.stderr.isatty())  # the driver's stderr is this process's: the user's terminal
     app = ["--py-files", str(artifacts.code), str(REPO_ROOT / available_jobs()[job]), *job_args]
-    return Submission(cmd, app, {**conf, **sc.conf}, list(overrides), driver_env, remote_driver)
+    properties = {**conf, **sc.conf}
+    for key in PYTHONPATH_SETTINGS:  # a PYTHONPATH of spark.conf comes after the torch layer's, not instead of it
+        if key in conf and key in sc.conf:
+            properties[key] = os.pathsep.join([conf[key], sc.conf[key]])
+    return Submission(cmd, app, properties, list(overrides), driver_env, remote_driver)
 
 
 def main(argv: list[str] | None = None) -> int:
