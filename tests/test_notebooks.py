@@ -52,7 +52,7 @@ def test_notebooks_execute(tmp_path: Path) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.job = 'train'")
     frameworks = {r.data.params["flow"]: r.data.params["framework"] for r in runs}
-    assert frameworks == {"flights": "tensorflow", "digits": "pytorch"}, frameworks  # 07 trains with PyTorch
+    assert frameworks == {"tabular": "tensorflow", "image": "pytorch"}, frameworks  # 07 trains digits with PyTorch
     assert [nb.name for nb in NOTEBOOKS] == ["01_land_and_ingest.py", "02_features.py", "03_exploration.py",
                                              "04_train.py", "05_score.py", "06_monitor.py",
                                              "07_images_and_text.py"]
