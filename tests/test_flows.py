@@ -103,9 +103,11 @@ def test_score_image_bytes_into_gold(spark: SparkSession, digits: tuple[Config, 
 
 
 def test_text_flow_end_to_end_through_spark_submit(tmp_path: Path) -> None:
+    """The tweets profile through `run-all`, its text classifier trained with PyTorch (digits' CNN trains with Keras
+    above): better than the majority class, scored through spark_udf with the training's own accuracy."""
     ws = tmp_path / "ws"
     sets = [f"--set={s}" for s in ["pipeline=tweets", "demo.fraction=0.3", *FAST, "flow.num_features=1024",
-                                   "flow.word2vec_size=16", "training.epochs=6"]]
+                                   "flow.word2vec_size=16", "training.epochs=6", "training.framework=pytorch"]]
     env = {**os.environ, "PIPELINE_HOME": str(ws)}
     res = subprocess.run([str(REPO_ROOT / "spark-submit.sh"), "run-all", *sets], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=1200)
@@ -119,6 +121,7 @@ def test_text_flow_end_to_end_through_spark_submit(tmp_path: Path) -> None:
     features = mlflow.get_run(train_run.data.params["features_run_id"]).data.metrics
     majority = max(v for k, v in features.items() if k.startswith("test.class.")) / features["test.rows"]
     assert train["num_classes"] == 4 and 0.4 < majority < 0.6  # Web Client: about half of the tweets
+    assert train_run.data.params["framework"] == "pytorch"  # the text classifier trained by two DDP ranks
     assert train["test_accuracy"] > majority + 0.02 and train["baseline_test_accuracy"] > majority + 0.02
     exp = client.get_experiment_by_name(cfg.mlflow.experiment)
     jobs = {r.data.tags["job"] for r in client.search_runs([exp.experiment_id])}

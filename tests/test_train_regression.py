@@ -1,7 +1,7 @@
 """The regression head end to end: a real regression feature table (scikit-learn's diabetes data: ten measurements,
 disease progression one year later as the label) written and logged the way the features job does, trained by the
-one trainer with two Horovod workers in a barrier stage, judged against MLlib's LinearRegression, served by the
-one serving model, and promoted on RMSE (lower is better). Plus the heads' own choices, without Spark."""
+one trainer with two Horovod (or PyTorch DDP) workers in a barrier stage, judged against MLlib's LinearRegression,
+served by the one serving model, and promoted on RMSE (lower is better). Plus the heads' own choices, without Spark."""
 
 from __future__ import annotations
 
@@ -93,9 +93,10 @@ def test_heads_are_chosen_by_name_and_own_their_choices() -> None:
 
 
 # ---- end to end --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("framework", ["tensorflow", "pytorch"])
 def test_regression_trains_serves_and_promotes_on_rmse(spark: SparkSession, make_cfg: Callable[..., Config],
-                                                       store: DeltaStore) -> None:
-    cfg = make_cfg(*SMALL, REGRESSION)
+                                                       store: DeltaStore, framework: str) -> None:
+    cfg = make_cfg(*SMALL, REGRESSION, f"training.framework={framework}")
     features_run_id = make_diabetes_features_run(spark, cfg, store)
     flow = get_flow(cfg)
     assert flow.head(cfg) == "regression"
@@ -124,6 +125,7 @@ def test_regression_trains_serves_and_promotes_on_rmse(spark: SparkSession, make
     assert (result.version, result.alias) == ("1", CHAMPION)
     meta = pyfunc.model_meta(result.model_uri)
     assert (meta["head"], meta["input"], meta["result_type"]) == ("regression", "features", "prediction double")
+    assert meta["framework"] == framework
     assert "threshold" not in meta and "classes" not in meta
     served = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
     assert [(c.name, c.type.name) for c in served.metadata.get_output_schema().inputs] == [("prediction", "double")]
@@ -137,8 +139,8 @@ def test_regression_trains_serves_and_promotes_on_rmse(spark: SparkSession, make
     assert [(t.name, t.type, t.shape) for t in inputs] == [("features", np.dtype("float32"), (-1, meta["vector_size"]))]
     assert served.predict({"features": np.zeros((0, meta["vector_size"]), np.float32)}).empty
 
-    worse = run_train(spark, make_cfg(*SMALL, REGRESSION, "training.epochs=1", "training.max_steps_per_epoch=1"),
-                      store, flow)
+    worse = run_train(spark, make_cfg(*SMALL, REGRESSION, f"training.framework={framework}", "training.epochs=1",
+                                      "training.max_steps_per_epoch=1"), store, flow)
     assert worse.test["rmse"] > result.test["rmse"] and worse.alias == CHALLENGER  # lower RMSE stays champion
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
 

@@ -152,3 +152,14 @@ def load_best(folder: str) -> tuple[int, list[np.ndarray]] | None:
     """(epoch, weights) of the best epoch as the newest complete checkpoint in `folder` records it, or None."""
     ckpt = load_latest(folder)
     return ckpt.best if ckpt else None
+
+
+def resume_point(folder: str, resume_from: str | None, rank: int) -> Checkpoint | None:
+    """Where a training attempt starts: the newest complete checkpoint of this run's `folder`, else of
+    `resume_from` (--resume), else None. Rank 0, the only writer, first removes what an interrupted save left."""
+    if rank == 0:
+        removed = clean(folder)
+        if removed:
+            print(f"removed what an interrupted checkpoint save left: {removed}", flush=True)
+    ckpt = load_latest(folder)
+    return load_latest(resume_from) if ckpt is None and resume_from else ckpt

@@ -190,6 +190,8 @@ class TorchDdpBackend:
         timeout = float(spec.training["horovod"]["gloo_timeout_s"])
         self.device = torch.device("cuda", 0) if (spec.training["gpus_per_worker"] > 0
                                                    and torch.cuda.is_available()) else torch.device("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # the task's one GPU (CUDA_VISIBLE_DEVICES), for nccl's collectives
         store = SignedStore(spec, f"torch-ddp-{task.attempt}", timeout)
         dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", store=store, rank=task.rank,
                                 world_size=task.size, timeout=timedelta(seconds=timeout))

@@ -172,7 +172,7 @@ def _gather(backend: Any, *arrays: np.ndarray) -> list[np.ndarray]:
 
 
 def _mean(backend: Any, value: float) -> float:
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=backend.device)  # nccl reduces device tensors only
     dist.all_reduce(t)
     return float(t.item()) / backend.size
 
@@ -190,7 +190,7 @@ def train_torch(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
     from pipelines.training.heads import get_head
     from pipelines.training.model import weights_checksum
     from pipelines.training.remote.backends import start_backend
-    from pipelines.training.remote.worker import _report_start, image_transform
+    from pipelines.training.remote.worker import image_transform, report_start
 
     conf = spec.training
     phases: dict[str, float] = {}
@@ -206,13 +206,7 @@ def train_torch(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
     opt_conf = conf["optimizer"]
     lr = opt_conf["learning_rate"] * (size if opt_conf["scale_by_workers"] else 1)
     optimizer = make_optimizer(net.parameters(), opt_conf, lr)
-    if rank == 0:
-        removed = checkpoints.clean(spec.checkpoint_dir)
-        if removed:
-            print(f"removed what an interrupted checkpoint save left: {removed}", flush=True)
-    ckpt = checkpoints.load_latest(spec.checkpoint_dir)
-    if ckpt is None and spec.resume_from:
-        ckpt = checkpoints.load_latest(spec.resume_from)
+    ckpt = checkpoints.resume_point(spec.checkpoint_dir, spec.resume_from, rank)
     if ckpt is not None:
         load_arrays(net, ckpt.weights)
         if ckpt.optimizer:
@@ -220,7 +214,7 @@ def train_torch(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
     model = torch.nn.parallel.DistributedDataParallel(Logits(net), device_ids=[0] if device.type == "cuda" else None)
     initial_epoch = ckpt.epoch + 1 if ckpt else 0
     if rank == 0:
-        _report_start(spec, task.attempt, initial_epoch, ckpt.epoch if ckpt else None)
+        report_start(spec, task.attempt, initial_epoch, ckpt.epoch if ckpt else None)
     history: list[dict[str, float]] = list(ckpt.meta.get("history", [])) if ckpt else []
     es = EarlyStopper(ckpt.meta.get("early_stopping") if ckpt else None,
                       **head.early_stopping(conf["early_stopping"]))

@@ -74,20 +74,14 @@ def train_worker(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
                               spec.label_scale)
         optimizer = dist.wrap(make_optimizer(opt_conf, lr))
         model.compile(optimizer=optimizer, loss=head.loss(), metrics=head.keras_metrics())
-        if rank == 0:
-            removed = checkpoints.clean(spec.checkpoint_dir)
-            if removed:
-                print(f"removed what an interrupted checkpoint save left: {removed}", flush=True)
-        ckpt = checkpoints.load_latest(spec.checkpoint_dir)
-        if ckpt is None and spec.resume_from:
-            ckpt = checkpoints.load_latest(spec.resume_from)
+        ckpt = checkpoints.resume_point(spec.checkpoint_dir, spec.resume_from, rank)
         if ckpt is not None:
             model.set_weights(ckpt.weights)
             optimizer._create_all_weights(model.trainable_variables)  # slots must exist before their state
             optimizer.set_weights(ckpt.optimizer)
     initial_epoch = ckpt.epoch + 1 if ckpt else 0
     if rank == 0:
-        _report_start(spec, task.attempt, initial_epoch, ckpt.epoch if ckpt else None)
+        report_start(spec, task.attempt, initial_epoch, ckpt.epoch if ckpt else None)
     history: list[dict[str, float]] = list(ckpt.meta.get("history", [])) if ckpt else []
     es = ResumableEarlyStopping(ckpt.meta.get("early_stopping") if ckpt else None,
                                 **head.early_stopping(conf["early_stopping"]))
@@ -132,7 +126,7 @@ def train_worker(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
     return result
 
 
-def _report_start(spec: WorkerSpec, attempt: int, initial_epoch: int, checkpoint_epoch: int | None) -> None:
+def report_start(spec: WorkerSpec, attempt: int, initial_epoch: int, checkpoint_epoch: int | None) -> None:
     """Tell the driver which epoch this attempt starts at and from which checkpoint (it logs both)."""
     try:
         put(spec, STARTED, str(attempt), {"attempt": attempt, "initial_epoch": initial_epoch,
