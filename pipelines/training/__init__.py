@@ -1,5 +1,6 @@
-"""Distributed training of the pipeline's Keras model, behind a small public API (the names in `__all__`, imported
-on first use so that `import pipelines.training.spec` needs neither Spark nor Horovod nor TensorFlow):
+"""Distributed training of the pipeline's Keras (or PyTorch, training.framework) model, behind a small public API
+(the names in `__all__`, imported on first use so that `import pipelines.training.spec` needs neither Spark nor
+Horovod nor TensorFlow):
 
   inputs     resolve_task, load_training_data -> Task, TrainingData: what one training reads;
              TrainingInputError when the features run or table cannot be trained on; checkpoint_root, class_weights;
