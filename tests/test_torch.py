@@ -82,8 +82,15 @@ def torch_cfg(spark: SparkSession, make_cfg: Callable[..., Config], store: Delta
     return make
 
 
-def test_two_torch_ranks_train_log_register_and_score(spark: SparkSession, torch_cfg: Callable[..., Config],
-                                                     store: DeltaStore) -> None:
+def test_two_torch_ranks_train_register_and_serve(spark: SparkSession, torch_cfg: Callable[..., Config],
+                                                  store: DeltaStore, tmp_path: Path) -> None:
+    """Two DDP ranks train, log and register a PyTorch model whose pyfunc reproduces the network through Spark;
+    `mlflow models serve` of the registered model answers as the pyfunc predicts the same rows."""
+    import json
+    import urllib.request
+
+    from tests.support.servers import model_server
+
     cfg = torch_cfg("training.baseline.enabled=true", "training.baseline.kinds=[logreg]",
                     "training.baseline.reg_params=[0.0]", "training.baseline.elastic_net_params=[0.0]")
     result = run_train(spark, cfg, store, get_flow(cfg))
@@ -91,28 +98,17 @@ def test_two_torch_ranks_train_log_register_and_score(spark: SparkSession, torch
     assert [w.rank for w in result.workers] == [0, 1] and {w.size for w in result.workers} == {2}
     assert len({w.weights_sha256 for w in result.workers}) == 1, "ranks ended with different weights"
     assert result.test["roc_auc"] > 0.7, result.test
+    mlflow.set_tracking_uri(cfg.tracking_uri)
     client = MlflowClient()
     run = client.get_run(result.run_id)
     epochs = result.workers[0].epochs_completed
     assert len(client.get_metric_history(result.run_id, "val_auc")) == epochs
     assert run.data.params["framework"] == "pytorch" and run.data.params["backend"] == "torch-ddp"
-    meta = pyfunc.model_meta(f"models:/{cfg.mlflow.registered_model}@{CHAMPION}")
+    uri = f"models:/{cfg.mlflow.registered_model}@{CHAMPION}"
+    meta = pyfunc.model_meta(uri)
     assert meta["framework"] == "pytorch" and meta["vector_size"] == len(RAW)
     assert run.data.metrics["pyfunc_check_max_abs_diff"] <= 1e-5  # spark_udf on 256 test rows == the network
 
-
-def test_pytorch_model_serves_on_loopback(spark: SparkSession, torch_cfg: Callable[..., Config], store: DeltaStore,
-                                          tmp_path: Path) -> None:
-    """The registered PyTorch model answers `mlflow models serve` requests as its pyfunc predicts the same rows."""
-    import json
-    import urllib.request
-
-    from tests.support.servers import model_server
-
-    cfg = torch_cfg("mlflow.registered_model=torch-served")
-    run_train(spark, cfg, store, get_flow(cfg))
-    uri = f"models:/torch-served@{CHAMPION}"
-    mlflow.set_tracking_uri(cfg.tracking_uri)
     rows = store.read(cfg.catalog.path("features")).filter("split = 'test'").select("features").limit(3).toPandas()
     expected = mlflow.pyfunc.load_model(uri).predict(rows)
     body = json.dumps({"dataframe_split": {"columns": ["features"],
