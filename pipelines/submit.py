@@ -281,7 +281,8 @@ def torch_layer(venv: Path, requirements: Path | None = None) -> TorchLayer:
                       tuple(sorted(outside)))
 
 
-def pack_environment(venv: Path, dest: Path, python_prefix: str | None = None) -> Path:
+def pack_environment(venv: Path, dest: Path, python_prefix: str | None = None, layer: TorchLayer | None = None
+                     ) -> Path:
     """venv-pack the virtual environment into `dest` (tar.gz), without its torch layer (torch_layer: shipped only to
     pipelines that train with PyTorch, pack_torch_layer); reused while the installed packages, what the layer holds
     and the native libraries in its lib/ (the bind shim) are unchanged.
@@ -294,7 +295,7 @@ def pack_environment(venv: Path, dest: Path, python_prefix: str | None = None) -
 
     listing = "\n".join(sorted(p.name for p in (venv / "lib").glob("python*/site-packages/*")))
     native = sorted(f"{p.name}:{hashlib.sha256(p.read_bytes()).hexdigest()}" for p in (venv / "lib").glob("*.so"))
-    excludes = (*PACK_EXCLUDES, *torch_layer(venv).excludes(venv))
+    excludes = (*PACK_EXCLUDES, *(layer if layer is not None else torch_layer(venv)).excludes(venv))
     digest = hashlib.sha256(f"{listing}|{native}|{python_prefix}|{excludes}".encode()).hexdigest()
     stamp = dest.with_suffix(dest.suffix + ".sha256")
     if dest.exists() and stamp.exists() and stamp.read_text() == digest:
@@ -318,12 +319,12 @@ def pack_environment(venv: Path, dest: Path, python_prefix: str | None = None) -
     return dest
 
 
-def pack_torch_layer(venv: Path, dest: Path) -> Path:
+def pack_torch_layer(venv: Path, dest: Path, layer: TorchLayer | None = None) -> Path:
     """The torch layer of `venv` (torch_layer) alone as a tar.gz at `dest`, its paths relative to site-packages:
     extracted, it is a folder to put on PYTHONPATH (torch and the nvidia folder side by side, as torch's libraries'
     RPATH $ORIGIN/../../nvidia/... expects). Reused while the layer is unchanged (a stamp beside it, as
     pack_environment's); written under a private name and renamed into place."""
-    layer = torch_layer(venv)
+    layer = layer if layer is not None else torch_layer(venv)
     if not layer:
         raise FileNotFoundError(f"training.framework=pytorch, but torch is not installed in {venv} "
                                 "(./bootstrap.sh installs requirements.txt)")
@@ -402,8 +403,10 @@ def _build_artifacts(cfg: Config, planned: Artifacts, conf_dir: Path) -> Artifac
         return planned
     assert isinstance(planned.env_archive, Path) and planned.conf_archive
     wheel = build_wheel(planned.code.parent)
-    env = pack_environment(Path(sys.prefix), planned.env_archive, cfg.spark.python_prefix)
-    layer = pack_torch_layer(Path(sys.prefix), Path(planned.torch_layer)) if planned.torch_layer else None
+    torch_files = torch_layer(Path(sys.prefix))  # one walk of the installed metadata serves both archives
+    env = pack_environment(Path(sys.prefix), planned.env_archive, cfg.spark.python_prefix, torch_files)
+    layer = (pack_torch_layer(Path(sys.prefix), Path(planned.torch_layer), torch_files) if planned.torch_layer
+             else None)
     build_conf_archive(conf_dir, planned.conf_archive)
     if "://" not in cfg.workspace or cfg.workspace.startswith("file:"):
         return Artifacts(wheel, env, planned.conf_archive, torch_layer=layer)
