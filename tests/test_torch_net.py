@@ -11,7 +11,8 @@ import torch
 
 from pipelines.training import torch_net
 from pipelines.training.epochs import EarlyStopper
-from pipelines.training.remote.torch_worker import load_arrays, load_optimizer, optimizer_array, state_arrays
+from pipelines.training.remote.torch_worker import load_optimizer, optimizer_array
+from pipelines.training.torch_net import load_arrays, state_arrays
 
 pytestmark = pytest.mark.fast
 

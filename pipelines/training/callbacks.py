@@ -6,7 +6,6 @@ the others see are already averaged over ranks and every rank takes the same ear
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,11 +13,7 @@ from typing import Any
 import tensorflow as tf
 
 from pipelines.training import checkpoints
-from pipelines.training.epochs import fault_due, warmup_lr
-
-
-class InjectedFault(RuntimeError):
-    """Raised by the test-only fault injection (training.fault)."""
+from pipelines.training.epochs import fault_due, strike, warmup_lr
 
 
 class EpochTimer(tf.keras.callbacks.Callback):
@@ -56,10 +51,7 @@ class FaultInjection(tf.keras.callbacks.Callback):
         if not fault_due(self.fault, epoch, self.attempt):
             return
         self.sync()
-        if self.rank == self.fault["fail_rank"]:
-            if self.fault["mode"] == "exit":
-                os._exit(17)
-            raise InjectedFault(f"injected fault: rank {self.rank} at epoch {epoch} (attempt {self.attempt})")
+        strike(self.fault, self.rank, epoch, self.attempt)
 
 
 class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):

@@ -65,28 +65,27 @@ class ParquetCache:
                         shuffling_queue_capacity: int | None = None, prefetch: int | None = None,
                         **reader_kwargs: Any) -> Iterator[Any]:
         """A tf.data dataset of batches over the files (worker side); the reader stops when the block exits."""
-        from petastorm import make_batch_reader
         from petastorm.tf_utils import make_petastorm_dataset
 
-        _use_vectorized_conversion()
-        if not self.url.startswith("file:"):
-            reader_kwargs["filesystem"] = files.petastorm_filesystem(self.url)
-        reader = make_batch_reader(list(self.file_urls), num_epochs=num_epochs, workers_count=workers_count or 4,
-                                   **reader_kwargs)
-        try:
+        with self._reader(num_epochs, workers_count, **reader_kwargs) as reader:
             yield shuffle_and_batch(make_petastorm_dataset(reader), batch_size, shuffling_queue_capacity,
                                     reader_kwargs.get("seed"), prefetch)
-        finally:
-            reader.stop()
-            reader.join()
 
     @contextmanager
     def make_torch_loader(self, batch_size: int, num_epochs: int | None = None, workers_count: int | None = None,
                           shuffling_queue_capacity: int = 0, **reader_kwargs: Any) -> Iterator[Any]:
         """Petastorm's BatchedDataLoader over the files (PyTorch workers): dicts of tensors by column, rows shuffled
         in a buffer of `shuffling_queue_capacity` (0: file order); the reader stops when the block exits."""
-        from petastorm import make_batch_reader
         from petastorm.pytorch import BatchedDataLoader
+
+        with self._reader(num_epochs, workers_count, **reader_kwargs) as reader:
+            yield BatchedDataLoader(reader, batch_size=batch_size, shuffling_queue_capacity=shuffling_queue_capacity)
+
+    @contextmanager
+    def _reader(self, num_epochs: int | None, workers_count: int | None, **reader_kwargs: Any) -> Iterator[Any]:
+        """Petastorm's batch reader over the files (the vectorized Arrow conversion, the cache's file system);
+        stopped and joined when the block exits."""
+        from petastorm import make_batch_reader
 
         _use_vectorized_conversion()
         if not self.url.startswith("file:"):
@@ -94,7 +93,7 @@ class ParquetCache:
         reader = make_batch_reader(list(self.file_urls), num_epochs=num_epochs, workers_count=workers_count or 4,
                                    **reader_kwargs)
         try:
-            yield BatchedDataLoader(reader, batch_size=batch_size, shuffling_queue_capacity=shuffling_queue_capacity)
+            yield reader
         finally:
             reader.stop()
             reader.join()

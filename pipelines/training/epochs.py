@@ -5,7 +5,12 @@ training loop uses them directly; the Keras callbacks (callbacks.py) apply the s
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the test-only fault injection (training.fault)."""
 
 
 class EarlyStopper:
@@ -55,3 +60,13 @@ def fault_due(fault: dict[str, Any], epoch: int, attempt: int) -> bool:
     """Whether training.fault (tests) strikes at the start of `epoch` in this attempt."""
     return (fault["fail_rank"] is not None and epoch == fault["fail_epoch"]
             and not (fault["only_first_attempt"] and attempt > 0))
+
+
+def strike(fault: dict[str, Any], rank: int, epoch: int, attempt: int) -> None:
+    """training.fault's blow on the failing rank (call once every rank synced at the start of `epoch`): mode exit
+    dies without a traceback, mode raise raises InjectedFault; other ranks go on."""
+    if rank != fault["fail_rank"]:
+        return
+    if fault["mode"] == "exit":
+        os._exit(17)
+    raise InjectedFault(f"injected fault: rank {rank} at epoch {epoch} (attempt {attempt})")

@@ -57,18 +57,27 @@ def _network(path: str, shape: list[int], framework: str = "tensorflow") -> tupl
         atexit.register(cache.networks.clear)  # free the functions before TensorFlow's own teardown
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, tuple(shape))
-    if key not in cache.networks and framework == "pytorch":  # type: ignore[attr-defined]
-        from spark_ml_pipeline_serving.torch_net import TorchModel
+    networks = cache.networks  # type: ignore[attr-defined]
+    if key not in networks:
+        networks[key] = _load_torch(path) if framework == "pytorch" else _load_keras(path, shape)
+    return networks[key]
 
-        net = TorchModel.load(path)
-        cache.networks[key] = (net, lambda x: net.predict(x, batch_size=len(x) or 1))  # type: ignore[attr-defined]
-    if key not in cache.networks:  # type: ignore[attr-defined]
-        import tensorflow as tf
 
-        model = tf.keras.models.load_model(path, compile=False)
-        spec = tf.TensorSpec((None, *shape), tf.float32)
-        cache.networks[key] = (model, tf.function(lambda x: model(x, training=False), input_signature=[spec]))
-    return cache.networks[key]  # type: ignore[attr-defined]
+def _load_torch(path: str) -> tuple[Any, Any]:
+    """The PyTorch network (torch_net.TorchModel, from the model's code/) and its forward pass in one call."""
+    from spark_ml_pipeline_serving.torch_net import TorchModel
+
+    net = TorchModel.load(path)
+    return net, lambda x: net.predict(x, batch_size=len(x) or 1)
+
+
+def _load_keras(path: str, shape: list[int]) -> tuple[Any, Any]:
+    """The Keras network and its forward pass traced once for any number of rows."""
+    import tensorflow as tf
+
+    model = tf.keras.models.load_model(path, compile=False)
+    spec = tf.TensorSpec((None, *shape), tf.float32)
+    return model, tf.function(lambda x: model(x, training=False), input_signature=[spec])
 
 
 class ServingModel(PythonModel):

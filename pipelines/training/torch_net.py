@@ -117,6 +117,19 @@ def _cnn(cnn: dict[str, Any], shape: tuple[int, ...]) -> tuple[nn.Module, int]:
     return nn.Sequential(*layers), cnn["dense_units"]
 
 
+def state_arrays(net: nn.Module) -> list[Any]:
+    """The network's state dict as numpy arrays, in its order (a checkpoint's and a worker's weights)."""
+    return [t.detach().cpu().numpy().copy() for t in net.state_dict().values()]
+
+
+def load_arrays(net: nn.Module, arrays: list[Any]) -> None:
+    """Put `arrays` (from `state_arrays` of the same architecture) into the network."""
+    keys = list(net.state_dict())
+    if len(keys) != len(arrays):
+        raise ValueError(f"{len(arrays)} arrays for a state dict of {len(keys)} entries: another architecture")
+    net.load_state_dict({k: torch.as_tensor(a) for k, a in zip(keys, arrays, strict=True)})
+
+
 def load(desc: dict[str, Any], state: dict[str, torch.Tensor]) -> Network:
     """The network of `desc` holding `state` (a state dict), in inference mode."""
     net = build(desc)
@@ -135,10 +148,8 @@ class TorchModel:
     def from_arrays(cls, desc: dict[str, Any], arrays: list[Any]) -> TorchModel:
         """The network of `desc` holding `arrays`, the state dict's values in order (a worker's weights)."""
         net = build(desc)
-        keys = list(net.state_dict())
-        if len(keys) != len(arrays):
-            raise ValueError(f"{len(arrays)} arrays for a state dict of {len(keys)} entries: another architecture")
-        return cls(desc, load(desc, {k: torch.as_tensor(a) for k, a in zip(keys, arrays, strict=True)}))
+        load_arrays(net, arrays)
+        return cls(desc, net)
 
     @classmethod
     def load(cls, folder: str) -> TorchModel:

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 import time
 import urllib.parse
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -26,9 +24,10 @@ import torch
 import torch.distributed as dist
 
 from pipelines.training import checkpoints, control
-from pipelines.training.epochs import EarlyStopper, fault_due, warmup_lr
+from pipelines.training.epochs import EarlyStopper, fault_due, strike, warmup_lr
 from pipelines.training.remote.task import TaskInfo, put
 from pipelines.training.spec import PROGRESS, WorkerResult, WorkerSpec
+from pipelines.training.torch_net import load_arrays, state_arrays
 
 POLL_S = (0.01, 0.5)  # first and longest wait between reads of a key not yet set
 
@@ -88,19 +87,6 @@ class SignedStore(dist.Store):
 
     def set_timeout(self, timeout: Any) -> None:
         self._timeout = timeout.total_seconds() if hasattr(timeout, "total_seconds") else float(timeout)
-
-
-def state_arrays(net: torch.nn.Module) -> list[np.ndarray]:
-    """The network's state dict as arrays, in its order (a checkpoint's and the result's weights)."""
-    return [t.detach().cpu().numpy().copy() for t in net.state_dict().values()]
-
-
-def load_arrays(net: torch.nn.Module, arrays: list[np.ndarray]) -> None:
-    """Put `arrays` (from `state_arrays` of the same architecture) into the network."""
-    keys = list(net.state_dict())
-    if len(keys) != len(arrays):
-        raise ValueError(f"{len(arrays)} arrays for a state dict of {len(keys)} entries: another architecture")
-    net.load_state_dict(OrderedDict((k, torch.from_numpy(np.asarray(a))) for k, a in zip(keys, arrays, strict=True)))
 
 
 def optimizer_array(optimizer: torch.optim.Optimizer) -> np.ndarray:
@@ -234,10 +220,7 @@ def train_torch(spec: WorkerSpec, task: TaskInfo) -> WorkerResult:
         for epoch in range(initial_epoch, conf["epochs"]):
             if fault_due(conf["fault"], epoch, task.attempt):
                 backend.sync()  # the previous epoch's checkpoint is complete on every rank's view
-                if rank == conf["fault"]["fail_rank"]:
-                    if conf["fault"]["mode"] == "exit":
-                        os._exit(17)
-                    raise RuntimeError(f"injected fault: rank {rank} at epoch {epoch} (attempt {task.attempt})")
+                strike(conf["fault"], rank, epoch, task.attempt)
             started = time.perf_counter()
             logs = _train_epoch(model, net, optimizer, train_it, spec, head.name, class_weight, lr, size, epoch,
                                 conf["optimizer"]["warmup_epochs"], backend)
