@@ -1,6 +1,7 @@
-"""Train the pipeline's Keras model on the silver feature table: N Horovod workers (training.num_workers) in one
-Spark barrier stage, fed from the feature-table version pinned by a features run. The flow's head (binary,
-multiclass or regression) sets the loss, metrics and served outputs. Evaluates on the test split against an
+"""Train the pipeline's model on the silver feature table: Keras with N Horovod workers (training.num_workers), or
+PyTorch DistributedDataParallel ranks with --set training.framework=pytorch, in one Spark barrier stage, fed from
+the feature-table version pinned by a features run. The flow's head (binary, multiclass or regression) sets the
+loss, metrics and served outputs. Evaluates on the test split against an
 MLlib baseline, logs an MLflow pyfunc (with the preprocessing model) and registers it; alias champion moves to
 it only when it beats the current champion. --resume continues from the latest checkpoint of an earlier run.
 --search runs training.search.trials Optuna trials first (each one barrier training, judged on validation, a
